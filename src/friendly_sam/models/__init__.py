@@ -1,0 +1,55 @@
+"""Networks for F-SAM experiments, built by name.
+
+Paper models (the CIFAR networks of the F-SAM paper, as in its official code):
+``resnet18``, ``vgg16_bn``, ``wrn28_10``, ``pyramidnet110``.
+CPU-friendly models: ``resnet8``, ``resnet20``, ``resnet32`` (classic CIFAR ResNets) and ``cnn_small``.
+
+Every model takes ``num_classes`` and ``in_channels`` and pools globally before its classifier, so
+it runs on 28x28 grey images (MNIST, Fashion-MNIST) as well as on 32x32 RGB images (CIFAR).
+Each architecture's source is given in its module's docstring.
+
+>>> from friendly_sam.models import build_model
+>>> model = build_model("resnet20", num_classes=10, in_channels=1)
+
+New models are added with the :func:`register_model` decorator (see :mod:`.registry`).
+"""
+
+from __future__ import annotations
+
+from . import pyramidnet, resnet18, resnet_cifar, small_cnn, vgg, wide_resnet  # noqa: F401  (registration)
+from .pyramidnet import PyramidNet
+from .registry import (
+    ModelSpec,
+    available_models,
+    build_model,
+    count_parameters,
+    describe_models,
+    get_model_spec,
+    register_model,
+)
+from .resnet18 import ResNet18
+from .resnet_cifar import CifarResNet
+from .small_cnn import SmallCNN
+from .vgg import VGG
+from .wide_resnet import WideResNet
+
+MODEL_NAMES: tuple[str, ...] = available_models()
+"""Names of the built-in models (paper models first). :func:`available_models` also lists models
+registered later."""
+
+__all__ = [
+    "MODEL_NAMES",
+    "ModelSpec",
+    "available_models",
+    "build_model",
+    "count_parameters",
+    "describe_models",
+    "get_model_spec",
+    "register_model",
+    "CifarResNet",
+    "PyramidNet",
+    "ResNet18",
+    "SmallCNN",
+    "VGG",
+    "WideResNet",
+]

@@ -1,0 +1,71 @@
+"""SAM (Foret et al., ICLR 2021) and its adaptive form ASAM (Kwon et al., ICML 2021)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from ._tensor_ops import TensorOps
+from .two_pass import TwoPassOptimizer, _Bucket, _check_number
+
+
+class SAM(TwoPassOptimizer):
+    r"""Sharpness-Aware Minimization over any base optimizer.
+
+    .. math::
+        g = \nabla L_B(w), \qquad e = \rho \, \frac{g}{\lVert g \rVert_2 + 10^{-12}}, \qquad
+        w \leftarrow \mathrm{BaseStep}\big(w, \nabla L_B(w + e)\big)
+
+    With ``adaptive=True`` (ASAM) the neighbourhood is scaled by the weights:
+    :math:`e = \rho \, w^2 g / (\lVert w g \rVert_2 + 10^{-12})`; ASAM wants a larger ``rho`` (e.g. 0.5-2).
+    The norm is one global L2 norm over all parameters of all groups.
+
+    Args:
+        params: parameters or parameter-group dicts; a group may override ``rho`` and ``adaptive``.
+        base_optimizer: the optimizer *class* that applies the update, e.g. ``torch.optim.SGD``.
+        rho: neighbourhood radius (>= 0; 0 gives the base optimizer with a wasted second pass).
+        adaptive: ASAM's weight-scaled neighbourhood.
+        max_grad_norm: if set, clip the perturbed gradient to this global norm before the base step.
+        foreach: ``None`` (multi-tensor ops on accelerators, per-tensor on CPU), ``True`` or ``False``.
+        **base_kwargs: arguments of the base optimizer (``lr``, ``momentum``, ``weight_decay``, ...).
+
+    Use ``first_step()`` / ``second_step()`` around your two forward/backward passes, or ``step(closure)``.
+    """
+
+    _hyperparameters = {"rho": 0.05, "adaptive": False}
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        base_optimizer: type[Optimizer] = torch.optim.SGD,
+        rho: float = 0.05,
+        adaptive: bool = False,
+        *,
+        max_grad_norm: float | None = None,
+        foreach: bool | None = None,
+        **base_kwargs: Any,
+    ) -> None:
+        super().__init__(
+            params,
+            base_optimizer,
+            max_grad_norm=max_grad_norm,
+            foreach=foreach,
+            rho=rho,
+            adaptive=adaptive,
+            **base_kwargs,
+        )
+
+    def _validate_group(self, group: dict[str, Any], where: str) -> None:
+        _check_number("rho" + where, group["rho"], low=0.0)
+        if not isinstance(group["adaptive"], bool):
+            raise ValueError(f"invalid adaptive={group['adaptive']!r}{where}: it must be True or False")
+
+    def _direction_(self, bucket: _Bucket, ops: TensorOps, directions: list[Tensor]) -> None:
+        pass  # SAM perturbs along the minibatch gradient itself
+
+    def _update_state_(self, bucket: _Bucket, ops: TensorOps, directions: list[Tensor]) -> None:
+        pass  # SAM keeps no state of its own

@@ -1,0 +1,318 @@
+"""The shared two-pass core of SAM, ASAM and Friendly-SAM.
+
+Every sharpness-aware step has the same skeleton; only the *direction* of the perturbation differs::
+
+    first pass:   g = grad L_B(w)                                    (user: forward + backward)
+    first_step:   d = direction(g, state)       SAM: d = g ;  F-SAM: d = g - sigma * m, then m <- EMA
+                  e = rho * d / (||d|| + 1e-12)            ASAM: e = rho * w^2 d / (||w d|| + 1e-12)
+                  w_saved <- w ;  w <- w + e
+    second pass:  g' = grad L_B(w + e)                               (user: forward + backward)
+    second_step:  w <- w_saved (bit-exact, in place) ;  [clip g'] ;  base_optimizer.step() with g'
+
+``||.||`` is ONE global L2 norm over every parameter of every group (as in the official code).
+
+Memory: one parameter-sized buffer (``w_saved``) beyond the base optimizer's state, plus whatever the
+direction keeps (F-SAM: its EMA). The direction is computed in the gradient tensors themselves when
+``first_step(zero_grad=True)`` (the clean gradient is not needed afterwards), so no per-step allocation
+happens after the first step; ``zero_grad=False`` keeps the clean gradient intact by working on a copy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from ._tensor_ops import FOREACH, PER_TENSOR, TensorOps
+
+# Norm floor of the official implementation: a zero direction gives a zero perturbation, never nan.
+NORM_EPS = 1e-12
+
+
+class _Bucket:
+    """Parameters of one param group that share device and dtype (one multi-tensor call each)."""
+
+    __slots__ = ("group", "params", "grads", "saved")
+
+    def __init__(self, group: dict[str, Any]) -> None:
+        self.group = group
+        self.params: list[Tensor] = []
+        self.grads: list[Tensor] = []
+        self.saved: list[Tensor] = []
+
+
+def _check_number(name: str, value: Any, *, low: float, high: float | None = None, closed_high=False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and value >= low and (high is None or (value <= high if closed_high else value < high))
+    if not ok:
+        bound = f"[{low}, {high}{']' if closed_high else ')'}" if high is not None else f">= {low}"
+        raise ValueError(f"invalid {name}={value!r}: it must be a finite number {bound}")
+
+
+class TwoPassOptimizer(Optimizer):
+    """Base class of :class:`SAM` and :class:`FriendlySAM`; subclasses define the perturbation direction.
+
+    Subclasses set ``_hyperparameters`` (name -> default, checked by ``_validate_group``) and implement
+    ``_direction_(bucket, ops, directions)``, which turns the (unscaled) clean gradients held in
+    ``directions`` into the perturbation direction in place, reading per-parameter state only, and
+    ``_update_state_(bucket, ops, directions)``, which updates that state from the direction. The latter
+    runs only once the direction's norm is known to be finite, so state is never poisoned by inf/nan.
+    """
+
+    _hyperparameters: dict[str, Any] = {}
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        base_optimizer: type[Optimizer],
+        *,
+        max_grad_norm: float | None = None,
+        foreach: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(base_optimizer, Optimizer):
+            raise TypeError(
+                f"base_optimizer must be an optimizer class such as torch.optim.SGD, not an instance "
+                f"({type(base_optimizer).__name__}); pass the class and give its arguments (lr, momentum, ...) "
+                f"to {type(self).__name__} as keyword arguments"
+            )
+        if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, Optimizer)):
+            raise TypeError(
+                f"base_optimizer must be a torch.optim.Optimizer subclass such as torch.optim.SGD, "
+                f"got {base_optimizer!r}"
+            )
+        if max_grad_norm is not None:
+            _check_number("max_grad_norm", max_grad_norm, low=0.0)
+            if max_grad_norm == 0:
+                raise ValueError("invalid max_grad_norm=0: use None to disable clipping, or a positive norm")
+        if foreach not in (None, True, False):
+            raise ValueError(f"invalid foreach={foreach!r}: use None (automatic), True or False")
+        own = {k: kwargs.pop(k) for k in list(kwargs) if k in self._hyperparameters}
+        defaults = {**self._hyperparameters, **own}
+        self._validate_group(defaults, where="")
+        self.max_grad_norm = max_grad_norm
+        self.foreach = foreach
+        super().__init__(params, defaults)
+        self.base_optimizer = base_optimizer(self.param_groups, **kwargs)
+        # One list of group dicts shared by both: schedulers, add_param_group and state_dict see one truth.
+        self.param_groups = self.base_optimizer.param_groups
+        self._saved: dict[Tensor, Tensor] = {}
+        self._perturbed: list[tuple[_Bucket, TensorOps]] | None = None  # between first and second step
+        self._skip_base_step = False  # first pass had inf/nan under a GradScaler
+
+    # ----------------------------------------------------------------- hyperparameters and groups
+    def _validate_group(self, group: dict[str, Any], where: str) -> None:
+        raise NotImplementedError
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        for key, value in self.defaults.items():
+            param_group.setdefault(key, value)
+        self._validate_group(param_group, where=f" in param group {len(self.param_groups)}")
+        if hasattr(self, "base_optimizer"):
+            self.base_optimizer.add_param_group(param_group)  # appends to the shared list
+        else:
+            super().add_param_group(param_group)  # during __init__, before the base optimizer exists
+
+    def _use_foreach(self, params: list[Tensor]) -> bool:
+        if self.foreach is not None:
+            return self.foreach
+        # Like torch.optim: multi-tensor kernels pay off on accelerators; on CPU they are the same loop.
+        return all(p.device.type not in ("cpu", "meta") for p in params)
+
+    def _buckets(self) -> list[tuple[_Bucket, TensorOps]]:
+        buckets: list[tuple[_Bucket, TensorOps]] = []
+        for group in self.param_groups:
+            by_key: dict[tuple[torch.device, torch.dtype], _Bucket] = {}
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(
+                        f"{type(self).__name__} does not support sparse gradients: the perturbation needs "
+                        "a dense global norm; build embeddings with sparse=False"
+                    )
+                bucket = by_key.setdefault((p.device, p.dtype), _Bucket(group))
+                bucket.params.append(p)
+                bucket.grads.append(p.grad)
+            for bucket in by_key.values():
+                buckets.append((bucket, FOREACH if self._use_foreach(bucket.params) else PER_TENSOR))
+        return buckets
+
+    # ----------------------------------------------------------------- the two steps
+    @torch.no_grad()
+    def first_step(self, zero_grad: bool = True, scaler: torch.amp.GradScaler | None = None) -> None:
+        """Perturb the weights ``w <- w + e`` along the direction built from the clean gradient in ``p.grad``.
+
+        Args:
+            zero_grad: set the gradients to ``None`` afterwards, ready for the second backward pass
+                (default). With ``False`` the clean gradient is left in ``p.grad`` untouched (at the cost
+                of a temporary copy), and the second backward pass accumulates onto it.
+            scaler: the ``torch.amp.GradScaler`` that scaled the loss. The clean gradients are unscaled
+                first (recorded by the scaler against this wrapper, so ``scaler.update()`` lowers the scale
+                when they overflow); if they hold inf/nan, nothing is perturbed, no state changes and
+                :meth:`second_step` skips the base step.
+
+        Raises:
+            FloatingPointError: the clean gradient holds inf/nan and no scaler was given. Nothing
+                (weights, optimizer state) has been changed.
+        """
+        if self._perturbed is not None:
+            raise RuntimeError("first_step() called twice: call second_step() to restore the weights first")
+        if scaler is not None:
+            scaler.unscale_(self)
+        buckets = self._buckets()
+        directions: list[list[Tensor]] = []
+        for bucket, _ in buckets:
+            grads = bucket.grads if zero_grad else [g.clone() for g in bucket.grads]
+            directions.append(grads)
+
+        # Direction (F-SAM: subtract sigma * EMA) and its norm, checked finite before any state changes.
+        for (bucket, ops), dirs in zip(buckets, directions):
+            self._direction_(bucket, ops, dirs)
+        total = self._global_norm([n for (_, ops), dirs in zip(buckets, directions) for n in ops.norms(dirs)])
+        if not math.isfinite(total):
+            if scaler is None:
+                raise FloatingPointError(
+                    f"{type(self).__name__}.first_step: the clean gradient holds inf or nan (norm {total}); "
+                    "weights and optimizer state are unchanged. Check the loss for inf/nan, lower the learning "
+                    "rate, or for fp16 pass the GradScaler: first_step(scaler=...), second_step(scaler=...)"
+                )
+            if zero_grad:
+                self.zero_grad(set_to_none=True)
+            self._perturbed, self._skip_base_step = [], True
+            return
+        for (bucket, ops), dirs in zip(buckets, directions):
+            self._update_state_(bucket, ops, dirs)
+
+        # ASAM: the norm is taken of w * d, and the perturbation is w^2 d (scaled).
+        if any(bucket.group["adaptive"] for bucket, _ in buckets):
+            norms = []
+            for (bucket, ops), dirs in zip(buckets, directions):
+                if bucket.group["adaptive"]:
+                    ops.mul_(dirs, bucket.params)
+                norms.extend(ops.norms(dirs))
+            total = self._global_norm(norms)
+
+        for (bucket, ops), dirs in zip(buckets, directions):
+            bucket.saved = [self._saved_buffer(p) for p in bucket.params]
+            ops.copy_(bucket.saved, bucket.params)
+            scale = bucket.group["rho"] / (total + NORM_EPS)
+            if bucket.group["adaptive"]:
+                ops.addcmul_(bucket.params, bucket.params, dirs, scale)
+            else:
+                ops.add_(bucket.params, dirs, scale)
+        if zero_grad:
+            self.zero_grad(set_to_none=True)
+        self._perturbed = buckets
+
+    @torch.no_grad()
+    def second_step(self, zero_grad: bool = True, scaler: torch.amp.GradScaler | None = None) -> None:
+        """Restore the weights exactly, then let the base optimizer step with the perturbed gradient.
+
+        With ``max_grad_norm`` set, the perturbed gradient is clipped (after unscaling, with a scaler)
+        right before the base step: this is the gradient the base optimizer applies.
+
+        Args:
+            zero_grad: set gradients to ``None`` after the base step (default).
+            scaler: the ``torch.amp.GradScaler``; the base step goes through ``scaler.step`` (which unscales,
+                and skips the step on inf/nan). Call ``scaler.update()`` afterwards as usual.
+        """
+        if self._perturbed is None:
+            raise RuntimeError(
+                "second_step() called without first_step(): compute the clean gradient, call first_step(), "
+                "then the perturbed gradient, then second_step()"
+            )
+        for bucket, ops in self._perturbed:
+            ops.copy_(bucket.params, bucket.saved)  # in place: references to the tensors stay valid
+        skip, self._perturbed, self._skip_base_step = self._skip_base_step, None, False
+        if not skip:
+            if self.max_grad_norm is not None:
+                if scaler is not None:
+                    scaler.unscale_(self.base_optimizer)
+                params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+                torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=self.foreach)
+            if scaler is not None:
+                scaler.step(self.base_optimizer)
+            else:
+                self.base_optimizer.step()
+        # LR schedulers warn unless the optimizer's (patched) step() ran; our step is second_step.
+        self._opt_called = True
+        if zero_grad:
+            self.zero_grad(set_to_none=True)
+
+    def step(  # type: ignore[override]
+        self, closure: Callable[[], Any] | None = None, scaler: torch.amp.GradScaler | None = None
+    ) -> Any:
+        """One full step with a closure that computes the loss and calls ``backward()`` (called twice).
+
+        Returns the loss of the first (clean) pass. The gradients of the second pass are left in
+        ``p.grad``, as with any torch optimizer.
+        """
+        if closure is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.step() needs a closure that recomputes the loss and calls backward(), "
+                "because the perturbed gradient needs a second forward/backward pass; or call first_step() "
+                "and second_step() around your own two passes"
+            )
+        with torch.enable_grad():
+            loss = closure()
+        self.first_step(zero_grad=True, scaler=scaler)
+        with torch.enable_grad():
+            closure()
+        self.second_step(zero_grad=False, scaler=scaler)
+        return loss
+
+    # ----------------------------------------------------------------- helpers
+    def _direction_(self, bucket: _Bucket, ops: TensorOps, directions: list[Tensor]) -> None:
+        raise NotImplementedError
+
+    def _update_state_(self, bucket: _Bucket, ops: TensorOps, directions: list[Tensor]) -> None:
+        raise NotImplementedError
+
+    def _saved_buffer(self, p: Tensor) -> Tensor:
+        buf = self._saved.get(p)
+        if buf is None:
+            buf = self._saved[p] = torch.empty_like(p, memory_format=torch.preserve_format)
+        return buf
+
+    @staticmethod
+    def _global_norm(norms: list[Tensor]) -> float:
+        if not norms:
+            return 0.0
+        device = norms[0].device
+        total = torch.linalg.vector_norm(torch.stack([n.to(device, torch.float64) for n in norms]))
+        return float(total)  # one host sync: it decides between perturbing and skipping
+
+    # ----------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume bit-exactly: own state, base optimizer state, hyperparameters."""
+        if self._perturbed is not None:
+            raise RuntimeError(
+                "state_dict() between first_step() and second_step(): the weights are perturbed right now; "
+                "save after second_step()"
+            )
+        state = super().state_dict()
+        state["base_optimizer"] = self.base_optimizer.state_dict()
+        state["two_pass"] = {"class": type(self).__name__, "format": 1, "max_grad_norm": self.max_grad_norm}
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        meta = state_dict.get("two_pass")
+        if meta is None or "base_optimizer" not in state_dict:
+            raise ValueError(
+                f"not a {type(self).__name__} state dict (no 'two_pass'/'base_optimizer' entries): it was "
+                "probably saved from a plain torch optimizer or another SAM library"
+            )
+        if meta["class"] != type(self).__name__:
+            raise ValueError(f"state dict was saved from {meta['class']}, cannot load it into {type(self).__name__}")
+        if self._perturbed is not None:
+            raise RuntimeError("load_state_dict() between first_step() and second_step()")
+        own = {k: v for k, v in state_dict.items() if k not in ("base_optimizer", "two_pass")}
+        self.base_optimizer.load_state_dict(state_dict["base_optimizer"])
+        super().load_state_dict(own)
+        self.base_optimizer.param_groups = self.param_groups
+        self.max_grad_norm = meta["max_grad_norm"]
