@@ -11,7 +11,9 @@ import torch
 
 from friendly_sam import SAM, FriendlySAM
 
-GOLDEN = Path(os.environ.get("FSAM_GOLDEN", Path(__file__).parents[2] / "tests" / "golden" / "fsam_trace.json"))
+GOLDEN = Path(
+    os.environ.get("FSAM_GOLDEN", Path(__file__).parents[2] / "tests" / "golden" / "fsam_trace.json")
+)
 TRACE = json.loads(GOLDEN.read_text())
 PROBLEM = TRACE["problem"]
 CLASSES = {"SAM": SAM, "FriendlySAM": FriendlySAM}

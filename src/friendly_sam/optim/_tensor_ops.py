@@ -8,9 +8,8 @@ the two give bit-identical results because the foreach kernels fall back to the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor

@@ -308,7 +308,9 @@ class TwoPassOptimizer(Optimizer):
                 "probably saved from a plain torch optimizer or another SAM library"
             )
         if meta["class"] != type(self).__name__:
-            raise ValueError(f"state dict was saved from {meta['class']}, cannot load it into {type(self).__name__}")
+            raise ValueError(
+                f"state dict was saved from {meta['class']}, cannot load it into {type(self).__name__}"
+            )
         if self._perturbed is not None:
             raise RuntimeError("load_state_dict() between first_step() and second_step()")
         own = {k: v for k, v in state_dict.items() if k not in ("base_optimizer", "two_pass")}
