@@ -81,7 +81,7 @@ def test_step_with_closure_equals_explicit_steps_and_returns_clean_loss():
     calls = []
     for x, y in make_batches(3):
 
-        def closure():
+        def closure(x=x, y=y):
             opt.zero_grad()
             with frozen_bn_stats(model) if calls and calls[-1] == "first" else _null():
                 loss = nn.functional.cross_entropy(model(x), y)

@@ -16,7 +16,12 @@ New models are added with the :func:`register_model` decorator (see :mod:`.regis
 
 from __future__ import annotations
 
-from . import pyramidnet, resnet18, resnet_cifar, small_cnn, vgg, wide_resnet  # noqa: F401  (registration)
+# isort: off
+# Importing the model modules registers them; the import order is the listing order.
+from . import resnet18, vgg, wide_resnet, pyramidnet  # noqa: F401  (paper models)
+from . import resnet_cifar, small_cnn  # noqa: F401  (CPU-friendly models)
+
+# isort: on
 from .pyramidnet import PyramidNet
 from .registry import (
     ModelSpec,

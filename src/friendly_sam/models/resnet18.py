@@ -46,7 +46,9 @@ class _BasicBlock(nn.Module):
 class ResNet18(nn.Module):
     """CIFAR ResNet-18 (BasicBlocks [2, 2, 2, 2], 3x3 stem, no max-pool)."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, blocks=(2, 2, 2, 2)) -> None:
+    def __init__(
+        self, num_classes: int = 10, in_channels: int = 3, blocks: tuple[int, int, int, int] = (2, 2, 2, 2)
+    ) -> None:
         super().__init__()
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, 64, 3, padding=1, bias=False),

@@ -51,7 +51,9 @@ class _BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """ResNet-(6n+2) for small images, with ``n`` basic blocks per stage."""
 
-    def __init__(self, n: int, num_classes: int = 10, in_channels: int = 3, widths=(16, 32, 64)) -> None:
+    def __init__(
+        self, n: int, num_classes: int = 10, in_channels: int = 3, widths: tuple[int, int, int] = (16, 32, 64)
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
@@ -74,7 +76,9 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(out), 1))
 
 
-_SOURCE = "He et al. 2016 (arXiv 1512.03385) sec. 4.2, option-A shortcuts; init as akamaster/pytorch_resnet_cifar10"
+_SOURCE = (
+    "He et al. 2016 (arXiv 1512.03385) sec. 4.2, option-A shortcuts; init as akamaster/pytorch_resnet_cifar10"
+)
 
 
 @register_model("resnet8", description="CIFAR ResNet-8 (n=1), 16/32/64 channels", source=_SOURCE)

@@ -19,12 +19,18 @@ __all__ = ["SmallCNN", "cnn_small"]
 class SmallCNN(nn.Module):
     """Three conv-BN-ReLU layers, global average pooling and a linear layer."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, widths=(32, 64, 128)) -> None:
+    def __init__(
+        self, num_classes: int = 10, in_channels: int = 3, widths: tuple[int, ...] = (32, 64, 128)
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         channels = in_channels
         for i, w in enumerate(widths):
-            layers += [nn.Conv2d(channels, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(channels, w, 3, padding=1, bias=False),
+                nn.BatchNorm2d(w),
+                nn.ReLU(inplace=True),
+            ]
             if i < len(widths) - 1:
                 layers.append(nn.MaxPool2d(2, ceil_mode=True))
             channels = w

@@ -26,7 +26,10 @@ from .registry import register_model
 
 __all__ = ["VGG", "vgg16_bn"]
 
-_CFG16: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+# fmt: off
+_CFG16: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
+                           512, 512, 512, "M", 512, 512, 512, "M"]
+# fmt: on
 
 
 class VGG(nn.Module):
