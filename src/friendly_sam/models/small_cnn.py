@@ -45,7 +45,11 @@ class SmallCNN(nn.Module):
         return self.fc(self.features(x))
 
 
-@register_model("cnn_small", description="3 conv-BN-ReLU layers + linear, ~94k params, for quick tests")
+@register_model(
+    "cnn_small",
+    description="3 conv-BN-ReLU layers + linear, ~94k params, for quick tests",
+    source="friendly-sam (not from a paper)",
+)
 def cnn_small(num_classes: int = 10, in_channels: int = 3) -> SmallCNN:
     """Small CNN for quick tests."""
     return SmallCNN(num_classes, in_channels)
