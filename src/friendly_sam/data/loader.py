@@ -1,0 +1,232 @@
+"""Splits and a resumable mini-batch loader over in-memory tensors.
+
+:class:`TensorBatchLoader` replaces ``torch.utils.data.DataLoader`` for data sets that fit in
+memory: a batch is one ``index_select`` plus one vectorised augmentation call, with no worker
+processes and no per-image Python work.
+
+Reproducibility contract: the order of epoch ``e`` is a pure function of ``(seed, e)`` and the
+augmentation of batch ``b`` of epoch ``e`` a pure function of ``(seed, e, b)``. Hence a run
+resumed at batch ``k`` of an epoch (``set_epoch(e, start_batch=k)`` or ``iter_from(k)``) sees
+exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+__all__ = ["Split", "TensorBatchLoader", "derive_seed", "subset", "train_val_split"]
+
+_PERMUTATION_STREAM = 0
+_AUGMENT_STREAM = 1
+
+
+def derive_seed(*keys: int) -> int:
+    """A well-mixed 63-bit seed from integer keys (numpy ``SeedSequence``).
+
+    Used so that e.g. ``(seed, epoch)`` and ``(seed, epoch + 1)`` give unrelated streams, unlike
+    ``seed + epoch`` which would make run ``seed=1`` replay run ``seed=0`` shifted by one epoch.
+    """
+    entropy = [int(k) % (1 << 64) for k in keys]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def _generator(*keys: int) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(*keys))
+
+
+def _check_pair(images: torch.Tensor, labels: torch.Tensor) -> int:
+    if images.dim() < 1 or labels.dim() != 1 or images.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"images and labels must have the same first dimension (labels 1-d); got {tuple(images.shape)} "
+            f"and {tuple(labels.shape)}"
+        )
+    return int(images.shape[0])
+
+
+class Split(NamedTuple):
+    """Result of :func:`train_val_split`."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+
+
+def train_val_split(
+    images: torch.Tensor, labels: torch.Tensor, val_size: int | float, seed: int = 0
+) -> Split:
+    """Split off a random validation set.
+
+    ``val_size`` is a count (int) or a fraction in (0, 1) (float, rounded half up). Both parts keep
+    the original relative order of the samples. Reproducible from ``seed``.
+    """
+    n = _check_pair(images, labels)
+    if isinstance(val_size, float) and not isinstance(val_size, bool):
+        if not 0.0 < val_size < 1.0:
+            raise ValueError(f"a fractional val_size must be in (0, 1), got {val_size}")
+        n_val = int(math.floor(val_size * n + 0.5))
+    elif isinstance(val_size, int) and not isinstance(val_size, bool):
+        n_val = val_size
+    else:
+        raise TypeError(f"val_size must be an int or a float, got {type(val_size).__name__}")
+    if not 0 <= n_val <= n:
+        raise ValueError(f"val_size {val_size} is out of range for {n} samples")
+    perm = torch.randperm(n, generator=_generator(seed, 0x5F17)).to(images.device)
+    val_idx = perm[:n_val].sort().values
+    train_idx = perm[n_val:].sort().values
+    return Split(
+        images[train_idx],
+        labels[train_idx.to(labels.device)],
+        images[val_idx],
+        labels[val_idx.to(labels.device)],
+    )
+
+
+def subset(
+    images: torch.Tensor, labels: torch.Tensor, n: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random subset of ``n`` samples (in original order). Nested: a larger ``n`` with the same seed
+    contains the smaller subset."""
+    total = _check_pair(images, labels)
+    if not 0 <= n <= total:
+        raise ValueError(f"n must be in [0, {total}], got {n}")
+    idx = torch.randperm(total, generator=_generator(seed, 0x5B5E))[:n].sort().values
+    return images[idx.to(images.device)], labels[idx.to(labels.device)]
+
+
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+class TensorBatchLoader:
+    """Mini-batches ``(x float32, y int64)`` from in-memory tensors, resumable at any batch.
+
+    Args:
+        images: ``(N, ...)`` tensor (typically uint8 ``(N, C, H, W)``), on any device.
+        labels: ``(N,)`` integer tensor.
+        batch_size: samples per batch (>= 1).
+        shuffle: new random order every epoch (a function of ``(seed, epoch)``).
+        drop_last: drop the last incomplete batch.
+        augment: ``augment(x, generator) -> float tensor``, e.g. a
+            :class:`~friendly_sam.data.BatchAugment`; the generator is seeded from
+            ``(seed, epoch, batch index)``. ``None``: uint8 images are scaled to [0, 1] floats.
+        seed: base seed.
+        device: where batches are delivered (the images are moved batch by batch, before
+            augmentation); ``None`` keeps the images' device.
+
+    Epochs: ``set_epoch(e)`` selects epoch ``e``. Without it, each *completed* pass advances the
+    epoch by one, so plain ``for epoch ...: for x, y in loader`` also reshuffles.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        augment: Augment | None = None,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.num_samples = _check_pair(images, labels)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be integers, got {labels.dtype}")
+        self.images = images
+        self.labels = labels
+        self.batch_size = batch_size
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        self.augment = augment
+        self.seed = int(seed)
+        self.device = torch.device(device) if device is not None else None
+        self.epoch = 0
+        self.start_batch = 0
+        self._perm_cache: tuple[tuple[int, int], torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch (order and augmentation) and the batch the next iteration starts at."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self._check_start(start_batch)
+        self.epoch = int(epoch)
+        self.start_batch = int(start_batch)
+
+    def _check_start(self, batch_index: int) -> None:
+        if not 0 <= batch_index <= len(self):
+            raise ValueError(f"batch index must be in [0, {len(self)}], got {batch_index}")
+
+    def permutation(self, epoch: int | None = None) -> torch.Tensor:
+        """Sample order of an epoch (CPU int64); the identity when ``shuffle`` is off."""
+        e = self.epoch if epoch is None else int(epoch)
+        if not self.shuffle:
+            return torch.arange(self.num_samples)
+        if self._perm_cache is None or self._perm_cache[0] != (self.seed, e):
+            perm = torch.randperm(self.num_samples, generator=_generator(self.seed, e, _PERMUTATION_STREAM))
+            self._perm_cache = ((self.seed, e), perm)
+        return self._perm_cache[1]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        start, epoch = self.start_batch, self.epoch
+        yield from self._iterate(epoch, start)
+        # Completed pass: move on, unless set_epoch was called meanwhile.
+        if (self.epoch, self.start_batch) == (epoch, start):
+            self.epoch, self.start_batch = epoch + 1, 0
+
+    def iter_from(
+        self, batch_index: int, epoch: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Iterate over batches ``batch_index, ..., len(self) - 1`` of an epoch (default: the current
+        one), without changing the loader's epoch state."""
+        e = self.epoch if epoch is None else int(epoch)
+        self._check_start(batch_index)
+        return self._iterate(e, batch_index)
+
+    def _iterate(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self._check_start(start)
+        perm = self.permutation(epoch)
+        for b in range(start, len(self)):
+            yield self._batch(epoch, b, perm[b * self.batch_size : (b + 1) * self.batch_size])
+
+    def batch(self, batch_index: int, epoch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``batch_index`` of an epoch (default: the current one), by random access."""
+        e = self.epoch if epoch is None else int(epoch)
+        if not 0 <= batch_index < len(self):
+            raise IndexError(f"batch index {batch_index} out of range [0, {len(self)})")
+        perm = self.permutation(e)
+        return self._batch(
+            e, batch_index, perm[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
+        )
+
+    def _batch(self, epoch: int, b: int, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.images.index_select(0, idx.to(self.images.device))
+        y = self.labels.index_select(0, idx.to(self.labels.device))
+        if self.device is not None:
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+        y = y.to(torch.int64)
+        if self.augment is not None:
+            x = self.augment(x, _generator(self.seed, epoch, b, _AUGMENT_STREAM))
+        elif x.dtype == torch.uint8:
+            x = x.to(torch.float32).div_(255.0)
+        elif not x.is_floating_point():
+            x = x.to(torch.float32)
+        return x, y
+
+    def __repr__(self) -> str:
+        return (
+            f"TensorBatchLoader(n={self.num_samples}, batch_size={self.batch_size}, shuffle={self.shuffle}, "
+            f"drop_last={self.drop_last}, augment={self.augment!r}, seed={self.seed}, epoch={self.epoch})"
+        )
