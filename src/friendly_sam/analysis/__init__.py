@@ -6,17 +6,17 @@ returns a dataclass whose ``to_dict()`` is JSON-serialisable. The batches togeth
 objective, the example-weighted mean loss ``L(w) = sum_b n_b/N * loss_b(w)``.
 
 Cost, in passes over all the batches (F = forward, B = backward; an HVP is one forward and two
-backward passes per batch, the second through the first's graph, about 2.5-3x an F+B):
+backward passes per batch, the second through the first's graph, measured at about 3x an F+B on CPU):
 
-=================================  ===============================================  ==========
-measure                            what                                             cost
-=================================  ===============================================  ==========
-``top_eigenvalue``                 largest |eigenvalue| of the Hessian, power it.   <= iters HVPs
-``hessian_trace``                  Hutchinson trace, Rademacher probes              samples HVPs
-``worst_case_loss_increase``       max L(w+e)-L(w), ||e|| <= rho, projected ascent  steps F+B + 1 F
-``loss_landscape_1d``              L(w + a d), filter-normalised d                  points F
-``loss_landscape_2d``              L(w + a d1 + b d2)                               points**2 F
-=================================  ===============================================  ==========
+============================  ================================================  ===============
+measure                       what                                              cost
+============================  ================================================  ===============
+``top_eigenvalue``            largest-magnitude Hessian eigenvalue (power it.)  <= iters HVPs
+``hessian_trace``             Hutchinson trace estimate, Rademacher probes      samples HVPs
+``worst_case_loss_increase``  max L(w+e)-L(w), ||e|| <= rho (projected ascent)  steps F+B + 1 F
+``loss_landscape_1d``         L(w + a d), d filter-normalised                   points F
+``loss_landscape_2d``         L(w + a d1 + b d2)                                points**2 F
+============================  ================================================  ===============
 
 By default the model is evaluated in eval mode (BatchNorm running statistics, no dropout), so the
 loss is a deterministic function of the weights; ``bn_mode="batch"`` uses per-batch BatchNorm
