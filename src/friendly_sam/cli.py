@@ -1,0 +1,237 @@
+"""The ``fsam`` command: train, compare, demo, models, analyze."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any
+
+from .train.config import TrainConfig, read_config_file
+
+DEMO_CONFIG = {
+    "dataset": "fashion-mnist",
+    "model": "resnet8",
+    "epochs": 4,
+    "batch_size": 128,
+    "lr": 0.05,
+    "weight_decay": 5e-4,
+    "rho": 0.1,
+    "lmbda": 0.6,
+    "sigma": 1.0,
+    "train_subset": 20000,
+    "bf16": False,
+    "channels_last": False,
+    "seed": 0,
+}
+DEMO_OPTIMIZERS = ("sgd", "sam", "fsam")
+
+
+# --------------------------------------------------------------------------- config flags
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field; defaults are suppressed so that only given flags override."""
+    group = parser.add_argument_group("training options (override the config file)")
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = str(f.type)
+        default = f.default if f.default is not MISSING else None
+        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        if kind.startswith("bool"):
+            group.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+            )
+        elif kind.startswith("list"):
+            group.add_argument(flag, type=float, nargs="+", default=argparse.SUPPRESS, help=help_text)
+        else:
+            conv = int if kind.startswith("int") else float if kind.startswith("float") else str
+            group.add_argument(
+                flag, type=conv, default=argparse.SUPPRESS, help=help_text, metavar=f.name.upper()
+            )
+
+
+def _config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values: dict[str, Any] = {}
+    if args.config:
+        values.update(read_config_file(args.config))
+    names = {f.name for f in fields(TrainConfig)}
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    return TrainConfig.from_dict(values, source=args.config or "flags").validate()
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import load_run_config, train
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        cfg = load_run_config(run_dir)
+        train(cfg, run_dir, resume=True, progress=not args.quiet)
+    else:
+        cfg = _config_from_args(args)
+        run_dir = (
+            Path(args.out)
+            if args.out
+            else Path("runs")
+            / (f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.label}-{cfg.dataset}-{cfg.model}-s{cfg.seed}")
+        )
+        print(f"run directory: {run_dir}")
+        train(cfg, run_dir, progress=not args.quiet)
+    print(f"done: {run_dir}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .train.compare import compare_runs
+
+    table, plot = compare_runs([Path(p) for p in args.runs], plot_path=args.plot, metric=args.metric)
+    print(table)
+    if plot:
+        print(f"plot: {plot}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import describe_models
+
+    rows = describe_models(num_classes=args.num_classes, in_channels=args.in_channels)
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'name':<{width}}  {'params':>11}  kind   description")
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['params']:>11,}  {r['kind']:<5}  {r['description']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """SGD, SAM and F-SAM on real Fashion-MNIST, same model, budget and seed; then the comparison."""
+    from .train import train
+    from .train.compare import compare_runs
+    from .train.trainer import CHECKPOINT_FILE, SUMMARY_FILE
+
+    out = Path(args.out)
+    overrides = {
+        k: v
+        for k, v in {
+            "epochs": args.epochs,
+            "train_subset": args.train_subset,
+            "data_dir": args.data_dir,
+            "seed": args.seed,
+        }.items()
+        if v is not None
+    }
+    runs = []
+    for name in DEMO_OPTIMIZERS:
+        cfg = TrainConfig.from_dict({**DEMO_CONFIG, **overrides, "optimizer": name}).validate()
+        run_dir = out / name
+        runs.append(run_dir)
+        if (run_dir / SUMMARY_FILE).exists():
+            print(f"{name}: finished earlier, reusing {run_dir}")
+            continue
+        print(f"== {name}: {cfg.model} on {cfg.dataset}, {cfg.epochs} epochs, rho {cfg.rho} ==")
+        train(cfg, run_dir, resume=(run_dir / CHECKPOINT_FILE).exists(), progress=not args.quiet)
+    table, plot = compare_runs(runs, plot_path=out / "test_accuracy.png")
+    print()
+    print(table)
+    if plot:
+        print(f"plot: {plot}")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .analysis.run import analyze_run
+
+    analyze_run(Path(args.run), vars(args))
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fsam",
+        description="Friendly-SAM experiments: train SGD / SAM / F-SAM on real data, compare runs, analyse them.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "train",
+        help="train one run (config file and/or flags)",
+        description="Train one run. A config file (TOML/YAML) sets options; flags override it.",
+    )
+    p.add_argument("--config", help="TOML or YAML config file (see configs/)")
+    p.add_argument(
+        "--out", help="run directory to create (default: runs/<time>-<label>-<dataset>-<model>-s<seed>)"
+    )
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, one line per epoch (for logs)")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "compare",
+        help="table (mean and spread over seeds) and plot across runs",
+        description="Group runs by label (optimizer), print mean/std over seeds, plot curves.",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--plot", help="write the accuracy-vs-epoch plot to this PNG (default: none)")
+    p.add_argument("--metric", default="test_acc", help="metric to tabulate and plot (default: test_acc)")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("models", help="list the networks with parameter counts")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--in-channels", type=int, default=3)
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser(
+        "demo",
+        help="SGD vs SAM vs F-SAM on Fashion-MNIST (about 10 minutes on 2 CPU cores)",
+        description="Train SGD, SAM and F-SAM with the same model, budget and seed on real "
+        "Fashion-MNIST and compare them. Rerunning reuses finished runs and resumes others.",
+    )
+    p.add_argument("--out", default="runs/demo", help="directory for the three runs (default: runs/demo)")
+    p.add_argument("--epochs", type=int, help=f"epochs per run (default: {DEMO_CONFIG['epochs']})")
+    p.add_argument(
+        "--train-subset", type=int, help=f"training images (default: {DEMO_CONFIG['train_subset']})"
+    )
+    p.add_argument("--data-dir", help="where the Fashion-MNIST files are (default: search)")
+    p.add_argument("--seed", type=int, help="seed (default: 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "analyze",
+        help="sharpness of a trained run: Hessian eigenvalue/trace, worst-case loss, loss landscape",
+    )
+    p.add_argument("run", metavar="RUN_DIR")
+    p.set_defaults(func=cmd_analyze)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .data import DatasetFormatError, DatasetNotFoundError
+    from .train import CheckpointError, RunDirectoryError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (
+        ValueError,
+        DatasetNotFoundError,
+        DatasetFormatError,
+        CheckpointError,
+        RunDirectoryError,
+        FloatingPointError,
+        ModuleNotFoundError,
+    ) as exc:
+        print(f"fsam {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"\nfsam {args.command}: interrupted; resume with `fsam train --resume RUN_DIR`", file=sys.stderr
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

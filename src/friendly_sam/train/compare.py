@@ -1,0 +1,128 @@
+"""Compare runs: one row per label (optimizer) with mean and spread over seeds, and a curve plot."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from .trainer import CONFIG_FILE, METRICS_FILE, RunDirectoryError
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    """A run's config and per-epoch metrics (also of an unfinished run)."""
+    config_path, metrics_path = run_dir / CONFIG_FILE, run_dir / METRICS_FILE
+    if not config_path.is_file():
+        raise RunDirectoryError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
+    metrics = []
+    if metrics_path.is_file():
+        metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    if not metrics:
+        raise RunDirectoryError(f"{run_dir} has no finished epoch yet (empty {METRICS_FILE})")
+    config = json.loads(config_path.read_text())
+    return {
+        "dir": run_dir,
+        "config": config,
+        "metrics": metrics,
+        "label": config.get("name") or config["optimizer"],
+    }
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize_runs(runs: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        if metric not in run["metrics"][-1]:
+            raise ValueError(
+                f"metric {metric!r} not recorded in {run['dir']}; have: {', '.join(run['metrics'][-1])}"
+            )
+        groups[run["label"]].append(run)
+    rows = []
+    for label, members in groups.items():
+        final = [r["metrics"][-1][metric] for r in members]
+        best = [max(m[metric] for m in r["metrics"]) for r in members]
+        rows.append(
+            {
+                "label": label,
+                "runs": len(members),
+                "seeds": [r["config"]["seed"] for r in members],
+                "epochs": [r["metrics"][-1]["epoch"] for r in members],
+                "final": final,
+                "final_mean_std": mean_std(final),
+                "best_mean_std": mean_std(best),
+                "wall_time": statistics.fmean(r["metrics"][-1]["elapsed"] for r in members),
+                "images_per_s": statistics.fmean(m["images_per_s"] for r in members for m in r["metrics"]),
+            }
+        )
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]], metric: str) -> str:
+    lines = [
+        f"| run | n | final {metric} (mean ± std) | best {metric} | per seed | epochs | time/run | img/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        (fm, fs), (bm, bs) = r["final_mean_std"], r["best_mean_std"]
+        per_seed = ", ".join(f"{v:.2f}" for v in r["final"])
+        epochs = "/".join(sorted({str(e) for e in r["epochs"]}))
+        lines.append(
+            f"| {r['label']} | {r['runs']} | {fm:.2f} ± {fs:.2f} | {bm:.2f} ± {bs:.2f} | {per_seed} | "
+            f"{epochs} | {r['wall_time']:.0f} s | {r['images_per_s']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_curves(runs: list[dict[str, Any]], metric: str, path: Path) -> Path:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ModuleNotFoundError(
+            "plots need matplotlib: pip install matplotlib (or friendly-sam[plot])"
+        ) from exc
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        groups[run["label"]].append(run)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, members in groups.items():
+        length = min(len(r["metrics"]) for r in members)
+        epochs = [m["epoch"] for m in members[0]["metrics"][:length]]
+        curves = [[m[metric] for m in r["metrics"][:length]] for r in members]
+        means = [statistics.fmean(c[i] for c in curves) for i in range(length)]
+        line = ax.plot(epochs, means, marker="o", label=f"{label} (n={len(members)})")[0]
+        if len(members) > 1:
+            stds = [statistics.stdev(c[i] for c in curves) for i in range(length)]
+            ax.fill_between(
+                epochs,
+                [m - s for m, s in zip(means, stds)],
+                [m + s for m, s in zip(means, stds)],
+                color=line.get_color(),
+                alpha=0.2,
+            )
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric.replace("_", " ") + (" (%)" if metric.endswith("acc") else ""))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def compare_runs(
+    run_dirs: list[Path], plot_path: str | Path | None = None, metric: str = "test_acc"
+) -> tuple[str, Path | None]:
+    """Markdown table over ``run_dirs`` grouped by label, and optionally the plot; returns both."""
+    runs = [read_run(Path(d)) for d in run_dirs]
+    table = format_table(summarize_runs(runs, metric), metric)
+    plot = plot_curves(runs, metric, Path(plot_path)) if plot_path else None
+    return table, plot

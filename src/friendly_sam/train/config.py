@@ -1,0 +1,216 @@
+"""The training configuration: one dataclass that is the single source of flags, file keys and help.
+
+A config file (TOML, or YAML when PyYAML is installed) gives any subset of the fields; command-line
+flags override the file; :meth:`TrainConfig.validate` checks everything before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+OPTIMIZERS = ("sgd", "sam", "asam", "fsam", "afsam")
+BASE_OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "step", "constant")
+NOISE_KINDS = ("symmetric", "asymmetric")
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs. Defaults: a small, quick F-SAM run on Fashion-MNIST."""
+
+    # data
+    dataset: str = _opt("fashion-mnist", "data set: fashion-mnist, mnist, cifar10, cifar100")
+    data_dir: str | None = _opt(
+        None, "directory holding the data set files (else FSAM_DATA_DIR, the cache, ...)"
+    )
+    download: bool = _opt(False, "download the data set (MD5-checked) when it is not found locally")
+    train_subset: int | None = _opt(None, "train on a random subset of this many images")
+    val_size: int = _opt(0, "hold out this many training images as a validation split (0: none)")
+    label_noise: float = _opt(0.0, "fraction of training labels to corrupt, in [0, 1]")
+    noise_kind: str = _opt("symmetric", "label noise kind: symmetric or asymmetric")
+    crop: bool = _opt(True, "random crop with padding (4 pixels at 32x32, 3 at 28x28)")
+    flip: bool | None = _opt(None, "random horizontal flip (default: on for CIFAR, off for digits/clothes)")
+    cutout: bool = _opt(False, "Cutout 16x16 with p=0.5 (the paper's CIFAR recipe; 8x8 at 28x28)")
+    # model
+    model: str = _opt("resnet8", "network; `fsam models` lists them")
+    # optimizer
+    optimizer: str = _opt("fsam", "sgd, sam, asam (adaptive SAM), fsam, afsam (adaptive F-SAM)")
+    base: str = _opt("sgd", "base optimizer: sgd or adamw")
+    lr: float = _opt(0.05, "peak learning rate")
+    momentum: float = _opt(0.9, "SGD momentum")
+    nesterov: bool = _opt(False, "Nesterov momentum (SGD)")
+    weight_decay: float = _opt(5e-4, "weight decay (coupled for SGD, decoupled for AdamW)")
+    rho: float = _opt(0.05, "SAM / F-SAM neighbourhood radius")
+    sigma: float = _opt(1.0, "F-SAM: fraction of the estimated full gradient removed")
+    lmbda: float = _opt(0.6, "F-SAM: EMA decay of the full-gradient estimate, in [0, 1)")
+    max_grad_norm: float | None = _opt(
+        None, "clip the (perturbed) gradient to this norm before the base step"
+    )
+    # schedule
+    epochs: int = _opt(5, "number of epochs")
+    batch_size: int = _opt(128, "training batch size")
+    schedule: str = _opt("cosine", "learning-rate schedule: cosine (per iteration, to 0), step, constant")
+    milestones: list[float] = _opt(
+        (0.5, 0.75), "step schedule: fractions of training where lr drops", nargs="+"
+    )
+    gamma: float = _opt(0.1, "step schedule: factor at each milestone")
+    warmup_epochs: float = _opt(0.0, "linear warm-up length in epochs")
+    # speed and reproducibility
+    seed: int = _opt(0, "seed of everything (initialisation, data order, augmentation, label noise)")
+    bf16: bool = _opt(False, "bfloat16 autocast for forward/backward (fast on recent CPUs and GPUs)")
+    channels_last: bool = _opt(False, "channels_last memory format (faster convolutions on CPU)")
+    device: str = _opt("auto", "cpu, cuda, cuda:N or auto")
+    threads: int | None = _opt(None, "torch CPU threads (default: torch's choice)")
+    deterministic: bool = _opt(False, "torch.use_deterministic_algorithms (GPU runs become reproducible)")
+    eval_batch_size: int = _opt(1000, "batch size for evaluation")
+    # run bookkeeping
+    checkpoint_every: int = _opt(1, "write a checkpoint every N epochs (the last epoch always)")
+    tensorboard: bool = _opt(False, "also log to TensorBoard (needs the tensorboard package)")
+    name: str | None = _opt(None, "a label for comparisons (default: the optimizer name)")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.optimizer
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(
+                f"{source}: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(known)}"
+            )
+        return cls(**{k.replace("-", "_"): v for k, v in values.items()})
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrainConfig:
+        return cls.from_dict(read_config_file(path), source=str(path))
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["milestones"] = list(self.milestones)
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> TrainConfig:
+        """Raise ``ValueError`` naming the option and the fix for any invalid value; return self."""
+        from ..data import DATASET_NAMES
+        from ..models import available_models
+
+        def choice(name: str, options: tuple[str, ...] | list[str]) -> None:
+            value = getattr(self, name)
+            if value not in options:
+                raise ValueError(
+                    f"--{name.replace('_', '-')}: unknown value {value!r}; choose one of: {', '.join(options)}"
+                )
+
+        def number(
+            name: str, low: float, high: float | None = None, *, open_low=False, open_high=False
+        ) -> None:
+            v = getattr(self, name)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            ok = ok and (v > low if open_low else v >= low)
+            ok = ok and (high is None or (v < high if open_high else v <= high))
+            if not ok:
+                lo, hi = ("(" if open_low else "["), (")" if open_high else "]")
+                rng = f"{lo}{low}, {high}{hi}" if high is not None else f"{'>' if open_low else '>='} {low}"
+                raise ValueError(
+                    f"--{name.replace('_', '-')}: invalid value {v!r}; it must be a number in {rng}"
+                )
+
+        def integer(name: str, low: int, optional: bool = False) -> None:
+            v = getattr(self, name)
+            if optional and v is None:
+                return
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(
+                    f"--{name.replace('_', '-')}: invalid value {v!r}; it must be an integer >= {low}"
+                )
+
+        choice("dataset", list(DATASET_NAMES))
+        choice("model", list(available_models()))
+        choice("optimizer", OPTIMIZERS)
+        choice("base", BASE_OPTIMIZERS)
+        choice("schedule", SCHEDULES)
+        choice("noise_kind", NOISE_KINDS)
+        number("label_noise", 0.0, 1.0)
+        number("lr", 0.0, open_low=True)
+        number("momentum", 0.0, 1.0, open_high=True)
+        number("weight_decay", 0.0)
+        number("rho", 0.0)
+        number("sigma", 0.0)
+        number("lmbda", 0.0, 1.0, open_high=True)
+        number("gamma", 0.0, 1.0, open_low=True)
+        number("warmup_epochs", 0.0)
+        integer("epochs", 1)
+        integer("batch_size", 1)
+        integer("eval_batch_size", 1)
+        integer("val_size", 0)
+        integer("train_subset", 1, optional=True)
+        integer("threads", 1, optional=True)
+        integer("checkpoint_every", 1)
+        integer("seed", 0)
+        if self.max_grad_norm is not None:
+            number("max_grad_norm", 0.0, open_low=True)
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"--warmup-epochs: {self.warmup_epochs} must be shorter than --epochs {self.epochs}"
+            )
+        if any(not (0 < m < 1) for m in self.milestones):
+            raise ValueError(f"--milestones: {list(self.milestones)} must be fractions of training in (0, 1)")
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"--device: unknown value {self.device!r}; use cpu, cuda, cuda:N or auto")
+        return self
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file into a flat dict of options."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    text = path.read_text()
+    if path.suffix == ".toml":
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib  # type: ignore[no-redef]
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"config file {path} is not valid TOML: {exc}") from exc
+    elif path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ModuleNotFoundError as exc:
+            raise ModuleNotFoundError(
+                f"reading {path} needs PyYAML: pip install pyyaml (or use TOML)"
+            ) from exc
+        data = yaml.safe_load(text) or {}
+    else:
+        raise ValueError(f"config file {path}: unknown format {path.suffix!r}; use .toml, .yaml or .yml")
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a table of options at the top level")
+    # Sections ([data], [optimizer], ...) are allowed for readability; their keys are flattened.
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    return {k.replace("-", "_"): v for k, v in flat.items()}
