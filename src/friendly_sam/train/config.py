@@ -35,6 +35,9 @@ class TrainConfig:
     download: bool = _opt(False, "download the data set (MD5-checked) when it is not found locally")
     train_subset: int | None = _opt(None, "train on a random subset of this many images")
     val_size: int = _opt(0, "hold out this many training images as a validation split (0: none)")
+    test_subset: int | None = _opt(
+        None, "evaluate on a fixed random subset of this many test images (quick checks)"
+    )
     label_noise: float = _opt(0.0, "fraction of training labels to corrupt, in [0, 1]")
     noise_kind: str = _opt("symmetric", "label noise kind: symmetric or asymmetric")
     crop: bool = _opt(True, "random crop with padding (4 pixels at 32x32, 3 at 28x28)")
@@ -71,7 +74,7 @@ class TrainConfig:
     device: str = _opt("auto", "cpu, cuda, cuda:N or auto")
     threads: int | None = _opt(None, "torch CPU threads (default: torch's choice)")
     deterministic: bool = _opt(False, "torch.use_deterministic_algorithms (GPU runs become reproducible)")
-    eval_batch_size: int = _opt(1000, "batch size for evaluation")
+    eval_batch_size: int = _opt(256, "batch size for evaluation")
     # run bookkeeping
     checkpoint_every: int = _opt(1, "write a checkpoint every N epochs (the last epoch always)")
     tensorboard: bool = _opt(False, "also log to TensorBoard (needs the tensorboard package)")
@@ -163,6 +166,7 @@ class TrainConfig:
         integer("eval_batch_size", 1)
         integer("val_size", 0)
         integer("train_subset", 1, optional=True)
+        integer("test_subset", 1, optional=True)
         integer("threads", 1, optional=True)
         integer("checkpoint_every", 1)
         integer("seed", 0)

@@ -82,7 +82,10 @@ def prepare_data(cfg: TrainConfig, device: torch.device) -> RunData:
         split = train_val_split(images, labels, cfg.val_size, seed=cfg.seed)
         images, labels = split.train_images, split.train_labels
         eval_sets["val"] = (split.val_images, split.val_labels)  # clean labels: selection is honest
-    eval_sets["test"] = (ds.test_images, ds.test_labels)
+    test_images, test_labels = ds.test_images, ds.test_labels
+    if cfg.test_subset is not None and cfg.test_subset < len(test_labels):
+        test_images, test_labels = subset(test_images, test_labels, cfg.test_subset, seed=0)
+    eval_sets["test"] = (test_images, test_labels)
     noisy_indices = noisy_labels = None
     if cfg.label_noise > 0:
         labels, noisy_indices = apply_label_noise(
