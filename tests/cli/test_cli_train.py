@@ -1,0 +1,150 @@
+"""`fsam train`, `compare` and `models` end to end on real Fashion-MNIST, through subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+import torch
+from cli_helpers import TINY, fsam, needs_fashion_mnist, popen_fsam
+
+pytestmark = needs_fashion_mnist
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "sam", "asam", "fsam", "afsam"])
+def test_train_each_optimizer(tmp_path, optimizer):
+    run = tmp_path / optimizer
+    result = fsam("train", "--optimizer", optimizer, "--out", str(run), *TINY)
+    assert result.returncode == 0, result.stderr
+    config = json.loads((run / "config.json").read_text())
+    assert config["optimizer"] == optimizer
+    (record,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "train_time", "images_per_s"):
+        assert key in record
+    assert 0 <= record["test_acc"] <= 100 and record["lr"] == 0.0  # cosine schedule ends at 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["final_test_acc"] == record["test_acc"]
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    if optimizer != "sgd":
+        assert "base_optimizer" in ckpt["optimizer"]  # the two-pass state dict carries the base state
+
+
+def test_config_file_with_flag_override_and_label_noise(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text(
+        '[data]\ndataset = "fashion-mnist"\nlabel_noise = 0.25\nnoise_kind = "symmetric"\nval_size = 64\n'
+        '[optimizer]\noptimizer = "sam"\nrho = 0.2\n'
+    )
+    run = tmp_path / "run"
+    result = fsam("train", "--config", str(config), "--rho", "0.07", "--out", str(run), *TINY)
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["rho"] == 0.07 and saved["optimizer"] == "sam" and saved["label_noise"] == 0.25
+    noise = json.loads((run / "label_noise.json").read_text())
+    assert len(noise["indices"]) == round(0.25 * (256 - 64))
+    record = json.loads((run / "metrics.jsonl").read_text())
+    assert "val_acc" in record
+
+
+def test_existing_run_directory_is_never_overwritten(tmp_path):
+    run = tmp_path / "run"
+    assert fsam("train", "--out", str(run), *TINY).returncode == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    result = fsam("train", "--out", str(run), *TINY)
+    assert result.returncode == 2 and "already exists" in result.stderr and "--resume" in result.stderr
+    assert before == {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+
+
+def _final_weights(run):
+    return torch.load(run / "checkpoint.pt", weights_only=False)["model"]
+
+
+def test_kill_and_resume_gives_the_uninterrupted_result(tmp_path):
+    args = [
+        "--optimizer",
+        "fsam",
+        "--model",
+        "cnn_small",
+        "--train-subset",
+        "640",
+        "--batch-size",
+        "64",
+        "--epochs",
+        "4",
+        "--test-subset",
+        "500",
+        "--threads",
+        "1",
+        "--quiet",
+    ]
+    full = tmp_path / "full"
+    assert fsam("train", "--out", str(full), *args).returncode == 0
+
+    killed = tmp_path / "killed"
+    proc = popen_fsam("train", "--out", str(killed), *args)
+    deadline = time.time() + 240
+    while not (killed / "checkpoint.pt").exists():  # wait for the first checkpoint, then kill hard
+        assert proc.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    epochs_done = len((killed / "metrics.jsonl").read_text().splitlines())
+    assert epochs_done < 4, "the run finished before it was killed; the test did not test resuming"
+    result = fsam("train", "--resume", str(killed))
+    assert result.returncode == 0, result.stderr
+    assert "resuming" in result.stdout
+    a, b = _final_weights(full), _final_weights(killed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    metrics = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
+
+
+def test_corrupt_and_incompatible_checkpoints_are_refused_intact(tmp_path):
+    run = tmp_path / "run"
+    assert fsam("train", "--out", str(run), *TINY, "--epochs", "2").returncode == 0
+    ckpt = run / "checkpoint.pt"
+    # Pretend the run stopped after epoch 1 with a damaged checkpoint.
+    (run / "summary.json").unlink()
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 3])
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    result = fsam("train", "--resume", str(run))
+    assert result.returncode == 2 and "corrupt" in result.stderr
+    assert before == {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+
+    ckpt.write_bytes(data)
+    config = json.loads((run / "config.json").read_text())
+    config["seed"] = 7
+    (run / "config.json").write_text(json.dumps(config))
+    result = fsam("train", "--resume", str(run))
+    assert result.returncode == 2 and "different run setting" in result.stderr and "seed" in result.stderr
+
+
+def test_compare_prints_table_and_writes_plot(tmp_path):
+    runs = []
+    for optimizer, seed in [("sgd", 0), ("sgd", 1), ("fsam", 0)]:
+        run = tmp_path / f"{optimizer}{seed}"
+        assert (
+            fsam("train", "--optimizer", optimizer, "--seed", str(seed), "--out", str(run), *TINY).returncode
+            == 0
+        )
+        runs.append(str(run))
+    plot = tmp_path / "plot.png"
+    result = fsam("compare", *runs, "--plot", str(plot))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("| run | n | final test_acc (mean ± std)")
+    sgd_row = next(line for line in lines if line.startswith("| sgd |"))
+    assert sgd_row.split("|")[2].strip() == "2"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = fsam("compare", str(tmp_path / "nothing"))
+    assert bad.returncode == 2 and "not a run directory" in bad.stderr
+
+
+def test_models_lists_parameter_counts():
+    result = fsam("models")
+    assert result.returncode == 0
+    assert "resnet18" in result.stdout and "11,173,962" in result.stdout
