@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Set up, then train SGD, SAM and F-SAM on real Fashion-MNIST and compare them (about 10 min, 2 cores).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+exec .venv/bin/fsam demo "$@"
