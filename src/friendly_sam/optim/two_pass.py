@@ -53,6 +53,30 @@ def _check_number(name: str, value: Any, *, low: float, high: float | None = Non
         raise ValueError(f"invalid {name}={value!r}: it must be a finite number {bound}")
 
 
+def _is_process_group(group: Any) -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and isinstance(group, dist.ProcessGroup)
+
+
+def _sharded_norm(norms: list[Tensor], group: Any) -> float:
+    """Global L2 norm when each rank of ``group`` holds a disjoint shard of the gradient: the local squared
+    norms are summed, then ONE all-reduce sums them over the group (every rank must call this, also a rank
+    that holds no gradient). DTensor norms (FSDP2) count with their local part only."""
+    import torch.distributed as dist
+
+    local = [n.to_local() if hasattr(n, "to_local") else n for n in norms]
+    if local:
+        sq = torch.stack([n.to(local[0].device, torch.float64) for n in local]).square().sum()
+    else:
+        device = (
+            torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else None
+        )
+        sq = torch.zeros((), dtype=torch.float64, device=device)
+    dist.all_reduce(sq, op=dist.ReduceOp.SUM, group=group)
+    return float(sq.sqrt())  # one host sync, identical on every rank: all ranks take the same decisions
+
+
 class TwoPassOptimizer(Optimizer):
     """Base class of :class:`SAM` and :class:`FriendlySAM`; subclasses define the perturbation direction.
 
@@ -61,6 +85,12 @@ class TwoPassOptimizer(Optimizer):
     ``directions`` into the perturbation direction in place, reading per-parameter state only, and
     ``_update_state_(bucket, ops, directions)``, which updates that state from the direction. The latter
     runs only once the direction's norm is known to be finite, so state is never poisoned by inf/nan.
+
+    ``process_group`` (keyword of every subclass): the ``torch.distributed`` group over which the
+    parameters are *sharded* (FSDP2 ``fully_shard``, ZeRO): each rank holds a disjoint part of the
+    gradient, so the global norms (perturbation, ASAM, ``max_grad_norm`` clipping) sum the local squared
+    norms with one all-reduce. Leave it ``None`` (the default: no communication) for one process and for
+    DDP, whose gradients are whole on every rank. See ``docs/distributed.md``.
     """
 
     _hyperparameters: dict[str, Any] = {}
@@ -72,6 +102,7 @@ class TwoPassOptimizer(Optimizer):
         *,
         max_grad_norm: float | None = None,
         foreach: bool | None = None,
+        process_group: Any = None,
         **kwargs: Any,
     ) -> None:
         if isinstance(base_optimizer, Optimizer):
@@ -91,11 +122,18 @@ class TwoPassOptimizer(Optimizer):
                 raise ValueError("invalid max_grad_norm=0: use None to disable clipping, or a positive norm")
         if foreach not in (None, True, False):
             raise ValueError(f"invalid foreach={foreach!r}: use None (automatic), True or False")
+        if process_group is not None and not _is_process_group(process_group):
+            raise TypeError(
+                f"process_group must be a torch.distributed ProcessGroup (e.g. dist.group.WORLD) over which "
+                f"the parameters are sharded, or None; got {process_group!r}"
+            )
         own = {k: kwargs.pop(k) for k in list(kwargs) if k in self._hyperparameters}
         defaults = {**self._hyperparameters, **own}
         self._validate_group(defaults, where="")
         self.max_grad_norm = max_grad_norm
         self.foreach = foreach
+        # Sharded parameters (FSDP / ZeRO): global norms sum the local squared norms over this group.
+        self.process_group = process_group
         super().__init__(params, defaults)
         self.base_optimizer = base_optimizer(self.param_groups, **kwargs)
         # One list of group dicts shared by both: schedulers, add_param_group and state_dict see one truth.
@@ -234,7 +272,13 @@ class TwoPassOptimizer(Optimizer):
                 if scaler is not None:
                     scaler.unscale_(self.base_optimizer)
                 params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
-                torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=self.foreach)
+                if self.process_group is None:
+                    torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=self.foreach)
+                else:  # the norm of the whole (sharded) gradient, as clip_grad_norm_ computes it
+                    total = self._global_norm([torch.linalg.vector_norm(p.grad) for p in params])
+                    coef = min(1.0, self.max_grad_norm / (total + 1e-6))
+                    for p in params:
+                        p.grad.mul_(coef)
             if scaler is not None:
                 scaler.step(self.base_optimizer)
             else:
@@ -279,8 +323,9 @@ class TwoPassOptimizer(Optimizer):
             buf = self._saved[p] = torch.empty_like(p, memory_format=torch.preserve_format)
         return buf
 
-    @staticmethod
-    def _global_norm(norms: list[Tensor]) -> float:
+    def _global_norm(self, norms: list[Tensor]) -> float:
+        if self.process_group is not None:
+            return _sharded_norm(norms, self.process_group)
         if not norms:
             return 0.0
         device = norms[0].device
