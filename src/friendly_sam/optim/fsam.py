@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -11,6 +11,8 @@ from torch.optim import Optimizer
 
 from ._tensor_ops import TensorOps
 from .two_pass import TwoPassOptimizer, _Bucket, _check_number
+
+COMPONENTS = ("noise", "full", "minibatch")
 
 
 class FriendlySAM(TwoPassOptimizer):
@@ -33,23 +35,50 @@ class FriendlySAM(TwoPassOptimizer):
     Internally the EMA is updated as ``m <- (lmbda + (1 - lmbda) sigma) m + (1 - lmbda) d``, the same
     quantity written in terms of ``d`` so that ``g`` need not be kept (no extra buffer).
 
+    **Perturbation components** (the paper's ablation; per parameter group, ``component=``):
+
+    ==============  ======================  =================================================
+    ``component``   direction ``d``         meaning
+    ==============  ======================  =================================================
+    ``"noise"``     ``g - sigma * m``       F-SAM (default): the stochastic-noise component
+    ``"full"``      ``m``                   the estimated full-gradient component only
+    ``"minibatch"`` ``g``                   SAM: the whole minibatch gradient
+    ==============  ======================  =================================================
+
+    The EMA is kept up to date in every mode (``m <- lmbda m + (1 - lmbda) g``), and the first step is a
+    plain SAM step (``d = g``) in every mode, since no estimate exists yet. ``"full"`` keeps one extra
+    parameter-sized buffer (a copy of ``g``, needed for the EMA update once ``d`` has replaced it).
+
+    **Oracle full gradient**: :meth:`set_full_gradient` hands the optimizer the true full-batch gradient
+    (computed by the caller, e.g. every N steps over the whole training set); until
+    :meth:`clear_full_gradient`, the direction uses it in place of the EMA as ``m`` (the EMA itself is still
+    updated from ``g``, so it can be compared with the oracle). It is part of ``state_dict()``.
+
+    **Diagnostics** (``track_diagnostics=True``, off by default): each step with an estimate ``m`` (the EMA,
+    or the oracle when set), the optimizer records ``cos(g, m)`` and ``||g - sigma m|| / ||sigma m||``
+    (noise-to-full norm ratio; with per-group ``sigma``, each group's own) from the tensors it already
+    holds: three dot products per tensor, no extra pass. :meth:`read_diagnostics` returns their means
+    since the last read. Under parameter sharding (``process_group``) they cover the local shard only.
+
     Args:
-        params: parameters or parameter-group dicts; a group may override ``rho``, ``sigma``, ``lmbda``
-            and ``adaptive``.
+        params: parameters or parameter-group dicts; a group may override ``rho``, ``sigma``, ``lmbda``,
+            ``adaptive`` and ``component``.
         base_optimizer: the optimizer *class* that applies the update, e.g. ``torch.optim.SGD``.
         rho: neighbourhood radius, >= 0. Official recipe for CIFAR: 0.2 (class default 0.05).
         sigma: how much of the estimated full gradient to remove, >= 0 (1 = all; 0 = SAM).
         lmbda: EMA decay in [0, 1). Official recipe: 0.6 (was 0.95 before Oct 2024); class default 0.9.
         adaptive: ASAM's weight-scaled neighbourhood (use a larger ``rho``).
+        component: ``"noise"`` (F-SAM, default), ``"full"`` or ``"minibatch"`` (see above).
         max_grad_norm: if set, clip the perturbed gradient to this global norm before the base step.
         foreach: ``None`` (multi-tensor ops on accelerators, per-tensor on CPU), ``True`` or ``False``.
+        track_diagnostics: record ``cos(g, m)`` and the noise/full norm ratio (see above).
         **base_kwargs: arguments of the base optimizer (``lr``, ``momentum``, ``weight_decay``, ...).
 
     State: one EMA buffer per parameter (in ``state_dict()``) and one buffer holding the unperturbed
     weights between the two steps, beyond the base optimizer's own state.
     """
 
-    _hyperparameters = {"rho": 0.05, "sigma": 1.0, "lmbda": 0.9, "adaptive": False}
+    _hyperparameters = {"rho": 0.05, "sigma": 1.0, "lmbda": 0.9, "adaptive": False, "component": "noise"}
 
     def __init__(
         self,
@@ -59,9 +88,11 @@ class FriendlySAM(TwoPassOptimizer):
         sigma: float = 1.0,
         lmbda: float = 0.9,
         adaptive: bool = False,
+        component: str = "noise",
         *,
         max_grad_norm: float | None = None,
         foreach: bool | None = None,
+        track_diagnostics: bool = False,
         **base_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -73,8 +104,14 @@ class FriendlySAM(TwoPassOptimizer):
             sigma=sigma,
             lmbda=lmbda,
             adaptive=adaptive,
+            component=component,
             **base_kwargs,
         )
+        self.track_diagnostics = bool(track_diagnostics)
+        self._grad_copy: dict[Tensor, Tensor] = {}  # component="full": g, kept for the EMA update
+        self._pending: list[tuple[Tensor, ...]] | None = None  # this step's diagnostic sums, per bucket
+        self._diag_sums: dict[str, Tensor] = {}
+        self._diag_steps = 0
 
     def _validate_group(self, group: dict[str, Any], where: str) -> None:
         _check_number("rho" + where, group["rho"], low=0.0)
@@ -82,7 +119,108 @@ class FriendlySAM(TwoPassOptimizer):
         _check_number("lmbda" + where, group["lmbda"], low=0.0, high=1.0)
         if not isinstance(group["adaptive"], bool):
             raise ValueError(f"invalid adaptive={group['adaptive']!r}{where}: it must be True or False")
+        if group["component"] not in COMPONENTS:
+            raise ValueError(
+                f"invalid component={group['component']!r}{where}: use 'noise' (F-SAM: g - sigma*m), "
+                "'full' (m only) or 'minibatch' (g: SAM)"
+            )
 
+    # ----------------------------------------------------------------- oracle full gradient
+    def _all_params(self) -> list[Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    @torch.no_grad()
+    def set_full_gradient(self, gradients: Sequence[Tensor | None] | Mapping[Tensor, Tensor | None]) -> None:
+        """Use these full-batch gradients as ``m`` in the direction, in place of the EMA, until cleared.
+
+        Args:
+            gradients: one tensor per parameter, in ``param_groups`` order (``None``: a zero gradient),
+                or a mapping parameter -> tensor covering every parameter. Copied (into a buffer kept
+                across calls); must be finite.
+        """
+        if self._perturbed is not None:
+            raise RuntimeError("set_full_gradient() between first_step() and second_step()")
+        params = self._all_params()
+        if isinstance(gradients, Mapping):
+            missing = [i for i, p in enumerate(params) if p not in gradients]
+            if missing:
+                raise ValueError(f"set_full_gradient: no gradient for parameter(s) at index {missing}")
+            gradients = [gradients[p] for p in params]
+        gradients = list(gradients)
+        if len(gradients) != len(params):
+            raise ValueError(
+                f"set_full_gradient: got {len(gradients)} tensors for {len(params)} parameters "
+                "(one per parameter, in param_groups order; None for a zero gradient)"
+            )
+        for i, (p, g) in enumerate(zip(params, gradients)):
+            if g is not None and tuple(g.shape) != tuple(p.shape):
+                raise ValueError(
+                    f"set_full_gradient: tensor {i} has shape {tuple(g.shape)}, its parameter {tuple(p.shape)}"
+                )
+            if g is not None and not bool(torch.isfinite(g).all()):
+                raise ValueError(f"set_full_gradient: tensor {i} holds inf or nan")
+        for p, g in zip(params, gradients):
+            buf = self.state[p].get("full_grad")
+            if buf is None:
+                buf = self.state[p]["full_grad"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if g is None:
+                buf.zero_()
+            else:
+                buf.copy_(g)
+
+    def clear_full_gradient(self) -> None:
+        """Go back to the EMA as the full-gradient estimate."""
+        for p in self._all_params():
+            self.state[p].pop("full_grad", None)
+
+    # ----------------------------------------------------------------- diagnostics
+    def read_diagnostics(self, reset: bool = True) -> dict[str, float | int | None]:
+        """Means over the steps since the last reset: ``cos_g_m`` = cos(g, m) and ``noise_ratio`` =
+        ``||g - sigma m|| / ||sigma m||`` (``None`` when no step had an estimate, or ``sigma m = 0``);
+        ``steps`` counts the steps that had an estimate. One host sync."""
+        steps = self._diag_steps
+        out: dict[str, float | int | None] = {"steps": steps, "cos_g_m": None, "noise_ratio": None}
+        if steps:
+            s = {k: float(v) for k, v in self._diag_sums.items()}
+            out["cos_g_m"] = s["cos"] / steps
+            out["noise_ratio"] = s["ratio"] / s["ratio_n"] if s["ratio_n"] else None
+        if reset:
+            self._diag_sums, self._diag_steps = {}, 0
+        return out
+
+    def first_step(self, zero_grad: bool = True, scaler: torch.amp.GradScaler | None = None) -> None:
+        self._pending = [] if self.track_diagnostics else None
+        try:
+            super().first_step(zero_grad=zero_grad, scaler=scaler)
+        finally:
+            self._pending = None
+
+    first_step.__doc__ = TwoPassOptimizer.first_step.__doc__
+
+    def _accumulate(self, dirs: list[Tensor], ests: list[Tensor], sigma: float, ops: TensorOps) -> None:
+        # Sums of g.m, g.g, m.m over this bucket; noise norm^2 ||g - sigma m||^2 from them.
+        f64 = torch.float64
+        dot = torch.stack([_dot(g, m) for g, m in zip(dirs, ests)]).to(f64).sum()
+        gg = torch.stack(ops.norms(dirs)).to(f64).square().sum()
+        mm = torch.stack(ops.norms(ests)).to(f64).square().sum()
+        noise = (gg - 2.0 * sigma * dot + sigma * sigma * mm).clamp_min(0.0)
+        assert self._pending is not None
+        self._pending.append((dot, gg, mm, noise, sigma * sigma * mm))
+
+    def _commit_diagnostics(self) -> None:
+        pending, self._pending = self._pending, None
+        if not pending:
+            return
+        dot, gg, mm, noise, smm = (torch.stack(t).sum() for t in zip(*pending))
+        denom = (gg * mm).sqrt()
+        cos = torch.where(denom > 0, dot / denom.clamp_min(1e-300), torch.zeros_like(denom))
+        valid = smm > 0
+        ratio = torch.where(valid, (noise / smm.clamp_min(1e-300)).sqrt(), torch.zeros_like(smm))
+        for key, value in (("cos", cos), ("ratio", ratio), ("ratio_n", valid.to(torch.float64))):
+            self._diag_sums[key] = self._diag_sums[key] + value if key in self._diag_sums else value
+        self._diag_steps += 1
+
+    # ----------------------------------------------------------------- direction and state
     def _split(self, bucket: _Bucket, directions: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """Directions of parameters that already have an EMA, and the EMAs."""
         dirs, emas = [], []
@@ -93,19 +231,104 @@ class FriendlySAM(TwoPassOptimizer):
                 emas.append(ema)
         return dirs, emas
 
+    def _estimates(
+        self, bucket: _Bucket, directions: list[Tensor]
+    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """Parameters that have a full-gradient estimate (the oracle, else the EMA), their directions, and
+        the estimates."""
+        params, dirs, ests = [], [], []
+        for p, d in zip(bucket.params, directions):
+            state = self.state[p]
+            est = state.get("full_grad", state.get("ema"))
+            if est is not None:
+                params.append(p)
+                dirs.append(d)
+                ests.append(est)
+        return params, dirs, ests
+
+    def _fast_path(self, bucket: _Bucket) -> bool:
+        # Plain F-SAM with the EMA and no diagnostics: the original, allocation-free code path.
+        return (
+            bucket.group["component"] == "noise"
+            and not self.track_diagnostics
+            and "full_grad" not in self.state[bucket.params[0]]
+        )
+
     def _direction_(self, bucket: _Bucket, ops: TensorOps, directions: list[Tensor]) -> None:
-        dirs, emas = self._split(bucket, directions)
-        if dirs and bucket.group["sigma"] != 0:
-            ops.add_(dirs, emas, -bucket.group["sigma"])  # d = g - sigma * m
+        sigma, component = bucket.group["sigma"], bucket.group["component"]
+        if self._fast_path(bucket):
+            dirs, emas = self._split(bucket, directions)
+            if dirs and sigma != 0:
+                ops.add_(dirs, emas, -sigma)  # d = g - sigma * m
+            return
+        params, dirs, ests = self._estimates(bucket, directions)
+        if not dirs:
+            return  # first step: d = g
+        if self._pending is not None:
+            self._accumulate(dirs, ests, sigma, ops)
+        if component == "noise":
+            if sigma != 0:
+                ops.add_(dirs, ests, -sigma)  # d = g - sigma * m
+        elif component == "full":
+            copies = [self._grad_copy_buffer(p) for p in params]
+            ops.copy_(copies, dirs)  # keep g for the EMA update
+            ops.copy_(dirs, ests)  # d = m
+            # d no longer holds g: make an inf/nan in g visible to the finiteness check (0 * inf = nan).
+            poison = torch.stack(ops.norms(copies)).sum() * 0.0
+            for d in dirs:
+                d.add_(poison)
+        # component == "minibatch": d = g
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:  # state dicts saved before a hyperparameter existed
+            for key, value in self._hyperparameters.items():
+                group.setdefault(key, value)
+
+    def _grad_copy_buffer(self, p: Tensor) -> Tensor:
+        buf = self._grad_copy.get(p)
+        if buf is None:
+            buf = self._grad_copy[p] = torch.empty_like(p, memory_format=torch.preserve_format)
+        return buf
 
     def _update_state_(self, bucket: _Bucket, ops: TensorOps, directions: list[Tensor]) -> None:
-        sigma, lmbda = bucket.group["sigma"], bucket.group["lmbda"]
-        dirs, emas = self._split(bucket, directions)
-        if dirs:
-            decay = lmbda + (1.0 - lmbda) * sigma  # m_new = lmbda m + (1-lmbda)(d + sigma m)
-            if decay != 1.0:
-                ops.scale_(emas, decay)
-            ops.add_(emas, dirs, 1.0 - lmbda)
+        self._commit_diagnostics()
+        sigma, lmbda, component = bucket.group["sigma"], bucket.group["lmbda"], bucket.group["component"]
+        if self._fast_path(bucket):
+            dirs, emas = self._split(bucket, directions)
+            if dirs:
+                decay = lmbda + (1.0 - lmbda) * sigma  # m_new = lmbda m + (1-lmbda)(d + sigma m)
+                if decay != 1.0:
+                    ops.scale_(emas, decay)
+                ops.add_(emas, dirs, 1.0 - lmbda)
+            for p, d in zip(bucket.params, directions):
+                if "ema" not in self.state[p]:
+                    self.state[p]["ema"] = d.clone(memory_format=torch.preserve_format)  # first step: m = g
+            return
+        # General path: recover g from d per parameter, then m <- lmbda m + (1 - lmbda) g.
         for p, d in zip(bucket.params, directions):
-            if "ema" not in self.state[p]:
-                self.state[p]["ema"] = d.clone(memory_format=torch.preserve_format)  # first step: m = g
+            state = self.state[p]
+            est = state.get("full_grad", state.get("ema"))
+            if est is None:
+                g = d  # no estimate yet: d = g in every mode
+            elif component == "full":
+                g = self._grad_copy[p]
+            elif component == "noise" and sigma != 0:
+                g = d + sigma * est if "full_grad" in state else None
+            else:
+                g = d
+            ema = state.get("ema")
+            if ema is None:
+                state["ema"] = (d + sigma * est if g is None else g).clone(
+                    memory_format=torch.preserve_format
+                )
+            elif g is None:  # noise component with the EMA as m: g = d + sigma m, no temporary needed
+                ema.mul_(lmbda + (1.0 - lmbda) * sigma).add_(d, alpha=1.0 - lmbda)
+            else:
+                ema.mul_(lmbda).add_(g, alpha=1.0 - lmbda)
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    if a.is_contiguous() and b.is_contiguous():
+        return torch.dot(a.view(-1), b.view(-1))
+    return (a * b).sum()
