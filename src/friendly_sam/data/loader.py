@@ -117,6 +117,10 @@ class TensorBatchLoader:
         seed: base seed.
         device: where batches are delivered (the images are moved batch by batch, before
             augmentation); ``None`` keeps the images' device.
+        shard: ``(index, count)`` for data-parallel training: every batch is built (ordered and
+            augmented) as the whole global batch, then only part ``index`` of ``count`` contiguous
+            parts is delivered (sizes as ``torch.tensor_split``). The global batches, their order
+            and augmentation, and ``len()`` do not depend on ``count``.
 
     Epochs: ``set_epoch(e)`` selects epoch ``e``. Without it, each *completed* pass advances the
     epoch by one, so plain ``for epoch ...: for x, y in loader`` also reshuffles.
@@ -133,8 +137,12 @@ class TensorBatchLoader:
         augment: Augment | None = None,
         seed: int = 0,
         device: torch.device | str | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.num_samples = _check_pair(images, labels)
+        index, count = shard
+        if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
+            raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if labels.dtype.is_floating_point or labels.dtype == torch.bool:
@@ -147,6 +155,7 @@ class TensorBatchLoader:
         self.augment = augment
         self.seed = int(seed)
         self.device = torch.device(device) if device is not None else None
+        self.shard = (index, count)
         self.epoch = 0
         self.start_batch = 0
         self._perm_cache: tuple[tuple[int, int], torch.Tensor] | None = None
@@ -223,6 +232,11 @@ class TensorBatchLoader:
             x = x.to(torch.float32).div_(255.0)
         elif not x.is_floating_point():
             x = x.to(torch.float32)
+        if self.shard[1] > 1:
+            q, r = divmod(len(y), self.shard[1])
+            lo = self.shard[0] * q + min(self.shard[0], r)
+            hi = lo + q + (1 if self.shard[0] < r else 0)
+            x, y = x[lo:hi], y[lo:hi]
         return x, y
 
     def __repr__(self) -> str:
