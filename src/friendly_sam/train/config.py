@@ -17,6 +17,7 @@ OPTIMIZERS = ("sgd", "sam", "asam", "fsam", "afsam")
 BASE_OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 NOISE_KINDS = ("symmetric", "asymmetric")
+PERTURBATIONS = ("per-replica", "synchronized")  # under torchrun; see docs/distributed.md
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -75,6 +76,13 @@ class TrainConfig:
     threads: int | None = _opt(None, "torch CPU threads (default: torch's choice)")
     deterministic: bool = _opt(False, "torch.use_deterministic_algorithms (GPU runs become reproducible)")
     eval_batch_size: int = _opt(256, "batch size for evaluation")
+    # several processes (torchrun; docs/distributed.md)
+    perturbation: str = _opt(
+        "per-replica",
+        "under torchrun: per-replica (each replica perturbs with its local gradient and keeps its own "
+        "F-SAM EMA) or synchronized (all-reduced first gradient, as one process over the global batch)",
+    )
+    sync_bn: bool = _opt(False, "under torchrun: SyncBatchNorm (batch statistics over all replicas; CUDA)")
     # run bookkeeping
     checkpoint_every: int = _opt(1, "write a checkpoint every N epochs (the last epoch always)")
     tensorboard: bool = _opt(False, "also log to TensorBoard (needs the tensorboard package)")
@@ -152,6 +160,7 @@ class TrainConfig:
         choice("base", BASE_OPTIMIZERS)
         choice("schedule", SCHEDULES)
         choice("noise_kind", NOISE_KINDS)
+        choice("perturbation", PERTURBATIONS)
         number("label_noise", 0.0, 1.0)
         number("lr", 0.0, open_low=True)
         number("momentum", 0.0, 1.0, open_high=True)
