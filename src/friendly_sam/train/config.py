@@ -17,6 +17,8 @@ OPTIMIZERS = ("sgd", "sam", "asam", "fsam", "afsam")
 BASE_OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 NOISE_KINDS = ("symmetric", "asymmetric")
+COMPONENTS = ("noise", "full", "minibatch")
+FULL_GRADIENTS = ("ema", "oracle")
 PERTURBATIONS = ("per-replica", "synchronized")  # under torchrun; see docs/distributed.md
 
 
@@ -59,6 +61,19 @@ class TrainConfig:
     max_grad_norm: float | None = _opt(
         None, "clip the (perturbed) gradient to this norm before the base step"
     )
+    component: str = _opt(
+        "noise",
+        "F-SAM perturbation component: noise (g - sigma*m, F-SAM), full (m only), minibatch (g, as SAM)",
+    )
+    full_gradient: str = _opt(
+        "ema", "F-SAM full-gradient estimate m: ema, or oracle (true full-batch gradient every N steps)"
+    )
+    oracle_every: int = _opt(10, "--full-gradient oracle: recompute it every N steps (1 full F+B pass)")
+    diagnostics: bool = _opt(
+        False, "log cos(g, m), ||g - sigma m||/||sigma m|| and the EMA-vs-full-gradient cosine per epoch"
+    )
+    diagnostics_every: int = _opt(50, "--diagnostics: EMA-vs-full-gradient cosine every N steps")
+    diagnostics_subset: int = _opt(2048, "--diagnostics: training images for that full gradient")
     # schedule
     epochs: int = _opt(5, "number of epochs")
     batch_size: int = _opt(128, "training batch size")
@@ -179,6 +194,17 @@ class TrainConfig:
         integer("threads", 1, optional=True)
         integer("checkpoint_every", 1)
         integer("seed", 0)
+        choice("component", COMPONENTS)
+        choice("full_gradient", FULL_GRADIENTS)
+        integer("oracle_every", 1)
+        integer("diagnostics_every", 1)
+        integer("diagnostics_subset", 1)
+        uses_fsam = self.component != "noise" or self.full_gradient == "oracle" or self.diagnostics
+        if uses_fsam and self.optimizer not in ("fsam", "afsam"):
+            raise ValueError(
+                f"--component/--full-gradient/--diagnostics need --optimizer fsam or afsam, not "
+                f"{self.optimizer!r} (SAM is --optimizer fsam --component minibatch)"
+            )
         if self.max_grad_norm is not None:
             number("max_grad_norm", 0.0, open_low=True)
         if self.warmup_epochs >= self.epochs:

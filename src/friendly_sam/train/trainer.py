@@ -142,7 +142,44 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
     if cfg.optimizer in ("sam", "asam"):
         return SAM(params, base_cls, adaptive=cfg.optimizer == "asam", **common)
     return FriendlySAM(
-        params, base_cls, sigma=cfg.sigma, lmbda=cfg.lmbda, adaptive=cfg.optimizer == "afsam", **common
+        params,
+        base_cls,
+        sigma=cfg.sigma,
+        lmbda=cfg.lmbda,
+        adaptive=cfg.optimizer == "afsam",
+        component=cfg.component,
+        track_diagnostics=cfg.diagnostics,
+        **common,
+    )
+
+
+def decomposition_monitor(
+    cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, data: RunData, device: torch.device
+) -> Any:
+    """The oracle full gradient / diagnostics helper (``--full-gradient oracle``, ``--diagnostics``), or None.
+
+    See :mod:`friendly_sam.analysis.decomposition` for what is computed on which data."""
+    if cfg.full_gradient != "oracle" and not cfg.diagnostics:
+        return None
+    from ..analysis.decomposition import DecompositionMonitor
+
+    loader = data.train_loader
+    fixed = None
+    if cfg.diagnostics:
+        n = min(cfg.diagnostics_subset, loader.num_samples)
+        images, labels = subset(loader.images, loader.labels, n, seed=cfg.seed)
+        fixed = (data.eval_transform(images.to(device)), labels.to(device, torch.int64))
+    return DecompositionMonitor(
+        model,
+        optimizer,
+        loader,
+        oracle_every=cfg.oracle_every if cfg.full_gradient == "oracle" else None,
+        diagnostics=cfg.diagnostics,
+        diagnostics_every=cfg.diagnostics_every,
+        subset=fixed,
+        batch_size=cfg.batch_size,
+        autocast=lambda: autocast_context(device, cfg.bf16),
+        prepare=(lambda x: x.contiguous(memory_format=torch.channels_last)) if cfg.channels_last else None,
     )
 
 
@@ -296,6 +333,7 @@ def train(
         write_text_atomic(run_dir / METRICS_FILE, "".join(json.dumps(m) + "\n" for m in metrics))
         log(f"resuming {run_dir} after epoch {start_epoch}/{cfg.epochs}")
     writer = _tensorboard_writer(run_dir) if cfg.tensorboard else None
+    monitor = decomposition_monitor(cfg, model, optimizer, data, device)
 
     model.train()
     run_start = time.perf_counter()
@@ -309,6 +347,8 @@ def train(
         for i, (x, y) in enumerate(data.train_loader):
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            if monitor is not None:
+                monitor.before_step(epoch * steps_per_epoch + i, epoch)
             loss, logits = training_step(
                 model, optimizer, x, y, bf16=cfg.bf16, max_grad_norm=cfg.max_grad_norm
             )
@@ -331,6 +371,8 @@ def train(
             "train_time": train_time,
             "images_per_s": seen / train_time,
         }
+        if monitor is not None:
+            record.update(monitor.epoch_record())
         if not math.isfinite(record["train_loss"]):
             raise FloatingPointError(
                 f"training loss became {record['train_loss']} in epoch {epoch + 1}; lower --lr"
@@ -345,7 +387,7 @@ def train(
             f.write(json.dumps(record) + "\n")
         if writer is not None:
             for key, value in record.items():
-                if key != "epoch":
+                if key != "epoch" and isinstance(value, (int, float)):
                     writer.add_scalar(key, value, epoch + 1)
         val = f" val {record['val_acc']:.2f}%" if "val_acc" in record else ""
         log(

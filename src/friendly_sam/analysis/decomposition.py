@@ -1,0 +1,214 @@
+"""The paper's gradient decomposition during training: true full-batch gradients, EMA-vs-full cosines.
+
+F-SAM splits the minibatch gradient ``g`` into a full-batch component (estimated by an EMA ``m`` of past
+minibatch gradients) and a stochastic-noise component ``g - sigma * m``. This module measures that split
+while a model trains:
+
+* :func:`full_batch_gradient`: the exact full-batch gradient over given batches (the example-weighted
+  mean of the per-batch gradients).
+* :class:`DecompositionMonitor`: what the trainer calls before each step for the ``oracle`` full gradient
+  (``--full-gradient oracle --oracle-every N``) and for the ``--diagnostics`` cosines, and once per epoch
+  for the numbers that go into ``metrics.jsonl``.
+
+**Which full gradient.** Minibatch gradients are taken in training mode: BatchNorm normalises with the
+statistics of the batch. The full gradient they estimate is therefore the mean of *training-mode* per-batch
+gradients, not the gradient of the eval-mode network (which uses running statistics and differs
+systematically). :func:`full_batch_gradient` uses training-mode BatchNorm with per-batch statistics, the
+running statistics untouched (:func:`~friendly_sam.optim.frozen_bn_stats`), and no gradients left in
+``.grad``.
+
+**Which data.** The oracle is computed over *the current epoch's own training batches*: the same
+permutation, the same batch partition and the same augmentation draws as the minibatches of that epoch
+(the loader is a pure function of ``(seed, epoch, batch)``). The minibatch gradient of a step is then
+exactly one term of the average, and the decomposition ``g = full + noise`` holds exactly; there is no
+mismatch between augmented minibatches and clean full-batch images. With a one-batch data set the oracle
+equals ``g`` bit for bit, the noise component is exactly zero and F-SAM applies no perturbation. The
+``--diagnostics`` cosine uses a fixed subset of the training set (the first ``n`` images of a seeded random
+subset, with their possibly noisy training labels) *without* augmentation: a fixed reference across the
+whole run. With random augmentation on, the EMA averages gradients of augmented images, so that cosine
+also contains the (small) gap between the augmented and the clean objective.
+
+**Cost.** One oracle is one forward+backward pass over the whole training set, i.e. half of a SAM
+epoch; every ``N`` steps of a loader with ``S`` steps per epoch that is ``S / (2 N)`` SAM epochs per
+epoch. One diagnostics cosine is a forward+backward pass over the subset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..optim import frozen_bn_stats
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+__all__ = ["DecompositionMonitor", "cosine", "full_batch_gradient"]
+
+
+def full_batch_gradient(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    *,
+    loss_fn: LossFn = nn.functional.cross_entropy,
+    params: Sequence[Tensor] | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+    prepare: Callable[[Tensor], Tensor] | None = None,
+) -> list[Tensor]:
+    """The example-weighted mean of the per-batch gradients ``sum_b n_b / N * grad loss_b(w)``.
+
+    The model runs in its current mode (for a training model: BatchNorm with batch statistics) with the
+    BatchNorm running statistics frozen. ``loss_fn`` must be a batch mean. Nothing is written to ``.grad``.
+    Parameters that get no gradient get zeros. ``autocast`` (a context-manager factory) wraps each forward,
+    ``prepare`` maps each input (e.g. to channels_last). One batch gives exactly that batch's gradient.
+    """
+    params = [p for p in model.parameters() if p.requires_grad] if params is None else list(params)
+    batches = list(batches)
+    if not batches:
+        raise ValueError("full_batch_gradient: no batches")
+    total = sum(int(y.shape[0]) for _, y in batches)
+    grads = [torch.zeros_like(p) for p in params]
+    with frozen_bn_stats(model), torch.enable_grad():
+        for x, y in batches:
+            if prepare is not None:
+                x = prepare(x)
+            with autocast() if autocast is not None else contextlib.nullcontext():
+                loss = loss_fn(model(x), y)
+            weight = int(y.shape[0]) / total
+            if weight != 1.0:
+                loss = loss * weight
+            for acc, g in zip(grads, torch.autograd.grad(loss, params, allow_unused=True)):
+                if g is not None:
+                    acc.add_(g)
+    return grads
+
+
+def cosine(a: Sequence[Tensor], b: Sequence[Tensor]) -> float:
+    """Cosine between two lists of tensors seen as one vector (float64 accumulation); 0 if one is 0."""
+    dot = aa = bb = 0.0
+    for x, y in zip(a, b, strict=True):
+        x, y = x.detach().double(), y.detach().double()
+        dot += float((x * y).sum())
+        aa += float((x * x).sum())
+        bb += float((y * y).sum())
+    denom = math.sqrt(aa * bb)
+    return dot / denom if denom > 0 else 0.0
+
+
+class DecompositionMonitor:
+    """Oracle full gradients and EMA-vs-full-gradient cosines for a :class:`~friendly_sam.FriendlySAM` run.
+
+    Args:
+        model: the model being trained (in training mode).
+        optimizer: the ``FriendlySAM`` optimizer (its ``state[p]["ema"]`` is the EMA).
+        loader: the training :class:`~friendly_sam.data.TensorBatchLoader`.
+        oracle_every: compute the oracle full gradient over the current epoch's batches every this many
+            steps and hand it to ``optimizer.set_full_gradient`` (``None``: EMA mode, no oracle).
+        diagnostics: record the optimizer's ``cos(g, m)`` / noise ratio means, and every
+            ``diagnostics_every`` steps the cosine between the EMA and the full gradient over
+            ``subset`` (also, in oracle mode, the cosine between the EMA and each oracle, for free).
+        subset: ``(images, labels)`` of the fixed diagnostics subset, already transformed (float, clean).
+        batch_size: chunk size for the subset gradient (the training batch size: same BN statistics).
+        autocast, prepare: as in :func:`full_batch_gradient`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loader: Any,
+        *,
+        oracle_every: int | None = None,
+        diagnostics: bool = False,
+        diagnostics_every: int = 50,
+        subset: tuple[Tensor, Tensor] | None = None,
+        batch_size: int = 128,
+        autocast: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+        prepare: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        if oracle_every is not None and oracle_every < 1:
+            raise ValueError(f"oracle_every must be >= 1, got {oracle_every}")
+        if diagnostics and subset is None:
+            raise ValueError("diagnostics need a fixed data subset")
+        if (oracle_every is not None or diagnostics) and not hasattr(optimizer, "set_full_gradient"):
+            raise ValueError(
+                f"oracle full gradients and diagnostics need FriendlySAM, not {type(optimizer).__name__}"
+            )
+        self.model, self.optimizer, self.loader = model, optimizer, loader
+        self.oracle_every, self.diagnostics, self.diagnostics_every = (
+            oracle_every,
+            diagnostics,
+            diagnostics_every,
+        )
+        self.subset, self.batch_size = subset, batch_size
+        self.autocast, self.prepare = autocast, prepare
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self._reset()
+
+    def _reset(self) -> None:
+        self.ema_full: list[tuple[int, float]] = []
+        self.ema_oracle: list[tuple[int, float]] = []
+        self.oracle_passes = 0
+        self.oracle_time = 0.0
+        self.subset_time = 0.0
+
+    def _ema(self) -> list[Tensor] | None:
+        emas = [self.optimizer.state[p].get("ema") for p in self.params]
+        return None if any(e is None for e in emas) else emas
+
+    def _gradient(self, batches: Iterable[tuple[Tensor, Tensor]]) -> list[Tensor]:
+        return full_batch_gradient(
+            self.model, batches, params=self.params, autocast=self.autocast, prepare=self.prepare
+        )
+
+    def before_step(self, step: int, epoch: int) -> None:
+        """Call before training step ``step`` (0-based, counted over the whole run) of epoch ``epoch``."""
+        import time
+
+        if self.oracle_every is not None and step % self.oracle_every == 0:
+            t0 = time.perf_counter()
+            full = self._gradient(self.loader.iter_from(0, epoch))
+            self.optimizer.set_full_gradient(full)
+            self.oracle_passes += 1
+            self.oracle_time += time.perf_counter() - t0
+            ema = self._ema()
+            if self.diagnostics and ema is not None:
+                self.ema_oracle.append((step, cosine(ema, full)))
+        if self.diagnostics and step % self.diagnostics_every == 0:
+            ema = self._ema()
+            if ema is not None:
+                t0 = time.perf_counter()
+                assert self.subset is not None
+                xs, ys = self.subset
+                chunks = [
+                    (xs[i : i + self.batch_size], ys[i : i + self.batch_size])
+                    for i in range(0, len(ys), self.batch_size)
+                ]
+                self.ema_full.append((step, cosine(ema, self._gradient(chunks))))
+                self.subset_time += time.perf_counter() - t0
+
+    def epoch_record(self) -> dict[str, Any]:
+        """Numbers for this epoch's ``metrics.jsonl`` line; resets the epoch's accumulators."""
+        out: dict[str, Any] = {}
+        if self.oracle_every is not None:
+            out["oracle_passes"] = self.oracle_passes
+            out["oracle_time"] = self.oracle_time
+        if self.diagnostics:
+            diag = self.optimizer.read_diagnostics(reset=True)
+            out["diag_cos_g_m"] = diag["cos_g_m"]
+            out["diag_noise_ratio"] = diag["noise_ratio"]
+            out["diag_steps"] = diag["steps"]
+            cos = [c for _, c in self.ema_full]
+            out["diag_ema_full_cos"] = sum(cos) / len(cos) if cos else None
+            out["diag_ema_full_cos_points"] = [[s, c] for s, c in self.ema_full]
+            out["diag_time"] = self.subset_time
+            if self.oracle_every is not None:
+                cos = [c for _, c in self.ema_oracle]
+                out["diag_ema_oracle_cos"] = sum(cos) / len(cos) if cos else None
+                out["diag_ema_oracle_cos_points"] = [[s, c] for s, c in self.ema_oracle]
+        self._reset()
+        return out
