@@ -145,6 +145,48 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_analyze_flags(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Load RUN_DIR's checkpoint and config, rebuild the model and its training data, and on a fixed "
+        "subset of training images (no augmentation, the run's labels) compute the top Hessian eigenvalue "
+        "(power iteration), the Hessian trace (Hutchinson), the worst-case loss increase within rho (the "
+        "run's rho) and 1-D/2-D filter-normalised loss landscapes. Writes analysis.json and "
+        "landscape_1d.png / landscape_2d.png into RUN_DIR. Cost: one HVP ~ 3 forward+backward passes over "
+        "the subset; eigenvalue <= --eig-iters HVPs, trace --trace-samples HVPs, sharpness "
+        "--sharpness-steps F+B, landscapes --points-1d + --points-2d**2 forward passes."
+    )
+    parts = "eigenvalue, trace, sharpness, landscape1d, landscape2d"
+    p.add_argument("--parts", default="all", help=f"comma-separated parts to compute: all or {parts}")
+    p.add_argument(
+        "--skip", action="append", default=[], help="parts to leave out (comma-separated, repeatable)"
+    )
+    p.add_argument("--subset", type=int, default=512, help="training images analysed (default: 512)")
+    p.add_argument("--batch-size", type=int, default=256, help="chunk size of the subset (default: 256)")
+    p.add_argument(
+        "--bn-mode", choices=("eval", "batch"), default="eval", help="BatchNorm: running stats or batch stats"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="subset, start vector, probes, directions (default: 0)"
+    )
+    p.add_argument("--eig-iters", type=int, default=20, help="max power iterations = HVPs (default: 20)")
+    p.add_argument(
+        "--eig-tol", type=float, default=1e-3, help="relative convergence tolerance (default: 1e-3)"
+    )
+    p.add_argument("--trace-samples", type=int, default=10, help="Hutchinson probes = HVPs (default: 10)")
+    p.add_argument(
+        "--rho", type=float, help="radius of the worst-case loss increase (default: the run's rho)"
+    )
+    p.add_argument("--sharpness-steps", type=int, default=5, help="ascent steps (default: 5)")
+    p.add_argument("--span", type=float, default=1.0, help="landscape range [-span, span] (default: 1)")
+    p.add_argument("--points-1d", type=int, default=21, help="1-D landscape points (default: 21)")
+    p.add_argument("--points-2d", type=int, default=11, help="2-D grid side; points**2 passes (default: 11)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: the run's --threads)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    p.add_argument("--checkpoint", help="checkpoint to analyse (default: RUN_DIR/checkpoint.pt)")
+    p.add_argument("--out", help="directory for analysis.json and the PNGs (default: RUN_DIR)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+
+
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -203,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="sharpness of a trained run: Hessian eigenvalue/trace, worst-case loss, loss landscape",
     )
     p.add_argument("run", metavar="RUN_DIR")
+    _add_analyze_flags(p)
     p.set_defaults(func=cmd_analyze)
     return parser
 

@@ -1,0 +1,329 @@
+"""``fsam analyze RUN_DIR``: sharpness measures of a trained run, written next to it.
+
+Loads the run's ``config.json`` and ``checkpoint.pt``, rebuilds the model and the training data exactly
+as the run saw them (same subset, same label noise), takes a fixed random subset of the training images
+(``subset``, seeded, *no augmentation*, with the run's possibly noisy labels: the objective the optimizer
+minimised) and computes, each part optional:
+
+=================  ========================================================  ==========================
+part               what                                                      cost (passes over subset)
+=================  ========================================================  ==========================
+``eigenvalue``     top Hessian eigenvalue, power iteration                   <= ``eig_iters`` HVPs
+``trace``          Hessian trace, Hutchinson (Rademacher)                    ``trace_samples`` HVPs
+``sharpness``      worst-case loss increase within ``rho`` (run's rho and   ``sharpness_steps`` F+B
+                   ASAM-ness by default), projected gradient ascent          + 1 F
+``landscape1d``    loss/accuracy along one filter-normalised direction       ``points_1d`` F
+``landscape2d``    the same on a grid of two directions                      ``points_2d**2`` F
+=================  ========================================================  ==========================
+
+An HVP costs about 3 forward+backward passes. Measured on the development machine (a shared 2-core
+x86 CPU, 1 thread, fp32, cnn_small on 28x28 Fashion-MNIST, defaults: 512 images, 20 + 10 HVPs,
+5 ascent steps, 21 + 121 landscape points): see ``docs/analysis.md`` and the ``timings`` in
+``analysis.json``, which records each part's wall time and pass counts.
+
+Outputs in the run directory (``out`` to change): ``analysis.json`` (merged with an earlier one: parts not
+recomputed are kept, each with its own options and checkpoint epoch), ``landscape_1d.png`` and
+``landscape_2d.png``. BatchNorm: ``bn_mode="eval"`` (default; running statistics, a deterministic
+function of the weights) or ``"batch"`` (per-batch statistics of ``batch_size`` chunks, as in training).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..train.checkpoint import load_checkpoint, write_text_atomic
+from ..train.progress import ProgressBar
+from .hessian import hessian_trace, top_eigenvalue
+from .landscape import loss_landscape_1d, loss_landscape_2d, plot_landscape_1d, plot_landscape_2d
+from .sharpness import worst_case_loss_increase
+
+ANALYSIS_FILE = "analysis.json"
+PARTS = ("eigenvalue", "trace", "sharpness", "landscape1d", "landscape2d")
+DEFAULTS: dict[str, Any] = {
+    "parts": "all",  # "all", or a comma-separated string / list of PARTS
+    "skip": (),  # parts to leave out
+    "subset": 512,  # training images
+    "batch_size": 256,  # chunk size (memory; with bn_mode="batch" also the BN statistics)
+    "bn_mode": "eval",
+    "seed": 0,  # subset choice, start vector, probes, directions
+    "eig_iters": 20,
+    "eig_tol": 1e-3,
+    "trace_samples": 10,
+    "rho": None,  # default: the run's rho
+    "adaptive": None,  # default: the run's optimizer is asam/afsam
+    "sharpness_steps": 5,
+    "span": 1.0,
+    "points_1d": 21,
+    "points_2d": 11,
+    "threads": None,  # default: the run's --threads, else torch's choice
+    "device": "cpu",
+    "checkpoint": None,  # default: RUN_DIR/checkpoint.pt
+    "out": None,  # default: RUN_DIR
+    "quiet": False,
+}
+_CLI_EXTRAS = {"command", "func", "run"}
+
+
+def _parse_parts(value: Any, name: str) -> list[str]:
+    if value in (None, "", ()):
+        return []
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",") if v.strip()]
+    else:
+        items = [str(v).strip() for part in value for v in str(part).split(",") if v.strip()]
+    if items == ["all"]:
+        return list(PARTS)
+    bad = [v for v in items if v not in PARTS]
+    if bad:
+        raise ValueError(f"--{name}: unknown part(s) {', '.join(bad)}; choose from: all, {', '.join(PARTS)}")
+    return items
+
+
+def resolve_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Defaults + ``options`` (CLI namespace keys are accepted; unknown keys are refused), validated."""
+    options = dict(options or {})
+    unknown = sorted(k for k in options if k not in DEFAULTS and k not in _CLI_EXTRAS)
+    if unknown:
+        raise ValueError(f"unknown analysis option(s): {', '.join(unknown)}; valid: {', '.join(DEFAULTS)}")
+    opts = {**DEFAULTS, **{k: v for k, v in options.items() if k in DEFAULTS and v is not None}}
+    parts = _parse_parts(opts["parts"], "parts")
+    skip = set(_parse_parts(opts["skip"], "skip"))
+    opts["parts"] = [p for p in parts if p not in skip]
+    opts["skip"] = sorted(skip)
+    for name, low in (
+        ("subset", 1),
+        ("batch_size", 1),
+        ("eig_iters", 1),
+        ("trace_samples", 1),
+        ("sharpness_steps", 1),
+        ("points_1d", 2),
+        ("points_2d", 2),
+    ):
+        v = opts[name]
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ValueError(
+                f"--{name.replace('_', '-')}: invalid value {v!r}; it must be an integer >= {low}"
+            )
+    if opts["bn_mode"] not in ("eval", "batch"):
+        raise ValueError(f"--bn-mode: unknown value {opts['bn_mode']!r}; use eval or batch")
+    for name in ("span", "eig_tol"):
+        if not (isinstance(opts[name], (int, float)) and opts[name] > 0):
+            raise ValueError(f"--{name.replace('_', '-')}: invalid value {opts[name]!r}; it must be > 0")
+    if opts["rho"] is not None and not opts["rho"] > 0:
+        raise ValueError(f"--rho: invalid value {opts['rho']!r}; it must be > 0")
+    return opts
+
+
+def _progress_factory(
+    quiet: bool,
+) -> tuple[Callable[[str], Callable[[int, int, str], None]], Callable[[], None]]:
+    """A progress callback per part, drawn with the trainer's ProgressBar (created when the total is known)."""
+    state: dict[str, ProgressBar | None] = {"bar": None}
+
+    def make(prefix: str) -> Callable[[int, int, str], None]:
+        def progress(done: int, total: int, message: str) -> None:
+            bar = state["bar"]
+            if bar is None or bar.total != total or bar.prefix != prefix:
+                if bar is not None:
+                    bar.close()
+                bar = state["bar"] = ProgressBar(total, prefix, enabled=not quiet)
+            bar.update(done, step=message.split(":")[-1].strip())
+
+        return progress
+
+    def close() -> None:
+        if state["bar"] is not None:
+            state["bar"].close()
+            state["bar"] = None
+
+    return make, close
+
+
+def load_run(run_dir: Path, opts: Mapping[str, Any]) -> dict[str, Any]:
+    """Config, checkpoint, model (eval-ready, weights loaded) and the fixed analysis batches of a run."""
+    from ..data import subset
+    from ..models import build_model
+    from ..train.trainer import CHECKPOINT_FILE, load_run_config, prepare_data
+
+    cfg = load_run_config(run_dir)
+    device = torch.device(opts["device"])
+    ckpt = load_checkpoint(Path(opts["checkpoint"]) if opts["checkpoint"] else run_dir / CHECKPOINT_FILE)
+    data = prepare_data(cfg, device)
+    loader = data.train_loader
+    n = min(opts["subset"], loader.num_samples)
+    images, labels = subset(loader.images, loader.labels, n, seed=opts["seed"])
+    x_all = data.eval_transform(images.to(device))  # clean: normalisation only, no augmentation
+    y_all = labels.to(device, torch.int64)
+    model = build_model(cfg.model, data.num_classes, data.in_channels).to(device)
+    model.load_state_dict(ckpt["model"])
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x_all = x_all.contiguous(memory_format=torch.channels_last)
+    bs = opts["batch_size"]
+    batches = [(x_all[i : i + bs], y_all[i : i + bs]) for i in range(0, n, bs)]
+    return {"cfg": cfg, "ckpt": ckpt, "model": model, "batches": batches, "n": n}
+
+
+def analyze_run(
+    run_dir: str | Path, options: Mapping[str, Any] | None = None, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Run the chosen sharpness measures on a run's checkpoint; write ``analysis.json`` and PNGs.
+
+    ``options``: see :data:`DEFAULTS` (the ``fsam analyze`` flags). Returns the analysis dict as written.
+    """
+    from ..train.trainer import machine_description
+
+    run_dir = Path(run_dir)
+    opts = resolve_options(options)
+    if not opts["parts"]:
+        raise ValueError("nothing to do: every part is skipped")
+    out_dir = Path(opts["out"]) if opts["out"] else run_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    quiet = bool(opts["quiet"])
+    say = (lambda msg: None) if quiet else log
+    t_load = time.perf_counter()
+    run = load_run(run_dir, opts)
+    cfg, model, batches = run["cfg"], run["model"], run["batches"]
+    threads = opts["threads"] or cfg.threads
+    if threads:
+        torch.set_num_threads(int(threads))
+    model.eval()
+    loss_fn = nn.functional.cross_entropy
+    rho = opts["rho"] if opts["rho"] is not None else cfg.rho
+    adaptive = opts["adaptive"] if opts["adaptive"] is not None else cfg.optimizer in ("asam", "afsam")
+    epoch = int(run["ckpt"]["epoch"])
+    say(
+        f"analyzing {run_dir} (epoch {epoch}, {cfg.model}, {cfg.optimizer}) on {run['n']} training images, "
+        f"parts: {', '.join(opts['parts'])}"
+    )
+    load_time = time.perf_counter() - t_load
+
+    path = out_dir / ANALYSIS_FILE
+    previous: dict[str, Any] = {}
+    if path.exists():
+        try:
+            previous = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            previous = {}
+    results: dict[str, Any] = dict(previous.get("results", {}))
+    common = {"checkpoint_epoch": epoch, "subset": run["n"], "seed": opts["seed"], "bn_mode": opts["bn_mode"]}
+    make_progress, close_progress = _progress_factory(quiet)
+    bn = opts["bn_mode"]
+    seed = opts["seed"]
+    files: list[str] = []
+    for part in opts["parts"]:
+        t0 = time.perf_counter()
+        progress = make_progress(part)
+        if part == "eigenvalue":
+            r = top_eigenvalue(
+                model,
+                loss_fn,
+                batches,
+                iters=opts["eig_iters"],
+                tol=opts["eig_tol"],
+                seed=seed,
+                progress=progress,
+                bn_mode=bn,
+            ).to_dict()
+            summary = f"top eigenvalue {r['eigenvalue']:.4g} ({r['hvps']} HVPs, converged {r['converged']})"
+        elif part == "trace":
+            r = hessian_trace(
+                model,
+                loss_fn,
+                batches,
+                samples=opts["trace_samples"],
+                seed=seed,
+                progress=progress,
+                bn_mode=bn,
+            ).to_dict()
+            summary = f"Hessian trace {r['trace']:.4g} ± {r['std_error']:.2g} ({r['hvps']} HVPs)"
+        elif part == "sharpness":
+            r = worst_case_loss_increase(
+                model,
+                loss_fn,
+                batches,
+                rho=rho,
+                steps=opts["sharpness_steps"],
+                adaptive=adaptive,
+                progress=progress,
+                bn_mode=bn,
+            ).to_dict()
+            summary = (
+                f"worst-case loss increase within rho={rho:g}: {r['increase']:.4g} (loss {r['loss']:.4g})"
+            )
+        elif part == "landscape1d":
+            r = loss_landscape_1d(
+                model,
+                loss_fn,
+                batches,
+                span=opts["span"],
+                points=opts["points_1d"],
+                seed=seed,
+                progress=progress,
+                bn_mode=bn,
+            ).to_dict()
+            close_progress()
+            plot_landscape_1d(r, out_dir / "landscape_1d.png", title=f"{cfg.label}: 1-D loss landscape")
+            files.append("landscape_1d.png")
+            summary = f"1-D landscape: {len(r['losses'])} points, loss {min(r['losses']):.4g}..{max(r['losses']):.4g}"
+        else:
+            r = loss_landscape_2d(
+                model,
+                loss_fn,
+                batches,
+                span=opts["span"],
+                points=opts["points_2d"],
+                seed=seed,
+                progress=progress,
+                bn_mode=bn,
+            ).to_dict()
+            close_progress()
+            plot_landscape_2d(r, out_dir / "landscape_2d.png", title=f"{cfg.label}: 2-D loss landscape")
+            files.append("landscape_2d.png")
+            summary = f"2-D landscape: {len(r['losses'])}x{len(r['losses'][0])} points"
+        close_progress()
+        r.update(common)
+        r["time_s"] = time.perf_counter() - t0
+        if part == "sharpness":
+            r["rho_source"] = "option" if opts["rho"] is not None else "run config"
+        results[part] = r
+        say(f"  {part}: {summary} [{r['time_s']:.1f} s]")
+
+    analysis = {
+        "run_dir": str(run_dir),
+        "label": cfg.label,
+        "optimizer": cfg.optimizer,
+        "model": cfg.model,
+        "dataset": cfg.dataset,
+        "checkpoint_epoch": epoch,
+        "options": {k: v for k, v in opts.items() if k not in ("quiet",)},
+        "results": results,
+        "files": sorted(set(previous.get("files", [])) | set(files)),
+        "load_time_s": load_time,
+        "machine": {**machine_description(), "threads": torch.get_num_threads()},
+    }
+    write_text_atomic(path, json.dumps(analysis, indent=1, default=str) + "\n")
+    say(f"wrote {path}" + (f" and {', '.join(files)}" if files else ""))
+    return analysis
+
+
+def analysis_summary(analysis: Mapping[str, Any]) -> dict[str, float | None]:
+    """The headline numbers of an ``analysis.json`` (None for parts not computed)."""
+    res = analysis.get("results", {})
+
+    def get(part: str, key: str) -> float | None:
+        value = (res.get(part) or {}).get(key)
+        return float(value) if isinstance(value, (int, float)) else None
+
+    return {
+        "top_eigenvalue": get("eigenvalue", "eigenvalue"),
+        "hessian_trace": get("trace", "trace"),
+        "worst_case_increase": get("sharpness", "increase"),
+    }
