@@ -118,11 +118,44 @@ def plot_curves(runs: list[dict[str, Any]], metric: str, path: Path) -> Path:
     return path
 
 
+def format_analysis_table(runs: list[dict[str, Any]]) -> str:
+    """Sharpness numbers from ``fsam analyze`` (``analysis.json``), mean ± std per label; '' if none."""
+    from ..analysis.run import ANALYSIS_FILE, analysis_summary
+
+    groups: dict[str, list[dict[str, float | None]]] = defaultdict(list)
+    for run in runs:
+        path = Path(run["dir"]) / ANALYSIS_FILE
+        if path.is_file():
+            groups[run["label"]].append(analysis_summary(json.loads(path.read_text())))
+    if not groups:
+        return ""
+    keys = (("top_eigenvalue", "top Hessian eigenvalue"), ("hessian_trace", "Hessian trace"))
+    keys += (("worst_case_increase", "worst-case loss increase (rho)"),)
+    lines = [
+        "| run | analysed | " + " | ".join(title for _, title in keys) + " |",
+        "|---|---|" + "---|" * len(keys),
+    ]
+    for label, members in groups.items():
+        cells = []
+        for key, _ in keys:
+            values = [m[key] for m in members if m[key] is not None]
+            if values:
+                mean, std = mean_std(values)
+                cells.append(f"{mean:.4g} ± {std:.2g}" if len(values) > 1 else f"{mean:.4g}")
+            else:
+                cells.append("-")
+        lines.append(f"| {label} | {len(members)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def compare_runs(
     run_dirs: list[Path], plot_path: str | Path | None = None, metric: str = "test_acc"
 ) -> tuple[str, Path | None]:
     """Markdown table over ``run_dirs`` grouped by label, and optionally the plot; returns both."""
     runs = [read_run(Path(d)) for d in run_dirs]
     table = format_table(summarize_runs(runs, metric), metric)
+    sharpness = format_analysis_table(runs)
+    if sharpness:
+        table += "\n\n" + sharpness
     plot = plot_curves(runs, metric, Path(plot_path)) if plot_path else None
     return table, plot
