@@ -198,7 +198,8 @@ class FriendlySAM(TwoPassOptimizer):
     first_step.__doc__ = TwoPassOptimizer.first_step.__doc__
 
     def _accumulate(self, dirs: list[Tensor], ests: list[Tensor], sigma: float, ops: TensorOps) -> None:
-        # Sums of g.m, g.g, m.m over this bucket; noise norm^2 ||g - sigma m||^2 from them.
+        # Sums of g.m, g.g, m.m over this bucket; noise norm^2 ||g - sigma m||^2 from them (the noise
+        # component replaces it by the exact norm of d once d is formed).
         f64 = torch.float64
         dot = torch.stack([_dot(g, m) for g, m in zip(dirs, ests)]).to(f64).sum()
         gg = torch.stack(ops.norms(dirs)).to(f64).square().sum()
@@ -269,6 +270,9 @@ class FriendlySAM(TwoPassOptimizer):
         if component == "noise":
             if sigma != 0:
                 ops.add_(dirs, ests, -sigma)  # d = g - sigma * m
+            if self._pending is not None:  # the exact noise norm (the formula cancels when g ~ sigma m)
+                exact = torch.stack(ops.norms(dirs)).to(torch.float64).square().sum()
+                self._pending[-1] = (*self._pending[-1][:3], exact, self._pending[-1][4])
         elif component == "full":
             copies = [self._grad_copy_buffer(p) for p in params]
             ops.copy_(copies, dirs)  # keep g for the EMA update
