@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import MISSING, fields
@@ -64,6 +65,7 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
 def cmd_train(args: argparse.Namespace) -> int:
     from .train import load_run_config, train
 
+    is_main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports (and writes files)
     if args.resume:
         run_dir = Path(args.resume)
         cfg = load_run_config(run_dir)
@@ -76,9 +78,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             else Path("runs")
             / (f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.label}-{cfg.dataset}-{cfg.model}-s{cfg.seed}")
         )
-        print(f"run directory: {run_dir}")
+        if is_main:
+            print(f"run directory: {run_dir}")
         train(cfg, run_dir, progress=not args.quiet)
-    print(f"done: {run_dir}")
+    if is_main:
+        print(f"done: {run_dir}")
     return 0
 
 

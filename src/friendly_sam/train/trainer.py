@@ -68,7 +68,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def prepare_data(cfg: TrainConfig, device: torch.device) -> RunData:
+def prepare_data(cfg: TrainConfig, device: torch.device, shard: tuple[int, int] = (0, 1)) -> RunData:
     ds = load_dataset(cfg.dataset, root=cfg.data_dir, download=cfg.download)
     images, labels = ds.train_images, ds.train_labels
     eval_sets: dict[str, tuple[Tensor, Tensor]] = {}
@@ -111,6 +111,7 @@ def prepare_data(cfg: TrainConfig, device: torch.device) -> RunData:
         augment=augment,
         seed=cfg.seed,
         device=device,
+        shard=shard,  # data-parallel: this rank's part of every global batch
     )
     return RunData(
         loader,
@@ -282,10 +283,30 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train one run into ``run_dir`` (fresh, or continued from its checkpoint with ``resume``)."""
+    """Train one run into ``run_dir`` (fresh, or continued from its checkpoint with ``resume``).
+
+    Under ``torchrun`` every process runs this: data-parallel (DDP) over the global batch, rank 0 alone
+    writes files and logs; see docs/distributed.md."""
     cfg.validate()
-    run_dir = Path(run_dir)
-    device = resolve_device(cfg.device)
+    from ..distributed import init_from_env
+
+    ctx = init_from_env(cfg.device)
+    try:
+        if not ctx.is_main:
+            progress, log = False, lambda message: None
+        return _train(cfg, Path(run_dir), ctx, resume=resume, progress=progress, log=log)
+    finally:
+        ctx.close()
+
+
+def _train(
+    cfg: TrainConfig, run_dir: Path, ctx: Any, *, resume: bool, progress: bool, log: Callable[[str], None]
+) -> dict[str, Any]:
+    from ..distributed import ddp_training_step, gather_replica_states, load_replica_state
+
+    device = ctx.device
+    if ctx.enabled and (cfg.full_gradient == "oracle" or cfg.diagnostics):
+        raise ValueError("--full-gradient oracle and --diagnostics need a single process (not torchrun)")
     ckpt = None
     if resume:
         ckpt = load_checkpoint(run_dir / CHECKPOINT_FILE, cfg.to_dict())  # refuses before touching anything
@@ -293,15 +314,16 @@ def train(
             log(f"{run_dir}: already finished")
             return json.loads((run_dir / SUMMARY_FILE).read_text())
     else:
-        prepare_run_dir(run_dir, cfg)
+        ctx.main_first(lambda: prepare_run_dir(run_dir, cfg))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
 
-    data = prepare_data(cfg, device)
-    if data.noisy_indices is not None and not (run_dir / NOISE_FILE).exists():
+    data = prepare_data(cfg, device, shard=(ctx.rank, ctx.world_size))
+    ctx.check_batches(data.train_loader.num_samples, cfg.batch_size)
+    if ctx.is_main and data.noisy_indices is not None and not (run_dir / NOISE_FILE).exists():
         write_text_atomic(
             run_dir / NOISE_FILE,
             json.dumps(
@@ -327,12 +349,15 @@ def train(
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+        load_replica_state(optimizer, ckpt.get("replica_states", []), ctx.rank)  # per-replica F-SAM EMAs
         torch.set_rng_state(ckpt["rng"]["torch"])
         start_epoch, elapsed_before = ckpt["epoch"], ckpt["elapsed"]
         metrics = [m for m in _read_metrics(run_dir) if m["epoch"] <= start_epoch]
-        write_text_atomic(run_dir / METRICS_FILE, "".join(json.dumps(m) + "\n" for m in metrics))
+        if ctx.is_main:
+            write_text_atomic(run_dir / METRICS_FILE, "".join(json.dumps(m) + "\n" for m in metrics))
         log(f"resuming {run_dir} after epoch {start_epoch}/{cfg.epochs}")
-    writer = _tensorboard_writer(run_dir) if cfg.tensorboard else None
+    writer = _tensorboard_writer(run_dir) if cfg.tensorboard and ctx.is_main else None
+    net = ctx.wrap(model, sync_bn=cfg.sync_bn)  # DDP under torchrun; `model` stays the bare module
     monitor = decomposition_monitor(cfg, model, optimizer, data, device)
 
     model.train()
@@ -349,9 +374,22 @@ def train(
                 x = x.contiguous(memory_format=torch.channels_last)
             if monitor is not None:
                 monitor.before_step(epoch * steps_per_epoch + i, epoch)
-            loss, logits = training_step(
-                model, optimizer, x, y, bf16=cfg.bf16, max_grad_norm=cfg.max_grad_norm
-            )
+            if ctx.enabled:  # global batch i: its size weighs this rank's part of the loss
+                size = min(cfg.batch_size, data.train_loader.num_samples - i * cfg.batch_size)
+                loss, logits = ddp_training_step(
+                    net,
+                    optimizer,
+                    x,
+                    y,
+                    mode=cfg.perturbation,
+                    global_batch_size=size,
+                    bf16=cfg.bf16,
+                    max_grad_norm=cfg.max_grad_norm,
+                )
+            else:
+                loss, logits = training_step(
+                    model, optimizer, x, y, bf16=cfg.bf16, max_grad_norm=cfg.max_grad_norm
+                )
             scheduler.step()
             loss_sum += loss.float() * len(y)
             correct += (logits.argmax(1) == y).sum()
@@ -363,10 +401,11 @@ def train(
                 )
         train_time = time.perf_counter() - t0
         bar.close()
+        total_loss, total_correct, seen = ctx.all_sum([float(loss_sum), int(correct), seen])  # over ranks
         record: dict[str, Any] = {
             "epoch": epoch + 1,
-            "train_loss": float(loss_sum) / seen,
-            "train_acc": 100.0 * int(correct) / seen,
+            "train_loss": total_loss / seen,
+            "train_acc": 100.0 * int(total_correct) / seen,
             "lr": optimizer.param_groups[0]["lr"],
             "train_time": train_time,
             "images_per_s": seen / train_time,
@@ -377,14 +416,16 @@ def train(
             raise FloatingPointError(
                 f"training loss became {record['train_loss']} in epoch {epoch + 1}; lower --lr"
             )
-        for split, (xs, ys) in data.eval_sets.items():
-            record[f"{split}_loss"], record[f"{split}_acc"] = evaluate(
-                model, xs, ys, data.eval_transform, cfg, device
+        ctx.broadcast_buffers(model)  # rank 0's BatchNorm statistics: those it checkpoints
+        for split, (xs, ys) in data.eval_sets.items():  # sharded over ranks, then reduced
+            record[f"{split}_loss"], record[f"{split}_acc"] = ctx.evaluate(
+                evaluate, model, xs, ys, data.eval_transform, cfg, device
             )
         record["elapsed"] = elapsed_before + time.perf_counter() - run_start
         metrics.append(record)
-        with open(run_dir / METRICS_FILE, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if ctx.is_main:
+            with open(run_dir / METRICS_FILE, "a") as f:
+                f.write(json.dumps(record) + "\n")
         if writer is not None:
             for key, value in record.items():
                 if key != "epoch" and isinstance(value, (int, float)):
@@ -396,22 +437,32 @@ def train(
             f"({record['images_per_s']:.0f} img/s, {format_seconds(record['elapsed'])})"
         )
         if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
-            save_atomic(
-                make_checkpoint(
-                    cfg.to_dict(),
-                    epoch=epoch + 1,
-                    elapsed=record["elapsed"],
-                    model=model.state_dict(),
-                    optimizer=optimizer.state_dict(),
-                    scheduler=scheduler.state_dict(),
-                    rng={"torch": torch.get_rng_state()},
-                ),
-                run_dir / CHECKPOINT_FILE,
+            # per-replica F-SAM: every rank's own EMA (a collective); else [] without communicating
+            replicas = (
+                gather_replica_states(optimizer) if ctx.enabled and cfg.perturbation == "per-replica" else []
             )
+            if ctx.is_main:
+                save_atomic(
+                    make_checkpoint(
+                        cfg.to_dict(),
+                        epoch=epoch + 1,
+                        elapsed=record["elapsed"],
+                        model=model.state_dict(),
+                        optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(),
+                        rng={"torch": torch.get_rng_state()},
+                        replica_states=replicas,
+                        world_size=ctx.world_size,
+                    ),
+                    run_dir / CHECKPOINT_FILE,
+                )
     if writer is not None:
         writer.close()
     summary = summarize(cfg, metrics)
-    write_text_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    summary["world_size"] = ctx.world_size
+    if ctx.is_main:
+        write_text_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    ctx.barrier()  # the run is complete (files written) when any rank returns
     return summary
 
 
