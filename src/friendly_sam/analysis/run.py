@@ -219,7 +219,7 @@ def analyze_run(
     seed = opts["seed"]
     files: list[str] = []
     for part in opts["parts"]:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         progress = make_progress(part)
         if part == "eigenvalue":
             r = top_eigenvalue(
@@ -291,10 +291,11 @@ def analyze_run(
         close_progress()
         r.update(common)
         r["time_s"] = time.perf_counter() - t0
+        r["cpu_s"] = time.process_time() - c0  # CPU time of this process: meaningful on a busy machine
         if part == "sharpness":
             r["rho_source"] = "option" if opts["rho"] is not None else "run config"
         results[part] = r
-        say(f"  {part}: {summary} [{r['time_s']:.1f} s]")
+        say(f"  {part}: {summary} [{r['time_s']:.1f} s, CPU {r['cpu_s']:.1f} s]")
 
     analysis = {
         "run_dir": str(run_dir),

@@ -1,0 +1,393 @@
+"""The F-SAM paper's decomposition ablation on real Fashion-MNIST, on one CPU core.
+
+Which component of the minibatch gradient ``g`` should SAM perturb along? Four modes, same everything else:
+
+=========  ===========================================  ==========================================
+mode       perturbation direction                       flags
+=========  ===========================================  ==========================================
+sam        ``g`` (minibatch gradient: SAM)              ``--component minibatch``
+full       ``m`` (EMA estimate of the full gradient)    ``--component full``
+fsam       ``g - m`` (noise component: F-SAM)           ``--component noise``
+oracle     ``g - G`` (``G``: true full-batch gradient)  ``--component noise --full-gradient oracle``
+=========  ===========================================  ==========================================
+
+each on clean labels and on 40 % symmetric label noise, several seeds. Reported: test accuracy, the top
+Hessian eigenvalue of the final model (``fsam analyze``'s power iteration, on a fixed training subset),
+and the training diagnostics (cosine between the EMA and the true full gradient on a fixed subset,
+cos(g, m), noise/full norm ratio).
+
+Phases (each resumable, rerun the same command after an interruption):
+
+* ``train``: every run into ``--out/<noise>/<mode>/s<seed>``; finished runs are skipped, interrupted
+  ones continue from their last checkpoint (the trainer's resume).
+* ``sharpness``: top eigenvalue of every finished run (``analysis.json`` in the run dir; skipped if there).
+* ``report``: ``decomposition.json``, ``decomposition.md`` and PNGs into ``--results``.
+
+Usage (the committed results)::
+
+    nohup python benchmarks/decomposition/run.py > runs/decomposition.log 2>&1 &
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MODES = {
+    "sam": {"component": "minibatch"},
+    "full": {"component": "full"},
+    "fsam": {"component": "noise"},
+    "oracle": {"component": "noise", "full_gradient": "oracle"},
+}
+MODE_TEXT = {
+    "sam": "SAM (g)",
+    "full": "full only (m)",
+    "fsam": "noise only, EMA (g - m)",
+    "oracle": "noise only, oracle (g - G)",
+}
+BASE = {
+    "dataset": "fashion-mnist",
+    "model": "cnn_small",
+    "optimizer": "fsam",
+    "train_subset": 4096,
+    "test_subset": 5000,
+    "epochs": 3,
+    "batch_size": 128,
+    "lr": 0.05,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "rho": 0.1,
+    "sigma": 1.0,
+    "lmbda": 0.6,
+    "crop": False,  # no augmentation: minibatch gradients and full gradients see the same objective
+    "flip": False,
+    "channels_last": True,  # fp32; bf16 is slow on this CPU
+    "threads": 1,
+    "oracle_every": 16,
+    "diagnostics": True,
+    "diagnostics_every": 16,
+    "diagnostics_subset": 1024,
+    "checkpoint_every": 1,
+}
+SHARPNESS = {"subset": 512, "eig_iters": 10, "eig_tol": 1e-3, "parts": "eigenvalue", "bn_mode": "eval"}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run_dirs(args: argparse.Namespace) -> list[tuple[str, float, int, Path]]:
+    out = []
+    for seed in args.seeds:
+        for noise in args.noise:
+            for mode in args.modes:
+                out.append((mode, noise, seed, Path(args.out) / f"noise{noise:g}" / mode / f"s{seed}"))
+    return out
+
+
+def config_for(args: argparse.Namespace, mode: str, noise: float, seed: int) -> dict[str, Any]:
+    cfg = {**BASE, **MODES[mode], "label_noise": noise, "seed": seed, "name": mode}
+    cfg["epochs"], cfg["train_subset"] = args.epochs, args.train_subset
+    if args.data_dir:
+        cfg["data_dir"] = args.data_dir
+    return cfg
+
+
+def phase_train(args: argparse.Namespace) -> None:
+    from friendly_sam.train import TrainConfig, train
+    from friendly_sam.train.trainer import CHECKPOINT_FILE, SUMMARY_FILE
+
+    todo = run_dirs(args)
+    for k, (mode, noise, seed, run_dir) in enumerate(todo, 1):
+        if (run_dir / SUMMARY_FILE).exists():
+            continue
+        cfg = TrainConfig.from_dict(config_for(args, mode, noise, seed)).validate()
+        resume = (run_dir / CHECKPOINT_FILE).exists()
+        if not resume and run_dir.exists():
+            shutil.rmtree(run_dir)  # started but no epoch finished: start over
+        log(f"[{k}/{len(todo)}] {mode} noise={noise:g} seed={seed} {'(resuming)' if resume else ''}")
+        t0 = time.perf_counter()
+        train(cfg, run_dir, resume=resume, progress=False, log=log)
+        log(f"  done in {time.perf_counter() - t0:.0f} s")
+
+
+def phase_sharpness(args: argparse.Namespace) -> None:
+    from friendly_sam.analysis.run import analyze_run
+
+    from friendly_sam.train.trainer import SUMMARY_FILE
+
+    for mode, noise, seed, run_dir in run_dirs(args):
+        if not (run_dir / SUMMARY_FILE).exists() or (run_dir / "analysis.json").exists():
+            continue
+        log(f"sharpness {mode} noise={noise:g} seed={seed}")
+        t0 = time.perf_counter()
+        analyze_run(run_dir, {**SHARPNESS, "quiet": True, "threads": 1})
+        log(f"  done in {time.perf_counter() - t0:.0f} s")
+
+
+# --------------------------------------------------------------------------- report
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _fmt(ms: tuple[float | None, float | None], digits: int = 2) -> str:
+    m, s = ms
+    return "n/a" if m is None else f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def collect(args: argparse.Namespace) -> dict[str, Any]:
+    rows = []
+    for mode, noise, seed, run_dir in run_dirs(args):
+        summary_path = run_dir / "summary.json"
+        if not summary_path.exists():
+            continue
+        summary = json.loads(summary_path.read_text())
+        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+        analysis_path = run_dir / "analysis.json"
+        eig = None
+        if analysis_path.exists():
+            analysis = json.loads(analysis_path.read_text())
+            eig = (analysis.get("results", {}).get("eigenvalue") or {}).get("eigenvalue")
+        cos_points = [p for m in metrics for p in m.get("diag_ema_full_cos_points", [])]
+        oracle_points = [p for m in metrics for p in m.get("diag_ema_oracle_cos_points", [])]
+        rows.append(
+            {
+                "mode": mode,
+                "label_noise": noise,
+                "seed": seed,
+                "test_acc": summary["final_test_acc"],
+                "best_test_acc": summary["best_test_acc"],
+                "train_loss": summary["final_train_loss"],
+                "top_eigenvalue": eig,
+                "ema_full_cos_points": cos_points,
+                "ema_full_cos_mean": statistics.fmean(c for _, c in cos_points) if cos_points else None,
+                "ema_oracle_cos_points": oracle_points,
+                "cos_g_m": [m.get("diag_cos_g_m") for m in metrics],
+                "noise_ratio": [m.get("diag_noise_ratio") for m in metrics],
+                "wall_time": summary["wall_time"],
+            }
+        )
+    groups = []
+    for noise in args.noise:
+        for mode in args.modes:
+            rs = [r for r in rows if r["mode"] == mode and r["label_noise"] == noise]
+            if not rs:
+                continue
+            sam = {r["seed"]: r for r in rows if r["mode"] == "sam" and r["label_noise"] == noise}
+            diffs = [r["test_acc"] - sam[r["seed"]]["test_acc"] for r in rs if r["seed"] in sam]
+            groups.append(
+                {
+                    "mode": mode,
+                    "label_noise": noise,
+                    "n": len(rs),
+                    "seeds": [r["seed"] for r in rs],
+                    "test_acc": _mean_std([r["test_acc"] for r in rs]),
+                    "test_acc_minus_sam": _mean_std(diffs) if mode != "sam" else (None, None),
+                    "top_eigenvalue": _mean_std([r["top_eigenvalue"] for r in rs]),
+                    "ema_full_cos": _mean_std([r["ema_full_cos_mean"] for r in rs]),
+                    "cos_g_m_last_epoch": _mean_std([r["cos_g_m"][-1] for r in rs]),
+                    "noise_ratio_last_epoch": _mean_std([r["noise_ratio"][-1] for r in rs]),
+                    "wall_time": statistics.fmean(r["wall_time"] for r in rs),
+                }
+            )
+    return {"rows": rows, "groups": groups}
+
+
+def machine() -> dict[str, Any]:
+    from friendly_sam.train.trainer import machine_description
+
+    info = machine_description()
+    info["threads"] = 1
+    return info
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def plots(data: dict[str, Any], args: argparse.Namespace, results: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"sam": "tab:blue", "full": "tab:red", "fsam": "tab:green", "oracle": "tab:purple"}
+    files = []
+    # 1. test accuracy and top eigenvalue per mode, every seed as a dot
+    fig, axes = plt.subplots(2, len(args.noise), figsize=(5 * len(args.noise), 7), squeeze=False)
+    for j, noise in enumerate(args.noise):
+        for i, (key, ylabel) in enumerate(
+            (("test_acc", "test accuracy (%)"), ("top_eigenvalue", "top eigenvalue"))
+        ):
+            ax = axes[i][j]
+            for x, mode in enumerate(args.modes):
+                vals = [
+                    r[key]
+                    for r in data["rows"]
+                    if r["mode"] == mode and r["label_noise"] == noise and r[key] is not None
+                ]
+                if vals:
+                    ax.bar(x, statistics.fmean(vals), color=colors[mode], alpha=0.35)
+                    ax.scatter([x] * len(vals), vals, color=colors[mode], zorder=3, s=18)
+            ax.set_xticks(range(len(args.modes)), args.modes)
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"label noise {noise:.0%}")
+            if key == "test_acc":
+                vals = [r["test_acc"] for r in data["rows"] if r["label_noise"] == noise]
+                if vals:
+                    ax.set_ylim(min(vals) - 2, max(vals) + 1)
+            ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    path = results / "decomposition_acc_sharpness.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    files.append(path.name)
+    # 2. EMA-vs-full-gradient cosine over training
+    fig, axes = plt.subplots(1, len(args.noise), figsize=(5 * len(args.noise), 3.6), squeeze=False)
+    for j, noise in enumerate(args.noise):
+        ax = axes[0][j]
+        for mode in args.modes:
+            rs = [r for r in data["rows"] if r["mode"] == mode and r["label_noise"] == noise]
+            if not rs or not rs[0]["ema_full_cos_points"]:
+                continue
+            steps = [s for s, _ in rs[0]["ema_full_cos_points"]]
+            curves = [
+                [c for _, c in r["ema_full_cos_points"]]
+                for r in rs
+                if len(r["ema_full_cos_points"]) == len(steps)
+            ]
+            mean = [statistics.fmean(c[k] for c in curves) for k in range(len(steps))]
+            ax.plot(steps, mean, marker="o", color=colors[mode], label=mode)
+            if mode == "oracle":
+                pts = [p for r in rs for p in r["ema_oracle_cos_points"]]
+                if pts:
+                    ax.scatter(
+                        [s for s, _ in pts],
+                        [c for _, c in pts],
+                        marker="x",
+                        color="k",
+                        s=14,
+                        label="oracle runs: cos(EMA, G over all train)",
+                    )
+        ax.set_xlabel("step")
+        ax.set_ylabel("cos(EMA, full gradient)")
+        ax.set_title(f"label noise {noise:.0%}")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = results / "decomposition_ema_cosine.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    files.append(path.name)
+    return files
+
+
+def phase_report(args: argparse.Namespace) -> None:
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    data = collect(args)
+    files = plots(data, args, results)
+    meta = {
+        "command": "python benchmarks/decomposition/run.py " + " ".join(sys.argv[1:]),
+        "commit": git_commit(),
+        "machine": machine(),
+        "config": {**BASE, "epochs": args.epochs, "train_subset": args.train_subset},
+        "modes": MODES,
+        "label_noise": args.noise,
+        "seeds": args.seeds,
+        "sharpness": SHARPNESS,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "total_train_time_s": sum(r["wall_time"] for r in data["rows"]),
+    }
+    (results / "decomposition.json").write_text(json.dumps({**meta, **data}, indent=1) + "\n")
+    lines = [
+        "# The decomposition ablation: which gradient component should SAM perturb along?",
+        "",
+        "Generated by `benchmarks/decomposition/run.py` (see its docstring and `benchmarks/decomposition/README.md`).",
+        "",
+        f"- Command: `{meta['command']}`",
+        f"- Commit: `{meta['commit']}`; {meta['date']}",
+        f"- Machine: {meta['machine']['cpu']}, 1 torch thread (shared 2-core box), torch {meta['machine']['torch']}",
+        f"- Setup: Fashion-MNIST, {args.train_subset} training images (seeded subset), {BASE['test_subset']} test "
+        f"images, {BASE['model']}, {args.epochs} epochs, batch {BASE['batch_size']}, SGD lr {BASE['lr']} "
+        f"(cosine) momentum {BASE['momentum']} wd {BASE['weight_decay']}, rho {BASE['rho']}, sigma "
+        f"{BASE['sigma']}, lmbda {BASE['lmbda']}, no augmentation, fp32 channels_last; oracle full gradient "
+        f"every {BASE['oracle_every']} steps over the whole training subset; seeds {args.seeds}.",
+        f"- Sharpness: top Hessian eigenvalue (power iteration, <= {SHARPNESS['eig_iters']} HVPs, eval-mode BN) "
+        f"on {SHARPNESS['subset']} fixed training images (with the run's labels).",
+        f"- Diagnostics: cosine between the EMA and the full gradient of {BASE['diagnostics_subset']} fixed "
+        f"training images every {BASE['diagnostics_every']} steps; cos(g, m) and ||g - m||/||m|| averaged over "
+        "each epoch (m: the estimate the run uses, the oracle in oracle runs).",
+        f"- Total training time: {meta['total_train_time_s'] / 60:.1f} min.",
+        "",
+        "| label noise | mode | n | test acc (%) | vs SAM, paired (pp) | top eigenvalue | cos(EMA, full) | "
+        "cos(g, m) last epoch | noise/full norm last epoch |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for g in data["groups"]:
+        lines.append(
+            f"| {g['label_noise']:.0%} | {MODE_TEXT[g['mode']]} | {g['n']} | {_fmt(g['test_acc'])} | "
+            f"{_fmt(g['test_acc_minus_sam'])} | {_fmt(g['top_eigenvalue'], 1)} | {_fmt(g['ema_full_cos'], 3)} | "
+            f"{_fmt(g['cos_g_m_last_epoch'], 3)} | {_fmt(g['noise_ratio_last_epoch'], 2)} |"
+        )
+    lines += ["", "Mean ± standard deviation over seeds.", ""]
+    lines += [f"![{f}]({f})" for f in files]
+    lines.append("")
+    notes = results / "decomposition_notes.md"
+    if notes.exists():
+        lines += [notes.read_text()]
+    (results / "decomposition.md").write_text("\n".join(lines) + "\n")
+    log(f"report written to {results}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--phase", choices=("all", "train", "sharpness", "report"), default="all")
+    p.add_argument(
+        "--out", default="runs/decomposition", help="run directories (default: runs/decomposition)"
+    )
+    p.add_argument("--results", default="docs/results", help="where the report goes (default: docs/results)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.4], help="label noise rates")
+    p.add_argument("--modes", nargs="+", choices=tuple(MODES), default=list(MODES))
+    p.add_argument("--epochs", type=int, default=BASE["epochs"])
+    p.add_argument("--train-subset", type=int, default=BASE["train_subset"])
+    p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    log(f"python {platform.python_version()}, torch {torch.__version__}, 1 thread")
+    if args.phase in ("all", "train"):
+        phase_train(args)
+    if args.phase in ("all", "sharpness"):
+        phase_sharpness(args)
+    if args.phase in ("all", "report"):
+        phase_report(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
