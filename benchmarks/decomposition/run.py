@@ -124,7 +124,6 @@ def phase_train(args: argparse.Namespace) -> None:
 
 def phase_sharpness(args: argparse.Namespace) -> None:
     from friendly_sam.analysis.run import analyze_run
-
     from friendly_sam.train.trainer import SUMMARY_FILE
 
     for mode, noise, seed, run_dir in run_dirs(args):
