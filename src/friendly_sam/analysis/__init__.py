@@ -22,9 +22,14 @@ By default the model is evaluated in eval mode (BatchNorm running statistics, no
 loss is a deterministic function of the weights; ``bn_mode="batch"`` uses per-batch BatchNorm
 statistics without touching the running statistics (:func:`evaluation_mode`). Module modes are
 restored, weights are restored in place bit for bit, and ``.grad`` fields are never touched.
+
+:mod:`~friendly_sam.analysis.decomposition` measures F-SAM's gradient decomposition during training
+(true full-batch gradients, EMA-vs-full-gradient cosines); :func:`friendly_sam.analysis.run.analyze_run`
+is ``fsam analyze RUN_DIR`` (all the measures above on a trained run, ``analysis.json`` + PNGs).
 """
 
 from ._common import evaluation_mode, trainable_parameters
+from .decomposition import DecompositionMonitor, cosine, full_batch_gradient
 from .hessian import EigenResult, TraceResult, hessian_trace, hessian_vector_product, top_eigenvalue
 from .landscape import (
     Landscape1D,
@@ -38,13 +43,16 @@ from .landscape import (
 from .sharpness import SharpnessResult, worst_case_loss_increase
 
 __all__ = [
+    "DecompositionMonitor",
     "EigenResult",
     "Landscape1D",
     "Landscape2D",
     "SharpnessResult",
     "TraceResult",
+    "cosine",
     "evaluation_mode",
     "filter_normalized_direction",
+    "full_batch_gradient",
     "hessian_trace",
     "hessian_vector_product",
     "loss_landscape_1d",
