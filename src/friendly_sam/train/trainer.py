@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from ..data import BatchAugment, TensorBatchLoader, apply_label_noise, load_dataset, subset, train_val_split
 from ..models import build_model
 from ..optim import SAM, FriendlySAM
-from .checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_atomic, write_text_atomic
+from .checkpoint import load_checkpoint, make_checkpoint, save_atomic, write_text_atomic
 from .config import TrainConfig
 from .progress import ProgressBar, format_seconds
 from .step import autocast_context, training_step
@@ -498,14 +498,3 @@ def _tensorboard_writer(run_dir: Path) -> Any:
             "--tensorboard needs the tensorboard package: pip install tensorboard"
         ) from exc
     return SummaryWriter(str(run_dir / "tensorboard"))
-
-
-__all__ = [
-    "CheckpointError",
-    "RunDirectoryError",
-    "TrainConfig",
-    "build_optimizer",
-    "evaluate",
-    "load_run_config",
-    "train",
-]
