@@ -162,6 +162,23 @@ def backward_only_no_sync() -> dict:
     return {"grad_spread_backward_only": wrong, "grad_spread_forward_and_backward": right}
 
 
+def comm_volume() -> dict:
+    """Bytes all-reduced per step, counted by AllReduceCounter: per-replica = one gradient (as plain
+    DDP), synchronized = two."""
+    from friendly_sam.distributed import AllReduceCounter
+
+    out = {}
+    for mode in ("per-replica", "synchronized"):
+        net = DDP(mlp())
+        counter = AllReduceCounter(net)
+        opt = FriendlySAM(net.parameters(), torch.optim.SGD, **HP)
+        for x, y in batches([16, 16], seed=7):
+            ddp_training_step(net, opt, my_part(x), my_part(y), mode=mode)
+        out[mode] = counter.bytes / 2
+    out["gradient_bytes"] = sum(p.numel() * p.element_size() for p in mlp().parameters())
+    return out
+
+
 def _shards(model: nn.Module) -> list[tuple[torch.Tensor, int, int]]:
     """This rank's contiguous slice of each flattened parameter, as a leaf tensor: weights are split
     unevenly (FSDP-style), each bias belongs to one rank whole (ZeRO-1-style), so the other ranks hold
@@ -263,6 +280,7 @@ SCENARIOS: dict[str, Callable[[], dict]] = {
     "per_replica": per_replica,
     "batchnorm_buffers": batchnorm_buffers,
     "backward_only_no_sync": backward_only_no_sync,
+    "comm_volume": comm_volume,
     "sharded_simulation": sharded_simulation,
     "fsdp2": fsdp2,
 }

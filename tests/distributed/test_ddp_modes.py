@@ -50,6 +50,12 @@ def test_no_sync_around_backward_only_still_synchronises(dist_results):
     assert res["grad_spread_forward_and_backward"] > 0.0  # what ddp_training_step does
 
 
+def test_bytes_all_reduced_per_step(dist_results):
+    res = scenario(dist_results, "comm_volume")[0]
+    assert res["per-replica"] == res["gradient_bytes"]  # as plain DDP
+    assert res["synchronized"] == 2 * res["gradient_bytes"]
+
+
 @pytest.mark.parametrize("name", ["fsam", "fsam_clip", "afsam"])
 def test_sharded_norm_matches_unsharded_run(dist_results, name):
     results = scenario(dist_results, "sharded_simulation")
