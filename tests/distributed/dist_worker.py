@@ -251,19 +251,25 @@ def sharded_simulation() -> dict:
 
 
 def fsdp2() -> dict:
-    """FSDP2 fully_shard on CPU/gloo: F-SAM (DTensor parameters) vs one process over the global batch."""
+    """FSDP2 fully_shard on CPU/gloo: F-SAM (DTensor parameters) vs one process over the global batch;
+    also with the multi-tensor (foreach) kernels that accelerators use by default."""
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    mesh = init_device_mesh("cpu", (WORLD,))  # CPU also where a GPU is visible
     out = {}
-    for use_group in (True, False):
+    for name, extra in {
+        "group": {"process_group": dist.group.WORLD},
+        "dtensor_default": {},
+        "group_foreach": {"process_group": dist.group.WORLD, "foreach": True},
+    }.items():
         ref = mlp()
         model = mlp()
-        fully_shard(model[0])
-        fully_shard(model[2])
-        fully_shard(model)
-        group = {"process_group": dist.group.WORLD} if use_group else {}
+        fully_shard(model[0], mesh=mesh)
+        fully_shard(model[2], mesh=mesh)
+        fully_shard(model, mesh=mesh)
         kw = {**HP, "max_grad_norm": 0.05}
-        opt = FriendlySAM(model.parameters(), torch.optim.SGD, **kw, **group)
+        opt = FriendlySAM(model.parameters(), torch.optim.SGD, **kw, **extra)
         ref_opt = FriendlySAM(ref.parameters(), torch.optim.SGD, **kw)
         diffs = []
         for x, y in batches([16, 16, 16], seed=6):
@@ -271,7 +277,7 @@ def fsdp2() -> dict:
             reference_step(ref, ref_opt, x, y)
             full = torch.cat([p.full_tensor().detach().reshape(-1) for p in model.parameters()])
             diffs.append(max_diff(full, flat(ref)))
-        out["group" if use_group else "dtensor_default"] = diffs
+        out[name] = diffs
     return out
 
 

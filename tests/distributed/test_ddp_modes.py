@@ -69,6 +69,7 @@ def test_fsdp2_fully_shard_on_cpu(dist_results):
     for res in scenario(dist_results, "fsdp2"):
         assert max(res["group"]) < TOL  # process_group=: one all-reduce per norm
         assert max(res["dtensor_default"]) < TOL  # DTensor reduces each parameter's norm itself
+        assert max(res["group_foreach"]) < TOL  # multi-tensor kernels on DTensors (the GPU default)
 
 
 def test_mode_names_and_shard_bounds():

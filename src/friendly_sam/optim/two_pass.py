@@ -19,6 +19,7 @@ happens after the first step; ``zero_grad=False`` keeps the clean gradient intac
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -51,6 +52,10 @@ def _check_number(name: str, value: Any, *, low: float, high: float | None = Non
     if not ok:
         bound = f"[{low}, {high}{']' if closed_high else ')'}" if high is not None else f">= {low}"
         raise ValueError(f"invalid {name}={value!r}: it must be a finite number {bound}")
+
+
+# DTensor parameters (FSDP2): torch (2.11-2.13 at least) has no sharding rule for _foreach_copy_.
+_FOREACH_DTENSOR = dataclasses.replace(FOREACH, name="foreach (DTensor)", copy_=PER_TENSOR.copy_)
 
 
 def _is_process_group(group: Any) -> bool:
@@ -177,7 +182,10 @@ class TwoPassOptimizer(Optimizer):
                 bucket.params.append(p)
                 bucket.grads.append(p.grad)
             for bucket in by_key.values():
-                buckets.append((bucket, FOREACH if self._use_foreach(bucket.params) else PER_TENSOR))
+                ops = FOREACH if self._use_foreach(bucket.params) else PER_TENSOR
+                if ops is FOREACH and any(hasattr(p, "to_local") for p in bucket.params):
+                    ops = _FOREACH_DTENSOR
+                buckets.append((bucket, ops))
         return buckets
 
     # ----------------------------------------------------------------- the two steps
