@@ -1,0 +1,125 @@
+"""End-to-end smoke test of benchmarks/generalization/run.py on a tiny budget: files and table format only."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "benchmarks" / "generalization" / "run.py"
+HAS_PTO = importlib.util.find_spec("pytorch_optimizer") is not None
+
+
+def _have_fashion_mnist() -> bool:
+    try:
+        from friendly_sam.data import load_dataset
+
+        load_dataset("fashion-mnist")
+        return True
+    except Exception:
+        return False
+
+
+pytestmark = pytest.mark.skipif(not _have_fashion_mnist(), reason="Fashion-MNIST not available locally")
+
+TINY = [
+    "--quick",
+    "--model",
+    "cnn_small",
+    "--train-subset",
+    "512",
+    "--val-size",
+    "128",
+    "--epochs",
+    "1",
+    "--test-subset",
+    "500",
+    "--seeds",
+    "0",
+    "--sam-rhos",
+    "0.05",
+    "--fsam-rhos",
+    "0.05",
+    "--lmbdas",
+    "0.6",
+]
+
+
+def run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    args = [*TINY, "--work-dir", str(tmp_path / "work"), "--out-dir", str(tmp_path / "out"), *extra]
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
+
+
+def test_quick_suite_end_to_end(tmp_path: Path) -> None:
+    pto = "sym40" if HAS_PTO else ""
+    proc = run(tmp_path, "--workers", "2", "--settings", "clean,sym40", "--pto-settings", pto)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    out = tmp_path / "out"
+    md = (out / "generalization_quick.md").read_text()
+    res = json.loads((out / "generalization_quick.json").read_text())
+    assert (out / "generalization_quick.png").stat().st_size > 1000
+
+    # every planned run finished and is a trainer run directory
+    n_runs = 2 * 3 + (2 if HAS_PTO else 0)
+    assert res["finished"] == res["total"] == n_runs and res["complete"]
+    for setting in ("clean", "sym40"):
+        for name in ("sgd", "sam_rho0.05", "fsam_rho0.05_lmbda0.6"):
+            d = tmp_path / "work" / "runs" / setting / name / "seed0"
+            for f in ("config.json", "metrics.jsonl", "summary.json", "checkpoint.pt"):
+                assert (d / f).is_file(), d / f
+        s = res["settings"][setting]
+        assert s["selected"] == {"sgd": "sgd", "sam": "sam_rho0.05", "fsam": "fsam_rho0.05_lmbda0.6"}
+        for method in ("sgd", "sam", "fsam"):
+            r = s["methods"][method]
+            assert r["seeds"] == [0] and len(r["test_acc"]) == 1 and 0 <= r["test_acc"][0] <= 100
+        assert s["fsam_minus_sam"]["seeds"] == [0]
+        assert s["sweep"]["sam_rho0.05"]["n"] == 1
+    if HAS_PTO:
+        assert set(res["settings"]["sym40"]["pytorch_optimizer"]) == {"pto-sam", "pto-fsam"}
+
+    # report: status, provenance, the main table with one row per setting
+    assert "Status: complete." in md
+    assert "Command: `python benchmarks/generalization/run.py --quick" in md
+    for key in ("commit", "torch", "cpu"):
+        assert res["meta"]["machine"][key] not in (None, "", "unknown")
+    assert res["meta"]["machine"]["torch"] in md and res["meta"]["machine"]["cpu"] in md
+    header = "| setting | SGD | SAM | F-SAM | F-SAM − SAM | SAM − SGD | selected SAM / F-SAM | n |"
+    lines = md.splitlines()
+    i = lines.index(header)
+    rows = lines[i + 2 : i + 4]
+    assert [r.split(" | ")[0] for r in rows] == ["| clean labels", "| 40 % symmetric noise"]
+    for r in rows:
+        cells = [c.strip() for c in r.strip("|").split("|")]
+        assert len(cells) == 8
+        for c in cells[1:4]:
+            assert " ± " in c and float(c.split(" ± ")[0]) >= 0
+        assert cells[4][0] in "+-" and cells[5][0] in "+-"
+        assert cells[7] == "1/1/1"
+    assert "![test accuracy per setting](generalization_quick.png)" in md
+
+    # a rerun finds everything done and trains nothing
+    again = run(tmp_path, "--settings", "clean,sym40", "--pto-settings", pto)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{n_runs} done, 0 to resume, 0 to restart, 0 to start" in again.stdout
+
+
+def test_partial_report_and_resume(tmp_path: Path) -> None:
+    """--max-runs stops early: the report says INCOMPLETE; a broken run dir is restarted."""
+    proc = run(tmp_path, "--pto-settings", "", "--settings", "clean", "--max-runs", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    md = (tmp_path / "out" / "generalization_quick.md").read_text()
+    assert "INCOMPLETE: 1 of 3 runs finished" in md
+    # a run interrupted before its first checkpoint (config.json only) counts as broken
+    broken = tmp_path / "work" / "runs" / "clean" / "sam_rho0.05" / "seed0"
+    broken.mkdir(parents=True)
+    (broken / "config.json").write_text("{}")
+    dry = run(tmp_path, "--pto-settings", "", "--settings", "clean", "--dry-run")
+    assert "broken   clean/sam_rho0.05/seed0" in dry.stdout
+    assert "done     clean/sgd/seed0" in dry.stdout
