@@ -101,6 +101,8 @@ def test_ema_cosine_diagnostic_on_a_constructed_case():
     rec = monitor.epoch_record()
     assert [s for s, _ in rec["diag_ema_full_cos_points"]] == [2, 4]  # step 0 has no EMA yet
     assert rec["diag_ema_full_cos"] == pytest.approx(1.0, abs=1e-5)
+    assert rec["diag_batch_full_cos"] == pytest.approx(1.0, abs=1e-5)
+    assert [s for s, _ in rec["diag_batch_full_cos_points"]] == [2, 4]
     assert rec["diag_cos_g_m"] == pytest.approx(1.0, abs=1e-5)
     assert rec["diag_noise_ratio"] == pytest.approx(0.0, abs=1e-3)
     assert rec["diag_steps"] == 4

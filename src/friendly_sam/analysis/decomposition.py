@@ -25,7 +25,9 @@ mismatch between augmented minibatches and clean full-batch images. With a one-b
 equals ``g`` bit for bit, the noise component is exactly zero and F-SAM applies no perturbation. The
 ``--diagnostics`` cosine uses a fixed subset of the training set (the first ``n`` images of a seeded random
 subset, with their possibly noisy training labels) *without* augmentation: a fixed reference across the
-whole run. With random augmentation on, the EMA averages gradients of augmented images, so that cosine
+whole run; at the same steps it also records the cosine between that full gradient and the step's own
+minibatch gradient (one extra forward+backward of one batch), the baseline the EMA has to beat. With
+random augmentation on, the EMA averages gradients of augmented images, so that cosine
 also contains the (small) gap between the augmented and the clean objective.
 
 **Cost.** One oracle is one forward+backward pass over the whole training set, i.e. half of a SAM
@@ -110,7 +112,8 @@ class DecompositionMonitor:
             steps and hand it to ``optimizer.set_full_gradient`` (``None``: EMA mode, no oracle).
         diagnostics: record the optimizer's ``cos(g, m)`` / noise ratio means, and every
             ``diagnostics_every`` steps the cosine between the EMA and the full gradient over
-            ``subset`` (also, in oracle mode, the cosine between the EMA and each oracle, for free).
+            ``subset`` and between the step's minibatch gradient and that full gradient (also, in
+            oracle mode, the cosine between the EMA and each oracle, for free).
         subset: ``(images, labels)`` of the fixed diagnostics subset, already transformed (float, clean).
         batch_size: chunk size for the subset gradient (the training batch size: same BN statistics).
         autocast, prepare: as in :func:`full_batch_gradient`.
@@ -151,6 +154,7 @@ class DecompositionMonitor:
 
     def _reset(self) -> None:
         self.ema_full: list[tuple[int, float]] = []
+        self.batch_full: list[tuple[int, float]] = []
         self.ema_oracle: list[tuple[int, float]] = []
         self.oracle_passes = 0
         self.oracle_time = 0.0
@@ -188,7 +192,12 @@ class DecompositionMonitor:
                     (xs[i : i + self.batch_size], ys[i : i + self.batch_size])
                     for i in range(0, len(ys), self.batch_size)
                 ]
-                self.ema_full.append((step, cosine(ema, self._gradient(chunks))))
+                full = self._gradient(chunks)
+                self.ema_full.append((step, cosine(ema, full)))
+                # the same step's minibatch gradient (the loader is a pure function of epoch and index):
+                # is the EMA closer to the full gradient than one minibatch gradient is?
+                batch = self.loader.batch(step % len(self.loader), epoch)
+                self.batch_full.append((step, cosine(self._gradient([batch]), full)))
                 self.subset_time += time.perf_counter() - t0
 
     def epoch_record(self) -> dict[str, Any]:
@@ -205,6 +214,9 @@ class DecompositionMonitor:
             cos = [c for _, c in self.ema_full]
             out["diag_ema_full_cos"] = sum(cos) / len(cos) if cos else None
             out["diag_ema_full_cos_points"] = [[s, c] for s, c in self.ema_full]
+            cos = [c for _, c in self.batch_full]
+            out["diag_batch_full_cos"] = sum(cos) / len(cos) if cos else None
+            out["diag_batch_full_cos_points"] = [[s, c] for s, c in self.batch_full]
             out["diag_time"] = self.subset_time
             if self.oracle_every is not None:
                 cos = [c for _, c in self.ema_oracle]
