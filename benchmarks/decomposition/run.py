@@ -80,6 +80,10 @@ BASE = {
     "diagnostics_subset": 1024,
     "checkpoint_every": 1,
 }
+# Supplement: how well does the EMA estimate the full gradient, for several lmbda? SAM runs (the EMA is
+# tracked but unused, so the trajectory is the same for every lmbda), diagnostics every 8 steps.
+EMA_LMBDAS = (0.6, 0.9, 0.95)
+EMA_EXTRA = {"component": "minibatch", "diagnostics_every": 8}
 SHARPNESS = {"subset": 512, "eig_iters": 10, "eig_tol": 1e-3, "parts": "eigenvalue", "bn_mode": "eval"}
 
 
@@ -120,6 +124,64 @@ def phase_train(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         train(cfg, run_dir, resume=resume, progress=False, log=log)
         log(f"  done in {time.perf_counter() - t0:.0f} s")
+
+
+def ema_run_dirs(args: argparse.Namespace) -> list[tuple[float, float, int, Path]]:
+    return [
+        (noise, lmbda, seed, Path(args.out) / "ema" / f"noise{noise:g}" / f"lmbda{lmbda:g}" / f"s{seed}")
+        for noise in args.noise
+        for lmbda in EMA_LMBDAS
+        for seed in args.ema_seeds
+    ]
+
+
+def phase_ema(args: argparse.Namespace) -> None:
+    from friendly_sam.train import TrainConfig, train
+    from friendly_sam.train.trainer import CHECKPOINT_FILE, SUMMARY_FILE
+
+    todo = ema_run_dirs(args)
+    for k, (noise, lmbda, seed, run_dir) in enumerate(todo, 1):
+        if (run_dir / SUMMARY_FILE).exists():
+            continue
+        values = {
+            **config_for(args, "sam", noise, seed),
+            **EMA_EXTRA,
+            "lmbda": lmbda,
+            "name": f"ema{lmbda:g}",
+        }
+        cfg = TrainConfig.from_dict(values).validate()
+        resume = (run_dir / CHECKPOINT_FILE).exists()
+        if not resume and run_dir.exists():
+            shutil.rmtree(run_dir)
+        log(
+            f"[ema {k}/{len(todo)}] lmbda={lmbda:g} noise={noise:g} seed={seed} {'(resuming)' if resume else ''}"
+        )
+        t0 = time.perf_counter()
+        train(cfg, run_dir, resume=resume, progress=False, log=log)
+        log(f"  done in {time.perf_counter() - t0:.0f} s")
+
+
+def collect_ema(args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    for noise, lmbda, seed, run_dir in ema_run_dirs(args):
+        if not (run_dir / "summary.json").exists():
+            continue
+        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+        ema = [p for m in metrics for p in m.get("diag_ema_full_cos_points", [])]
+        batch = [p for m in metrics for p in m.get("diag_batch_full_cos_points", [])]
+        rows.append(
+            {
+                "label_noise": noise,
+                "lmbda": lmbda,
+                "seed": seed,
+                "ema_full_cos_points": ema,
+                "batch_full_cos_points": batch,
+                "ema_full_cos_mean": statistics.fmean(c for _, c in ema) if ema else None,
+                "batch_full_cos_mean": statistics.fmean(c for _, c in batch) if batch else None,
+                "cos_g_ema": [m.get("diag_cos_g_m") for m in metrics],
+            }
+        )
+    return rows
 
 
 def phase_sharpness(args: argparse.Namespace) -> None:
@@ -227,6 +289,37 @@ def git_commit() -> str:
         return "unknown"
 
 
+def plot_ema(rows: list[dict[str, Any]], args: argparse.Namespace, results: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(args.noise), figsize=(5 * len(args.noise), 3.6), squeeze=False)
+    for j, noise in enumerate(args.noise):
+        ax = axes[0][j]
+        rs = [r for r in rows if r["label_noise"] == noise and r["seed"] == min(args.ema_seeds)]
+        for r in rs:
+            pts = r["ema_full_cos_points"]
+            ax.plot(
+                [s for s, _ in pts], [c for _, c in pts], marker="o", ms=3, label=f"EMA, lmbda {r['lmbda']:g}"
+            )
+        if rs:
+            pts = rs[0]["batch_full_cos_points"]
+            ax.plot([s for s, _ in pts], [c for _, c in pts], "k--", marker="x", ms=4, label="minibatch g")
+        ax.set_xlabel("step")
+        ax.set_ylabel("cosine with the full gradient")
+        ax.set_title(f"SAM trajectory, label noise {noise:.0%}")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = results / "decomposition_ema_lmbda.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
 def plots(data: dict[str, Any], args: argparse.Namespace, results: Path) -> list[str]:
     import matplotlib
 
@@ -305,13 +398,29 @@ def plots(data: dict[str, Any], args: argparse.Namespace, results: Path) -> list
     return files
 
 
+def _args_without_phase(argv: list[str]) -> list[str]:
+    """The command line minus ``--phase X`` (the phases together are the one command that made the results)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--phase":
+            skip = True
+        elif not a.startswith("--phase="):
+            out.append(a)
+    return out
+
+
 def phase_report(args: argparse.Namespace) -> None:
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     data = collect(args)
     files = plots(data, args, results)
+    data["ema_supplement"] = collect_ema(args)
+    if data["ema_supplement"]:
+        files.append(plot_ema(data["ema_supplement"], args, results))
     meta = {
-        "command": "python benchmarks/decomposition/run.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python benchmarks/decomposition/run.py", *_args_without_phase(sys.argv[1:])]),
         "commit": git_commit(),
         "machine": machine(),
         "config": {**BASE, "epochs": args.epochs, "train_subset": args.train_subset},
@@ -354,6 +463,27 @@ def phase_report(args: argparse.Namespace) -> None:
             f"{_fmt(g['cos_g_m_last_epoch'], 3)} | {_fmt(g['noise_ratio_last_epoch'], 2)} |"
         )
     lines += ["", "Mean ± standard deviation over seeds.", ""]
+    if data["ema_supplement"]:
+        lines += [
+            "**How well does the EMA estimate the full gradient?** SAM runs (same settings; the EMA is tracked "
+            "but unused, so the trajectory is identical for every lmbda), seeds "
+            f"{args.ema_seeds}; every {EMA_EXTRA['diagnostics_every']} steps the cosine with the full gradient "
+            f"of {BASE['diagnostics_subset']} fixed training images, of the EMA and of that step's own minibatch "
+            "gradient; averaged over the run.",
+            "",
+            "| label noise | lmbda | cos(EMA, full) | cos(minibatch g, full) | cos(g, EMA) last epoch |",
+            "|---|---|---|---|---|",
+        ]
+        for noise in args.noise:
+            for lmbda in EMA_LMBDAS:
+                rs = [r for r in data["ema_supplement"] if r["label_noise"] == noise and r["lmbda"] == lmbda]
+                if rs:
+                    lines.append(
+                        f"| {noise:.0%} | {lmbda:g} | {_fmt(_mean_std([r['ema_full_cos_mean'] for r in rs]), 3)} | "
+                        f"{_fmt(_mean_std([r['batch_full_cos_mean'] for r in rs]), 3)} | "
+                        f"{_fmt(_mean_std([r['cos_g_ema'][-1] for r in rs]), 3)} |"
+                    )
+        lines.append("")
     lines += [f"![{f}]({f})" for f in files]
     lines.append("")
     notes = results / "decomposition_notes.md"
@@ -365,7 +495,7 @@ def phase_report(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--phase", choices=("all", "train", "sharpness", "report"), default="all")
+    p.add_argument("--phase", choices=("all", "train", "ema", "sharpness", "report"), default="all")
     p.add_argument(
         "--out", default="runs/decomposition", help="run directories (default: runs/decomposition)"
     )
@@ -373,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.4], help="label noise rates")
     p.add_argument("--modes", nargs="+", choices=tuple(MODES), default=list(MODES))
+    p.add_argument("--ema-seeds", type=int, nargs="+", default=[0], help="seeds of the EMA supplement")
     p.add_argument("--epochs", type=int, default=BASE["epochs"])
     p.add_argument("--train-subset", type=int, default=BASE["train_subset"])
     p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
@@ -381,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"python {platform.python_version()}, torch {torch.__version__}, 1 thread")
     if args.phase in ("all", "train"):
         phase_train(args)
+    if args.phase in ("all", "ema"):
+        phase_ema(args)
     if args.phase in ("all", "sharpness"):
         phase_sharpness(args)
     if args.phase in ("all", "report"):
