@@ -219,9 +219,10 @@ def main() -> None:
         "",
         "Per-replica F-SAM all-reduces exactly what plain DDP does (one gradient per step); synchronized "
         "F-SAM twice that, plus a second broadcast of the BatchNorm buffers (before the second forward). "
-        "This machine has 2 CPU cores shared by several users, so 2 processes x 1 thread compete with "
-        "1 process x 2 threads for the same cores: the step-time comparison shows overhead, not the "
-        "scaling of a multi-GPU node, where the byte counts above are what costs time.",
+        f"This machine has {os.cpu_count()} CPU cores (shared with other users: see the load average). "
+        "2 processes x 1 thread use the same 2 cores as 1 process x 2 threads: that comparison shows "
+        "the overhead of DDP over threads, 1 thread vs 2 processes the gain from a second worker. "
+        "Neither is the scaling of a multi-GPU node, where the byte counts above are what costs time.",
         "",
     ]
     out.with_suffix(".md").write_text("\n".join(lines))
