@@ -50,7 +50,9 @@ def pipeline(cfg: TrainConfig, progress: bool) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="resnet8")
     parser.add_argument("--optimizer", default="sgd", help="sgd (cheapest step: the harshest test) or fsam")
     parser.add_argument("--images", type=int, default=4096, help="training images per measured epoch")
@@ -61,8 +63,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = TrainConfig(dataset="fashion-mnist", model=args.model, optimizer=args.optimizer, epochs=1,
-                      batch_size=args.batch_size, train_subset=args.images, test_subset=256).validate()
+    cfg = TrainConfig(
+        dataset="fashion-mnist",
+        model=args.model,
+        optimizer=args.optimizer,
+        epochs=1,
+        batch_size=args.batch_size,
+        train_subset=args.images,
+        test_subset=256,
+    ).validate()
     ds = load_dataset("fashion-mnist")
     gen = torch.Generator().manual_seed(0)
     images = ds.train_images[: args.images].float().div(255).sub(ds.mean[0]).div(ds.std[0])
@@ -77,9 +86,13 @@ def main() -> None:
         results["pipeline (quiet)"].append(pipeline(cfg, progress=False))
         results["pipeline (progress bar)"].append(pipeline(cfg, progress=True))
     base = statistics.median(results["bare"])
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    print(f"model {args.model}, optimizer {args.optimizer}, batch {args.batch_size}, {args.images} images/epoch, "
-          f"{args.repeats} repeats, torch {torch.__version__}, {torch.get_num_threads()} threads, commit {commit}")
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    print(
+        f"model {args.model}, optimizer {args.optimizer}, batch {args.batch_size}, {args.images} images/epoch, "
+        f"{args.repeats} repeats, torch {torch.__version__}, {torch.get_num_threads()} threads, commit {commit}"
+    )
     print("| loop | median img/s | runs | ratio to bare |")
     print("|---|---|---|---|")
     for name, values in results.items():
@@ -87,8 +100,17 @@ def main() -> None:
         print(f"| {name} | {med:.0f} | {', '.join(f'{v:.0f}' for v in values)} | {med / base:.3f} |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "results": results,
-                                         "commit": commit, "machine": machine_description()}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "args": vars(args) | {"json": str(args.json)},
+                    "results": results,
+                    "commit": commit,
+                    "machine": machine_description(),
+                },
+                indent=2,
+            )
+        )
     sys.exit(0)
 
 
