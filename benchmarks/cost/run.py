@@ -16,9 +16,10 @@ step, the IQR, the ratio of medians to SGD, and the median of per-round ratios (
 the same round's SGD time: robust to load drifting on a shared machine).
 
 Memory: every contender also runs alone in a fresh subprocess: baseline = resident set size (RSS,
-``/proc/self/statm``) after building model, optimizer and batch; peak = the process's max RSS
-(``getrusage``) after the warm-up and timed steps. *Peak - baseline* is what training adds (activations
-of forward/backward, gradients, optimizer state, temporaries), as the OS sees it (the allocator may keep
+``/proc/self/statm``) after building model, optimizer and batch; peak = the process's own
+high-water mark (``VmHWM``, reset to the current RSS before the first step; ``getrusage`` would report
+the parent's peak, inherited across fork/exec) over ``--memory-steps`` steps. *Peak - baseline* is
+what training adds (activations of forward/backward, gradients, optimizer state, temporaries), as the OS sees it (the allocator may keep
 freed memory). For the optimizer's own buffers in isolation see the optimizer-only table (from
 ``benchmarks/optimizer_step.py``), included when ``docs/results/optimizer_step.json`` exists.
 
@@ -245,19 +246,40 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _hwm_bytes() -> int:
+    """Peak RSS of this process image (``VmHWM``). Unlike ``getrusage().ru_maxrss``, which keeps the
+    parent's high-water mark across fork/exec, it belongs to this process's own memory."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _reset_hwm() -> bool:
+    """Reset ``VmHWM`` to the current RSS (Linux >= 4.0: ``echo 5 > /proc/self/clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def memory_worker(spec: str) -> None:
     """Subprocess: build one contender, run its steps, print baseline and peak RSS as JSON."""
     cfg = json.loads(spec)
     torch.set_num_threads(cfg["threads"])
     c = make_contender(cfg["name"], cfg["model"], cfg["size"], cfg["channels"], cfg["batch"])
     baseline = _rss_bytes()
-    max_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
+    reset = _reset_hwm()
+    max_before = _hwm_bytes()
     for _ in range(cfg["steps"]):
         timed_step(c)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _hwm_bytes()
     # peak == max_before would mean the steps never exceeded an earlier high-water mark (then the
     # delta is only a lower bound); the report flags it.
-    print(json.dumps({"baseline": baseline, "peak": peak, "max_rss_before": max_before}))
+    print(json.dumps({"baseline": baseline, "peak": peak, "max_rss_before": max_before, "hwm_reset": reset}))
 
 
 def measure_memory(
@@ -419,7 +441,8 @@ def markdown(res: dict[str, Any]) -> str:
             lines += [
                 "",
                 "RSS delta (OS view, allocator caching included): each contender alone in a fresh process; max RSS "
-                f"after {cfg['memory_steps']} steps minus RSS after building model, optimizer and batch. Baselines "
+                f"after {cfg['memory_steps']} steps (`VmHWM`, reset to the current RSS before the first step) minus RSS after "
+                "building model, optimizer and batch. Baselines "
                 "MiB: "
                 + ", ".join(f"{TITLES[n]} {v['baseline_mib']:.0f}" for n, v in mem.items())
                 + "."
