@@ -450,7 +450,7 @@ def phase_report(args: argparse.Namespace) -> None:
         f"- Diagnostics: cosine between the EMA and the full gradient of {BASE['diagnostics_subset']} fixed "
         f"training images every {BASE['diagnostics_every']} steps; cos(g, m) and ||g - m||/||m|| averaged over "
         "each epoch (m: the estimate the run uses, the oracle in oracle runs).",
-        f"- Total training time: {meta['total_train_time_s'] / 60:.1f} min.",
+        f"- Total training wall time of the ablation runs: {meta['total_train_time_s'] / 60:.1f} min (shared machine; see the notes).",
         "",
         "| label noise | mode | n | test acc (%) | vs SAM, paired (pp) | top eigenvalue | cos(EMA, full) | "
         "cos(g, m) last epoch | noise/full norm last epoch |",
