@@ -59,12 +59,16 @@ SETTINGS: dict[str, tuple[float, str]] = {
     "sym40": (0.4, "symmetric"),
     "asym40": (0.4, "asymmetric"),
 }
+# "<setting>-long": the same setting trained `long_factor` times longer, with fixed rho/lmbda (no sweep),
+# to see whether longer training (SGD memorising the noisy labels) changes the comparison.
+SETTINGS.update({f"{k}-long": v for k, v in list(SETTINGS.items())})
 SETTING_TITLES = {
     "clean": "clean labels",
     "sym20": "20 % symmetric noise",
     "sym40": "40 % symmetric noise",
     "asym40": "40 % asymmetric noise",
 }
+SETTING_TITLES.update({f"{k}-long": f"{v}, long" for k, v in list(SETTING_TITLES.items())})
 METHOD_TITLES = {
     "sgd": "SGD",
     "sam": "SAM",
@@ -74,7 +78,8 @@ METHOD_TITLES = {
 }
 
 # The full suite: 4 settings x 3 seeds x (1 SGD + 2 SAM + 4 F-SAM) + 3 seeds x 2 pytorch-optimizer runs
-# = 90 runs, sized for about 2 h of two single-thread workers on an idle 2-core CPU (see the README).
+# + 3 seeds x 3 runs of the long cell = 99 runs, sized for about 2.5 h of two single-thread workers on
+# an idle 2-core CPU (see the README).
 # No augmentation and a 2,000-image training set, so that SGD starts fitting the noisy labels within
 # the budget (with random crops and a larger set it does not, and the settings barely differ).
 FULL: dict[str, Any] = {
@@ -92,6 +97,10 @@ FULL: dict[str, Any] = {
     "fsam_rhos": [0.05, 0.2],
     "lmbdas": [0.6, 0.9],
     "pto_settings": ["sym40"],
+    "long_settings": ["sym40"],  # + 3 seeds x (SGD, SAM, F-SAM) at 2x the epochs, after the main grid
+    "long_factor": 2,
+    "long_rho": 0.2,
+    "long_lmbda": 0.6,
     "pto_rho": 0.2,
     "pto_lmbda": 0.6,
     "test_every": 5,  # test-set evaluation at epoch 1, every 5th and the last (validation: every epoch)
@@ -108,6 +117,7 @@ QUICK: dict[str, Any] = {
     "fsam_rhos": [0.2],
     "lmbdas": [0.6],
     "pto_settings": ["sym40"],
+    "long_settings": [],
 }
 
 
@@ -151,7 +161,17 @@ def plan(suite: dict[str, Any]) -> list[RunSpec]:
             if setting in suite["pto_settings"]:
                 runs.append(RunSpec(setting, "pto-sam", seed, suite["pto_rho"]))
                 runs.append(RunSpec(setting, "pto-fsam", seed, suite["pto_rho"], suite["pto_lmbda"]))
+    for seed in suite["seeds"]:
+        for base in suite.get("long_settings", []):
+            setting, rho = f"{base}-long", suite["long_rho"]
+            runs.append(RunSpec(setting, "sgd", seed))
+            runs.append(RunSpec(setting, "sam", seed, rho))
+            runs.append(RunSpec(setting, "fsam", seed, rho, suite["long_lmbda"]))
     return runs
+
+
+def all_settings(suite: dict[str, Any]) -> list[str]:
+    return list(suite["settings"]) + [f"{b}-long" for b in suite.get("long_settings", [])]
 
 
 def train_config(spec: RunSpec, suite: dict[str, Any], data_dir: str | None) -> Any:
@@ -174,7 +194,7 @@ def train_config(spec: RunSpec, suite: dict[str, Any], data_dir: str | None) -> 
         rho=spec.rho if spec.rho is not None else 0.05,
         lmbda=spec.lmbda if spec.lmbda is not None else 0.6,
         sigma=1.0,
-        epochs=suite["epochs"],
+        epochs=suite["epochs"] * (suite["long_factor"] if spec.setting.endswith("-long") else 1),
         batch_size=suite["batch_size"],
         seed=spec.seed,
         threads=1,
@@ -425,7 +445,9 @@ class Suite:
                     ok = self.execute(spec, run_state(self.run_dir(spec), self.suite["epochs"]))
                 with self.lock:
                     done_count[0] += 1
-                    status = "ok" if ok else f"FAILED (see {self.log_path(spec)})"
+                    status = (
+                        "ok" if ok else "stopped" if self.stopping else f"FAILED (see {self.log_path(spec)})"
+                    )
                     if not ok and not self.stopping:
                         failures.append(spec.run_id)
                     print(
@@ -492,7 +514,10 @@ def collect(work: Path, suite: dict[str, Any]) -> dict[str, Any]:
 
     def rec(spec: RunSpec) -> dict[str, Any]:
         s, m = finished[spec]["summary"], finished[spec]["metrics"]
+        noise_file = work / "runs" / spec.run_id / "label_noise.json"
+        n_noisy = len(json.loads(noise_file.read_text())["indices"]) if noise_file.is_file() else 0
         return {
+            "noisy_label_fraction": n_noisy / (suite["train_subset"] - suite["val_size"]),
             "seed": spec.seed,
             "test_acc": s["final_test_acc"],
             "val_acc": s["final_val_acc"],
@@ -504,7 +529,7 @@ def collect(work: Path, suite: dict[str, Any]) -> dict[str, Any]:
         }
 
     settings_out: dict[str, Any] = {}
-    for setting in suite["settings"]:
+    for setting in all_settings(suite):
         by_cfg: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
         method_of: dict[str, str] = {}
         for spec in specs:
@@ -542,6 +567,8 @@ def collect(work: Path, suite: dict[str, Any]) -> dict[str, Any]:
                 "test_acc_mean_std": mean_std([runs[s]["test_acc"] for s in sorted(runs)]),
                 "val_acc_mean_std": mean_std([runs[s]["val_acc"] for s in sorted(runs)]),
                 "final_train_acc_mean": statistics.fmean(runs[s]["final_train_acc"] for s in runs),
+                "clean_share_mean": 100
+                * (1 - statistics.fmean(runs[s]["noisy_label_fraction"] for s in runs)),
                 "best_epoch_test_acc_mean": statistics.fmean(runs[s]["best_test_acc"] for s in runs),
             }
 
@@ -713,7 +740,15 @@ def markdown(res: dict[str, Any], suite: dict[str, Any], meta: dict[str, Any]) -
         f"{suite['sam_rhos']}; F-SAM rho in {suite['fsam_rhos']} x lmbda in {suite['lmbdas']}, sigma 1. "
         "Selected per setting by the mean final validation accuracy over seeds (never the test set). "
         "Accuracies are final-epoch test accuracies (%), mean ± std over seeds; differences are paired "
-        "per seed (mean ± std of the per-seed differences).",
+        "per seed (mean ± std of the per-seed differences)."
+        + (
+            f" Rows marked *long*: the same setting with {suite['long_factor']}x the epochs, SAM rho "
+            f"{suite['long_rho']:g} and F-SAM rho {suite['long_rho']:g} / lmbda {suite['long_lmbda']:g} fixed "
+            "in advance (no sweep), to check whether longer training, in which SGD memorises more of the "
+            "noisy labels, changes the comparison."
+            if suite.get("long_settings")
+            else ""
+        ),
         "",
         "| setting | SGD | SAM | F-SAM | F-SAM − SAM | SAM − SGD | selected SAM / F-SAM | n |",
         "|---|---:|---:|---:|---:|---:|---|---|",
@@ -731,8 +766,9 @@ def markdown(res: dict[str, Any], suite: dict[str, Any], meta: dict[str, Any]) -
         )
     lines += ["", "Per-seed test accuracy (%) of the selected configurations:", ""]
     lines += [
-        "| setting | method | config | per seed (seed: acc) | final train acc (noisy labels) |",
-        "|---|---|---|---|---:|",
+        "| setting | method | config | per seed (seed: acc) | final-epoch train acc on the noisy labels "
+        "| share of correct training labels |",
+        "|---|---|---|---|---:|---:|",
     ]
     for setting, s in res["settings"].items():
         for method in ("sgd", "sam", "fsam"):
@@ -742,8 +778,15 @@ def markdown(res: dict[str, Any], suite: dict[str, Any], meta: dict[str, Any]) -
             per = ", ".join(f"{seed}: {acc:.2f}" for seed, acc in zip(r["seeds"], r["test_acc"]))
             lines.append(
                 f"| {setting} | {METHOD_TITLES[method]} | {r['config'].replace('_', ' ')} | {per} | "
-                f"{r['final_train_acc_mean']:.1f} |"
+                f"{r['final_train_acc_mean']:.1f} | {r['clean_share_mean']:.1f} |"
             )
+    lines += [
+        "",
+        "Memorisation check: SAM-type methods are expected to help most once SGD fits the wrong labels. While "
+        "the training accuracy on the noisy labels stays below the share of correct labels, the network has "
+        "not (on average) started to memorise them, and there is little for a flat-minimum method to prevent. "
+        "(Training accuracy is the running mean over the last epoch, in training mode.)",
+    ]
     lines += [
         "",
         "F-SAM − SAM at equal rho (lmbda fixed, no selection advantage for F-SAM), test accuracy points:",
@@ -806,6 +849,10 @@ def markdown(res: dict[str, Any], suite: dict[str, Any], meta: dict[str, Any]) -
     return "\n".join(lines) + "\n"
 
 
+def _has_runs(res: dict[str, Any], setting: str) -> bool:
+    return all(m in res["settings"][setting]["methods"] for m in ("sgd", "sam", "fsam"))
+
+
 def plot(res: dict[str, Any], suite: dict[str, Any], path: Path) -> Path | None:
     try:
         import matplotlib
@@ -847,7 +894,14 @@ def plot(res: dict[str, Any], suite: dict[str, Any], path: Path) -> Path | None:
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     # curves: the noisiest symmetric setting shows memorisation (test accuracy falling late in training)
-    curve_setting = next((s for s in ("sym40", "sym20", "asym40", "clean") if s in settings), settings[0])
+    curve_setting = next(
+        (
+            s
+            for s in ("sym40-long", "sym40", "sym20", "asym40", "clean")
+            if s in settings and _has_runs(res, s)
+        ),
+        settings[0],
+    )
     for method in ("sgd", "sam", "fsam"):
         name = res["settings"][curve_setting]["selected"].get(method)
         if not name:
@@ -928,9 +982,10 @@ def _ints(text: str) -> list[int]:
 
 def _names(text: str) -> list[str]:
     names = [x for x in text.split(",") if x]
-    bad = [n for n in names if n not in SETTINGS]
+    base = [k for k in SETTINGS if not k.endswith("-long")]
+    bad = [n for n in names if n not in base]
     if bad:
-        raise argparse.ArgumentTypeError(f"unknown setting(s) {bad}; choose from {', '.join(SETTINGS)}")
+        raise argparse.ArgumentTypeError(f"unknown setting(s) {bad}; choose from {', '.join(base)}")
     return names
 
 
@@ -954,6 +1009,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fsam-rhos", type=_floats)
     p.add_argument("--lmbdas", type=_floats)
     p.add_argument("--pto-settings", type=lambda t: _names(t) if t else [], help="'' for none")
+    p.add_argument(
+        "--long-settings",
+        type=lambda t: _names(t) if t else [],
+        help="settings with a long cell; '' for none",
+    )
     p.add_argument(
         "--test-every", type=int, help="test-set evaluation every N epochs (+ epoch 1 and the last)"
     )
@@ -989,6 +1049,7 @@ SUITE_FLAGS = (
     "fsam_rhos",
     "lmbdas",
     "pto_settings",
+    "long_settings",
 )
 
 
