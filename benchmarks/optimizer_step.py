@@ -56,6 +56,7 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 
 from friendly_sam.optim import SAM, FriendlySAM
+from friendly_sam.train.trainer import machine_description
 
 try:  # benchmark-only extra: pip install "friendly-sam[bench]"
     from pytorch_optimizer import FriendlySAM as PtoFriendlySAM
@@ -321,16 +322,6 @@ def op_profile(
 
 # --------------------------------------------------------------------------- machine
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-
     def git(*args: str) -> str:
         try:
             return subprocess.run(
@@ -340,7 +331,7 @@ def machine() -> dict[str, Any]:
             return "unknown"
 
     return {
-        "cpu": cpu,
+        "cpu": machine_description()["cpu"],
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,

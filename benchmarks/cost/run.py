@@ -323,14 +323,8 @@ def measure_memory(
 
 
 def machine(threads: int) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from friendly_sam.train.trainer import machine_description
+
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
@@ -338,7 +332,7 @@ def machine(threads: int) -> dict[str, Any]:
     except Exception:
         commit = "unknown"
     return {
-        "cpu": cpu,
+        "cpu": machine_description()["cpu"],
         "cpu_count": os.cpu_count(),
         "torch_threads": threads,
         "torch": torch.__version__,
