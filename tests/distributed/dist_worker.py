@@ -281,6 +281,44 @@ def fsdp2() -> dict:
     return out
 
 
+def fp16_overflow_per_replica() -> dict:
+    """Per-replica DDP with a GradScaler (fp32 weights; the scaler on CPU): rank 1's clean gradient
+    overflows at step 2 only. Without ``replica_group`` rank 1 alone skips that step; with it both do."""
+    out: dict = {}
+    for agree in (False, True):
+        net = DDP(mlp().float())
+        group = dist.group.WORLD if agree else None
+        opt = FriendlySAM(net.parameters(), torch.optim.SGD, replica_group=group, **HP)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+        param_spreads, scale_spreads, moved, ema_moved = [], [], [], []
+        for step, (x, y) in enumerate(batches([16, 16, 16, 16], seed=3)):
+            x, y = my_part(x).float(), my_part(y)
+            before = flat(net.module).clone()
+            ema_before = [opt.state[p]["ema"].clone() for p in net.parameters() if "ema" in opt.state[p]]
+            with net.no_sync():
+                loss = CE(net(x), y)
+                if step == 2 and RANK == 1:
+                    loss = loss * float("inf")  # this replica's clean gradient overflows
+                scaler.scale(loss).backward()
+            opt.first_step(scaler=scaler)
+            scaler.scale(CE(net(x), y)).backward()  # perturbed pass: DDP all-reduces the gradient
+            opt.second_step(scaler=scaler)
+            scaler.update()
+            param_spreads.append(rank_spread(flat(net.module)))
+            scale_spreads.append(rank_spread(torch.tensor([scaler.get_scale()])))
+            moved.append(max_diff(flat(net.module), before))
+            ema_after = [opt.state[p]["ema"] for p in net.parameters()]
+            ema_moved.append(max((max_diff(a, b) for a, b in zip(ema_after, ema_before)), default=-1.0))
+        out["agree" if agree else "alone"] = {
+            "param_spreads": param_spreads,
+            "scale_spreads": scale_spreads,
+            "moved": moved,
+            "ema_moved": ema_moved,
+            "final_scale": scaler.get_scale(),
+        }
+    return out
+
+
 SCENARIOS: dict[str, Callable[[], dict]] = {
     "synchronized": synchronized,
     "per_replica": per_replica,
@@ -289,6 +327,7 @@ SCENARIOS: dict[str, Callable[[], dict]] = {
     "comm_volume": comm_volume,
     "sharded_simulation": sharded_simulation,
     "fsdp2": fsdp2,
+    "fp16_overflow_per_replica": fp16_overflow_per_replica,
 }
 
 

@@ -78,3 +78,17 @@ def test_mode_names_and_shard_bounds():
         check_mode("sync")
     assert [shard_bounds(7, i, 3) for i in range(3)] == [(0, 3), (3, 5), (5, 7)]
     assert [shard_bounds(1, i, 2) for i in range(2)] == [(0, 1), (1, 1)]
+
+
+def test_fp16_overflow_on_one_replica_is_skipped_by_all_with_replica_group(dist_results):
+    for rank, res in enumerate(scenario(dist_results, "fp16_overflow_per_replica")):
+        alone, agree = res["alone"], res["agree"]
+        # Without replica_group: rank 1 alone skips step 2 and halves its scale; the replicas diverge.
+        assert alone["param_spreads"][:2] == [0.0, 0.0]
+        assert alone["param_spreads"][2] > 0.0 and alone["scale_spreads"][2] > 0.0
+        # With it: every replica skips step 2 (weights and EMA untouched), halves the scale, stays identical.
+        assert agree["param_spreads"] == [0.0] * 4 and agree["scale_spreads"] == [0.0] * 4
+        assert agree["moved"][2] == 0.0 and agree["ema_moved"][2] == 0.0
+        assert min(agree["moved"][i] for i in (0, 1, 3)) > 0.0  # the other steps are taken
+        assert agree["ema_moved"][1] > 0.0 and agree["ema_moved"][3] > 0.0
+        assert agree["final_scale"] == 2.0**9, rank

@@ -87,3 +87,9 @@ def test_process_group_must_be_a_process_group():
     with pytest.raises(TypeError, match="process_group must be a torch.distributed ProcessGroup"):
         FriendlySAM(tiny().parameters(), torch.optim.SGD, lr=0.1, process_group="world")
     assert FriendlySAM(tiny().parameters(), torch.optim.SGD, lr=0.1).process_group is None
+
+
+def test_replica_group_must_be_a_process_group():
+    with pytest.raises(TypeError, match="replica_group must be a torch.distributed ProcessGroup"):
+        SAM(tiny().parameters(), torch.optim.SGD, lr=0.1, replica_group=0)
+    assert FriendlySAM(tiny().parameters(), torch.optim.SGD, lr=0.1).replica_group is None

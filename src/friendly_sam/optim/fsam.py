@@ -72,6 +72,9 @@ class FriendlySAM(TwoPassOptimizer):
         max_grad_norm: if set, clip the perturbed gradient to this global norm before the base step.
         foreach: ``None`` (multi-tensor ops on accelerators, per-tensor on CPU), ``True`` or ``False``.
         track_diagnostics: record ``cos(g, m)`` and the noise/full norm ratio (see above).
+        process_group, replica_group: distributed training (keywords): the group the parameters are
+            sharded over, and the DDP replicas that agree on skipping an fp16 overflow; see
+            :class:`TwoPassOptimizer` and ``docs/distributed.md``.
         **base_kwargs: arguments of the base optimizer (``lr``, ``momentum``, ``weight_decay``, ...).
 
     State: one EMA buffer per parameter (in ``state_dict()``) and one buffer holding the unperturbed

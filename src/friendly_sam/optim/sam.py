@@ -31,6 +31,9 @@ class SAM(TwoPassOptimizer):
         adaptive: ASAM's weight-scaled neighbourhood.
         max_grad_norm: if set, clip the perturbed gradient to this global norm before the base step.
         foreach: ``None`` (multi-tensor ops on accelerators, per-tensor on CPU), ``True`` or ``False``.
+        process_group, replica_group: distributed training (keywords): the group the parameters are
+            sharded over, and the DDP replicas that agree on skipping an fp16 overflow; see
+            :class:`TwoPassOptimizer` and ``docs/distributed.md``.
         **base_kwargs: arguments of the base optimizer (``lr``, ``momentum``, ``weight_decay``, ...).
 
     Use ``first_step()`` / ``second_step()`` around your two forward/backward passes, or ``step(closure)``.

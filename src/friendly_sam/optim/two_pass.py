@@ -96,6 +96,14 @@ class TwoPassOptimizer(Optimizer):
     gradient, so the global norms (perturbation, ASAM, ``max_grad_norm`` clipping) sum the local squared
     norms with one all-reduce. Leave it ``None`` (the default: no communication) for one process and for
     DDP, whose gradients are whole on every rank. See ``docs/distributed.md``.
+
+    ``replica_group`` (keyword of every subclass): for fp16 with a ``GradScaler`` under per-replica DDP,
+    where each replica's clean gradient is its own (not all-reduced), the group of replicas that must
+    agree on skipping a step. If any replica's clean gradient overflows, every replica skips the step and
+    records the overflow with its scaler, so the parameters and the loss scales stay identical. It costs
+    one 1-element all-reduce per step, only when a scaler is passed. Not needed without a scaler (an
+    overflow raises), in synchronized mode (the gradient is already identical) or under sharding (use
+    ``process_group`` and a sharded scaler).
     """
 
     _hyperparameters: dict[str, Any] = {}
@@ -108,6 +116,7 @@ class TwoPassOptimizer(Optimizer):
         max_grad_norm: float | None = None,
         foreach: bool | None = None,
         process_group: Any = None,
+        replica_group: Any = None,
         **kwargs: Any,
     ) -> None:
         if isinstance(base_optimizer, Optimizer):
@@ -132,6 +141,11 @@ class TwoPassOptimizer(Optimizer):
                 f"process_group must be a torch.distributed ProcessGroup (e.g. dist.group.WORLD) over which "
                 f"the parameters are sharded, or None; got {process_group!r}"
             )
+        if replica_group is not None and not _is_process_group(replica_group):
+            raise TypeError(
+                f"replica_group must be a torch.distributed ProcessGroup (e.g. dist.group.WORLD) of the DDP "
+                f"replicas that perturb independently, or None; got {replica_group!r}"
+            )
         own = {k: kwargs.pop(k) for k in list(kwargs) if k in self._hyperparameters}
         defaults = {**self._hyperparameters, **own}
         self._validate_group(defaults, where="")
@@ -139,6 +153,8 @@ class TwoPassOptimizer(Optimizer):
         self.foreach = foreach
         # Sharded parameters (FSDP / ZeRO): global norms sum the local squared norms over this group.
         self.process_group = process_group
+        # Per-replica DDP with a GradScaler: the replicas agree on skipping an overflowing step.
+        self.replica_group = replica_group
         super().__init__(params, defaults)
         self.base_optimizer = base_optimizer(self.param_groups, **kwargs)
         # One list of group dicts shared by both: schedulers, add_param_group and state_dict see one truth.
@@ -209,6 +225,8 @@ class TwoPassOptimizer(Optimizer):
         if self._perturbed is not None:
             raise RuntimeError("first_step() called twice: call second_step() to restore the weights first")
         if scaler is not None:
+            if self.replica_group is not None:
+                self._share_overflow()
             scaler.unscale_(self)
         buckets = self._buckets()
         directions: list[list[Tensor]] = []
@@ -254,6 +272,24 @@ class TwoPassOptimizer(Optimizer):
         if zero_grad:
             self.zero_grad(set_to_none=True)
         self._perturbed = buckets
+
+    def _share_overflow(self) -> None:
+        """If the clean gradient of any replica in ``replica_group`` holds inf/nan, make this replica's hold
+        one too (a nan in its first gradient), so that ``scaler.unscale_`` records the overflow and the step
+        is skipped on every replica alike. Every replica must call it: one all-reduce of one element."""
+        import torch.distributed as dist
+
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        device = grads[0].device if grads else None
+        if device is None and dist.get_backend(self.replica_group) == "nccl":
+            device = torch.device("cuda", torch.cuda.current_device())
+        local = torch.zeros((), device=device)
+        for g in grads:
+            local = torch.maximum(local, torch.logical_not(torch.isfinite(g)).any().to(local.dtype))
+        overflow = local.clone()
+        dist.all_reduce(overflow, op=dist.ReduceOp.MAX, group=self.replica_group)
+        if bool(overflow) and not bool(local) and grads:
+            grads[0].view(-1)[0] = float("nan")
 
     @torch.no_grad()
     def second_step(self, zero_grad: bool = True, scaler: torch.amp.GradScaler | None = None) -> None:
