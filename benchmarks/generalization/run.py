@@ -215,6 +215,34 @@ def run_state(run_dir: Path, epochs: int) -> str:
     return "todo"
 
 
+def load_prior(path: str | None, suite: dict[str, Any]) -> dict[str, Any]:
+    """Per-run records of an earlier report of the same suite, by run id (``{}`` without ``--prior``).
+
+    For completing a suite whose run directories were lost (a new machine): runs are deterministic (a seed
+    fixes data, noise, initialisation and batch order), and the report compares every run present both in
+    the prior report and here, so a rerun shows whether the prior numbers still hold."""
+    if not path:
+        return {}
+    try:
+        prior = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"--prior {path}: cannot read the report ({exc})") from exc
+    if "suite" not in prior or "settings" not in prior:
+        raise SystemExit(f"--prior {path}: not a report of this suite (no 'suite'/'settings' keys)")
+    diff = sorted(k for k in set(suite) | set(prior["suite"]) if suite.get(k) != prior["suite"].get(k))
+    if diff:
+        raise SystemExit(
+            f"--prior {path} is a report of another suite ({', '.join(diff)} differ): its runs cannot stand in "
+            "for this suite's"
+        )
+    records: dict[str, Any] = {}
+    for setting, out in prior["settings"].items():
+        for config, cfg_out in out["sweep"].items():
+            for rec in cfg_out["per_seed"]:
+                records[f"{setting}/{config}/seed{rec['seed']}"] = dict(rec)
+    return {"path": path, "commit": prior["meta"]["machine"].get("commit"), "records": records}
+
+
 # --------------------------------------------------------------------------- one run (subprocess)
 def pto_optimizer_factory(spec: RunSpec) -> Any:
     """Build pytorch-optimizer's SAM / FriendlySAM with exactly the arguments our trainer would use."""
@@ -341,6 +369,7 @@ class Suite:
         self.args, self.suite = args, suite
         self.work = Path(args.work_dir)
         self.runs = plan(suite)
+        self.prior = load_prior(args.prior, suite).get("records", {})
         self.lock = threading.Lock()
         self.children: set[subprocess.Popen[Any]] = set()
         self.stopping = False
@@ -366,7 +395,9 @@ class Suite:
             )
 
     def states(self) -> dict[RunSpec, str]:
-        return {s: run_state(self.run_dir(s), self.suite["epochs"]) for s in self.runs}
+        """Each run's state; ``prior`` for a run not here whose result the ``--prior`` report holds."""
+        states = {s: run_state(self.run_dir(s), self.suite["epochs"]) for s in self.runs}
+        return {s: "prior" if st != "done" and s.run_id in self.prior else st for s, st in states.items()}
 
     def execute(self, spec: RunSpec, state: str) -> bool:
         run_dir = self.run_dir(spec)
@@ -413,12 +444,13 @@ class Suite:
         for spec in self.runs:
             self.check_config(spec)
         states = self.states()
-        pending = [s for s in self.runs if states[s] != "done"]
+        pending = [s for s in self.runs if states[s] not in ("done", "prior")]
         counts = defaultdict(int)
         for st in states.values():
             counts[st] += 1
         print(
-            f"{len(self.runs)} runs: {counts['done']} done, {counts['partial']} to resume, "
+            f"{len(self.runs)} runs: {counts['done']} done, {counts['prior']} from --prior, "
+            f"{counts['partial']} to resume, "
             f"{counts['broken']} to restart, {counts['todo']} to start; {self.args.workers} worker(s)",
             flush=True,
         )
@@ -501,9 +533,11 @@ def _paired(methods: dict[str, Any], by_cfg: dict[str, Any], a: str, b: str) -> 
     return {"seeds": seeds, "diffs": diffs, "mean_std": mean_std(diffs)}
 
 
-def collect(work: Path, suite: dict[str, Any]) -> dict[str, Any]:
-    """Finished runs, selection on validation accuracy, per-seed test accuracies and paired differences."""
+def collect(work: Path, suite: dict[str, Any], prior: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Finished runs (and, for runs not here, the ``--prior`` report's records), selection on validation
+    accuracy, per-seed test accuracies and paired differences."""
     specs = plan(suite)
+    prior_records = (prior or {}).get("records", {})
     finished: dict[RunSpec, dict[str, Any]] = {}
     for spec in specs:
         d = work / "runs" / spec.run_id
@@ -535,6 +569,8 @@ def collect(work: Path, suite: dict[str, Any]) -> dict[str, Any]:
         for spec in specs:
             if spec.setting == setting and spec in finished:
                 by_cfg[spec.config_name][spec.seed] = rec(spec)
+            elif spec.setting == setting and spec.run_id in prior_records:
+                by_cfg[spec.config_name][spec.seed] = {**prior_records[spec.run_id], "source": "prior"}
             if spec.setting == setting:
                 method_of[spec.config_name] = spec.method
         sweep = {
@@ -564,6 +600,7 @@ def collect(work: Path, suite: dict[str, Any]) -> dict[str, Any]:
                 "config": name,
                 "seeds": sorted(runs),
                 "test_acc": [runs[s]["test_acc"] for s in sorted(runs)],
+                "prior_seeds": [s for s in sorted(runs) if runs[s].get("source") == "prior"],
                 "test_acc_mean_std": mean_std([runs[s]["test_acc"] for s in sorted(runs)]),
                 "val_acc_mean_std": mean_std([runs[s]["val_acc"] for s in sorted(runs)]),
                 "final_train_acc_mean": statistics.fmean(runs[s]["final_train_acc"] for s in runs),
@@ -619,11 +656,31 @@ def collect(work: Path, suite: dict[str, Any]) -> dict[str, Any]:
             "pytorch_optimizer": pto,
             "sweep": sweep,
         }
-    cpu_time = sum(f["summary"]["wall_time"] for f in finished.values())
+    from_prior = [s for s in specs if s not in finished and s.run_id in prior_records]
+    # Runs both rerun here and in the prior report: do the prior numbers still hold?
+    rerun = [s for s in finished if s.run_id in prior_records]
+    check = [
+        max(abs(rec(s)[k] - prior_records[s.run_id][k]) for k in ("test_acc", "val_acc", "final_train_acc"))
+        for s in rerun
+    ]
+    cpu_time = sum(f["summary"]["wall_time"] for f in finished.values()) + sum(
+        prior_records[s.run_id]["wall_time_s"] for s in from_prior
+    )
     return {
-        "finished": len(finished),
+        "finished": len(finished) + len(from_prior),
+        "run_here": len(finished),
+        "from_prior": len(from_prior),
+        "prior": None
+        if not prior
+        else {
+            "path": prior["path"],
+            "commit": prior["commit"],
+            "runs_used": [s.run_id for s in from_prior],
+            "rerun_here": [s.run_id for s in rerun],
+            "rerun_max_abs_diff": max(check) if check else None,
+        },
         "total": len(specs),
-        "complete": len(finished) == len(specs),
+        "complete": len(finished) + len(from_prior) == len(specs),
         "sum_run_wall_time_s": cpu_time,
         "settings": settings_out,
         "_finished": finished,
@@ -697,7 +754,30 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append(f"--out-dir {args.out_dir}")
     if args.prefix != default_prefix(args.quick):
         parts.append(f"--prefix {args.prefix}")
+    if args.prior:
+        parts.append(f"--prior {os.path.relpath(args.prior, REPO)}")
     return " ".join(parts)
+
+
+def _prior_lines(res: dict[str, Any]) -> list[str]:
+    prior = res.get("prior")
+    if not prior:
+        return []
+    n_check, worst = len(prior["rerun_here"]), prior["rerun_max_abs_diff"]
+    check = (
+        f"{n_check} of its runs were also rerun here ({', '.join(prior['rerun_here'])}); the largest "
+        f"difference in test, validation or training accuracy is {worst:.2f} points"
+        + (" (bit-for-bit reproduction)" if worst == 0 else "")
+        if n_check
+        else "none of its runs was rerun here, so the reproduction is not checked"
+    )
+    return [
+        f"Of the {res['finished']} finished runs, {res['run_here']} ran here and {res['from_prior']} come from "
+        f"`{prior['path']}`, the report of an earlier sitting (commit {prior['commit']}) whose run directories "
+        f"were not kept (a new machine): their per-run results are reused, their learning curves are not in "
+        f"the plot. Runs are deterministic (a seed fixes everything); {check}.",
+        "",
+    ]
 
 
 def markdown(res: dict[str, Any], suite: dict[str, Any], meta: dict[str, Any]) -> str:
@@ -730,6 +810,7 @@ def markdown(res: dict[str, Any], suite: dict[str, Any], meta: dict[str, Any]) -
         f"per run; report written {meta['written']}. Sum of run wall times: "
         f"{res['sum_run_wall_time_s'] / 3600:.2f} h.",
         "",
+        *_prior_lines(res),
         f"Setup: {suite['model']} on a random {suite['train_subset']}-image subset of the Fashion-MNIST "
         f"training set ({suite['train_subset'] - suite['val_size']} train + {suite['val_size']} validation with "
         f"clean labels), {test_set}; {suite['epochs']} epochs, batch {suite['batch_size']}, "
@@ -775,7 +856,10 @@ def markdown(res: dict[str, Any], suite: dict[str, Any], meta: dict[str, Any]) -
             if method not in s["methods"]:
                 continue
             r = s["methods"][method]
-            per = ", ".join(f"{seed}: {acc:.2f}" for seed, acc in zip(r["seeds"], r["test_acc"]))
+            per = ", ".join(
+                f"{seed}: {acc:.2f}{'*' if seed in r.get('prior_seeds', ()) else ''}"
+                for seed, acc in zip(r["seeds"], r["test_acc"])
+            )
             lines.append(
                 f"| {setting} | {METHOD_TITLES[method]} | {r['config'].replace('_', ' ')} | {per} | "
                 f"{r['final_train_acc_mean']:.1f} | {r['clean_share_mean']:.1f} |"
@@ -785,7 +869,10 @@ def markdown(res: dict[str, Any], suite: dict[str, Any], meta: dict[str, Any]) -
         "Memorisation check: SAM-type methods are expected to help most once SGD fits the wrong labels. While "
         "the training accuracy on the noisy labels stays below the share of correct labels, the network has "
         "not (on average) started to memorise them, and there is little for a flat-minimum method to prevent. "
-        "(Training accuracy is the running mean over the last epoch, in training mode.)",
+        "(Training accuracy is the running mean over the last epoch, in training mode.)"
+        + (
+            " \\* marks a seed whose result comes from the `--prior` report." if res.get("from_prior") else ""
+        ),
     ]
     lines += [
         "",
@@ -911,6 +998,8 @@ def plot(res: dict[str, Any], suite: dict[str, Any], path: Path) -> Path | None:
             for spec, f in finished.items()
             if spec.setting == curve_setting and spec.config_name == name
         ]
+        if not curves:  # all its runs came from --prior (no per-epoch metrics)
+            continue
         length = min(len(c) for c in curves)
         epochs = [m["epoch"] for m in curves[0][:length]]
         for key, style in (("test_acc", "o-"), ("train_acc", ":")):
@@ -941,7 +1030,7 @@ def plot(res: dict[str, Any], suite: dict[str, Any], path: Path) -> Path | None:
 
 
 def write_report(args: argparse.Namespace, suite: dict[str, Any], quiet: bool = False) -> dict[str, Any]:
-    res = collect(Path(args.work_dir), suite)
+    res = collect(Path(args.work_dir), suite, load_prior(args.prior, suite))
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     png = out / f"{args.prefix}.png"
@@ -1023,6 +1112,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from finished runs")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state, run nothing")
     p.add_argument("--no-report", action="store_true", help="do not rebuild the report after each run")
+    p.add_argument(
+        "--prior",
+        help="an earlier report (.json) of the same suite: its runs count as done where their run directories "
+        "are gone (the report says which, and compares the runs present in both)",
+    )
     p.add_argument("--_worker", help=argparse.SUPPRESS)
     p.add_argument("--_run-dir", help=argparse.SUPPRESS)
     p.add_argument("--_resume", action="store_true", help=argparse.SUPPRESS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -108,7 +109,31 @@ def test_quick_suite_end_to_end(tmp_path: Path) -> None:
     # a rerun finds everything done and trains nothing
     again = run(tmp_path, "--settings", "sym40", "--pto-settings", pto)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"{n_runs} done, 0 to resume, 0 to restart, 0 to start" in again.stdout
+    assert f"{n_runs} done, 0 from --prior, 0 to resume, 0 to restart, 0 to start" in again.stdout
+
+    # --prior: this report stands in for a run whose directory is gone; the others are compared with it
+    prior = tmp_path / "prior.json"
+    shutil.copy(out / "generalization_quick.json", prior)
+    shutil.rmtree(tmp_path / "work" / "runs" / "sym40" / "sgd" / "seed0")
+    base = ["--settings", "sym40", "--pto-settings", pto, "--prior", str(prior)]
+    dry = run(tmp_path, *base, "--dry-run")
+    assert "prior    sym40/sgd/seed0" in dry.stdout, dry.stdout + dry.stderr
+    rep = run(tmp_path, *base, "--report-only")
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    res2 = json.loads((out / "generalization_quick.json").read_text())
+    assert res2["complete"] and res2["from_prior"] == 1 and res2["run_here"] == n_runs - 1
+    assert res2["prior"]["runs_used"] == ["sym40/sgd/seed0"]
+    assert res2["prior"]["rerun_max_abs_diff"] == 0.0  # the same runs: identical numbers
+    sgd = res2["settings"]["sym40"]["methods"]["sgd"]
+    assert (
+        sgd["prior_seeds"] == [0]
+        and sgd["test_acc"] == res["settings"]["sym40"]["methods"]["sgd"]["test_acc"]
+    )
+    md2 = (out / "generalization_quick.md").read_text()
+    assert f"{n_runs - 1} ran here and 1 come from" in md2 and "(bit-for-bit reproduction)" in md2
+    # the report of another suite cannot stand in for this one's runs
+    bad = run(tmp_path, *base, "--epochs", "2", "--dry-run")
+    assert bad.returncode != 0 and "is a report of another suite (epochs differ)" in bad.stderr
 
 
 def test_partial_report_and_resume(tmp_path: Path) -> None:
