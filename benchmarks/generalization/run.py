@@ -937,7 +937,10 @@ def markdown(res: dict[str, Any], suite: dict[str, Any], meta: dict[str, Any]) -
 
 
 def _has_runs(res: dict[str, Any], setting: str) -> bool:
-    return all(m in res["settings"][setting]["methods"] for m in ("sgd", "sam", "fsam"))
+    """Every method's selected configuration has a run here (with learning curves, unlike --prior runs)."""
+    selected = res["settings"][setting]["selected"]
+    here = {(spec.setting, spec.config_name) for spec in res["_finished"]}
+    return all(selected.get(m) and (setting, selected[m]) in here for m in ("sgd", "sam", "fsam"))
 
 
 def plot(res: dict[str, Any], suite: dict[str, Any], path: Path) -> Path | None:
@@ -1021,7 +1024,8 @@ def plot(res: dict[str, Any], suite: dict[str, Any], path: Path) -> Path | None:
     ax2.set_ylabel("accuracy (%)")
     ax2.set_title(f"{SETTING_TITLES[curve_setting]}: mean over seeds", fontsize=9)
     ax2.grid(alpha=0.3)
-    ax2.legend(fontsize=7)
+    if ax2.get_legend_handles_labels()[0]:
+        ax2.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
