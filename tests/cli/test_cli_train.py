@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -148,3 +150,34 @@ def test_models_lists_parameter_counts():
     result = fsam("models")
     assert result.returncode == 0
     assert "resnet18" in result.stdout and "11,173,962" in result.stdout
+
+
+def test_tensorboard_logs_every_metric(tmp_path):
+    pytest.importorskip("tensorboard", reason="the [test] extra installs tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "tb"
+    result = fsam("train", "--optimizer", "fsam", "--tensorboard", "--out", str(run), *TINY, "--epochs", "2")
+    assert result.returncode == 0, result.stderr
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train_loss", "train_acc", "test_loss", "test_acc", "lr"} <= tags
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    logged = events.Scalars("test_acc")
+    assert [e.step for e in logged] == [1, 2]
+    assert [e.value for e in logged] == pytest.approx([m["test_acc"] for m in metrics])
+
+
+def test_tensorboard_missing_fails_before_the_run_directory_exists(tmp_path):
+    # A user without the package: the import fails; nothing is written, so the same command works later.
+    run = tmp_path / "run"
+    code = (
+        "import sys; sys.modules['torch.utils.tensorboard'] = None\n"
+        "from friendly_sam.cli import main\n"
+        f"sys.exit(main(['train', '--tensorboard', '--out', {str(run)!r}, *{TINY!r}]))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "--tensorboard needs the tensorboard package: pip install tensorboard" in result.stderr
+    assert not run.exists()

@@ -255,13 +255,18 @@ def _read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def prepare_run_dir(run_dir: Path, cfg: TrainConfig) -> None:
-    """Create a fresh run directory; never reuse one that holds files."""
+def check_run_dir_is_free(run_dir: Path) -> None:
+    """Refuse a run directory that holds files: it is never silently overwritten."""
     if run_dir.exists() and any(run_dir.iterdir()):
         raise RunDirectoryError(
             f"run directory {run_dir} already exists and is not empty; continue it with "
             f"`fsam train --resume {run_dir}`, or choose another --out"
         )
+
+
+def prepare_run_dir(run_dir: Path, cfg: TrainConfig) -> None:
+    """Create a fresh run directory; never reuse one that holds files."""
+    check_run_dir_is_free(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / CONFIG_FILE, cfg.to_json() + "\n")
 
@@ -314,7 +319,9 @@ def _train(
             log(f"{run_dir}: already finished")
             return json.loads((run_dir / SUMMARY_FILE).read_text())
     else:
-        ctx.main_first(lambda: prepare_run_dir(run_dir, cfg))
+        ctx.main_first(lambda: check_run_dir_is_free(run_dir))
+    if cfg.tensorboard and ctx.is_main:
+        _require_tensorboard()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic:
@@ -323,6 +330,8 @@ def _train(
 
     data = prepare_data(cfg, device, shard=(ctx.rank, ctx.world_size))
     ctx.check_batches(data.train_loader.num_samples, cfg.batch_size)
+    if not resume:  # only now: a missing data set or package leaves no run directory behind
+        ctx.main_first(lambda: prepare_run_dir(run_dir, cfg))
     if ctx.is_main and data.noisy_indices is not None and not (run_dir / NOISE_FILE).exists():
         write_text_atomic(
             run_dir / NOISE_FILE,
@@ -490,11 +499,15 @@ def summarize(cfg: TrainConfig, metrics: list[dict[str, Any]]) -> dict[str, Any]
     return summary
 
 
-def _tensorboard_writer(run_dir: Path) -> Any:
+def _require_tensorboard() -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:
         raise ModuleNotFoundError(
-            "--tensorboard needs the tensorboard package: pip install tensorboard"
+            "--tensorboard needs the tensorboard package: pip install tensorboard (or drop --tensorboard)"
         ) from exc
-    return SummaryWriter(str(run_dir / "tensorboard"))
+    return SummaryWriter
+
+
+def _tensorboard_writer(run_dir: Path) -> Any:
+    return _require_tensorboard()(str(run_dir / "tensorboard"))
