@@ -1102,6 +1102,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fsam-rhos", type=_floats)
     p.add_argument("--lmbdas", type=_floats)
     p.add_argument("--pto-settings", type=lambda t: _names(t) if t else [], help="'' for none")
+    p.add_argument("--long-rho", type=float, help="rho of SAM and F-SAM in the long cells (default 0.2)")
     p.add_argument(
         "--long-settings",
         type=lambda t: _names(t) if t else [],
@@ -1148,6 +1149,7 @@ SUITE_FLAGS = (
     "lmbdas",
     "pto_settings",
     "long_settings",
+    "long_rho",
 )
 
 

@@ -149,3 +149,28 @@ def test_partial_report_and_resume(tmp_path: Path) -> None:
     dry = run(tmp_path, "--pto-settings", "", "--settings", "clean", "--dry-run")
     assert "broken   clean/sam_rho0.05/seed0" in dry.stdout
     assert "done     clean/sgd/seed0" in dry.stdout
+
+
+def test_long_cell_alone_with_its_own_rho(tmp_path: Path) -> None:
+    """--settings '' --long-settings X --long-rho R plans the long cell only, at rho R (a follow-up sweep)."""
+    dry = run(
+        tmp_path,
+        "--settings",
+        "",
+        "--pto-settings",
+        "",
+        "--long-settings",
+        "sym40",
+        "--long-rho",
+        "0.4",
+        "--dry-run",
+    )
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert dry.stdout.split() == [
+        "todo",
+        "sym40-long/sgd/seed0",
+        "todo",
+        "sym40-long/sam_rho0.4/seed0",
+        "todo",
+        "sym40-long/fsam_rho0.4_lmbda0.6/seed0",
+    ]
