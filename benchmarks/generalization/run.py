@@ -369,7 +369,7 @@ class Suite:
         self.args, self.suite = args, suite
         self.work = Path(args.work_dir)
         self.runs = plan(suite)
-        self.prior = load_prior(args.prior, suite).get("records", {})
+        self.prior = load_prior(args.prior, suite)
         self.lock = threading.Lock()
         self.children: set[subprocess.Popen[Any]] = set()
         self.stopping = False
@@ -397,7 +397,8 @@ class Suite:
     def states(self) -> dict[RunSpec, str]:
         """Each run's state; ``prior`` for a run not here whose result the ``--prior`` report holds."""
         states = {s: run_state(self.run_dir(s), self.suite["epochs"]) for s in self.runs}
-        return {s: "prior" if st != "done" and s.run_id in self.prior else st for s, st in states.items()}
+        records = self.prior.get("records", {})
+        return {s: "prior" if st != "done" and s.run_id in records else st for s, st in states.items()}
 
     def execute(self, spec: RunSpec, state: str) -> bool:
         run_dir = self.run_dir(spec)
@@ -489,7 +490,7 @@ class Suite:
                     )
                     if ok and not self.args.no_report:
                         try:
-                            write_report(self.args, self.suite, quiet=True)
+                            write_report(self.args, self.suite, self.prior, quiet=True)
                         except Exception as exc:  # the report must never stop the suite
                             print(f"report failed: {exc!r}", flush=True)
 
@@ -507,7 +508,7 @@ class Suite:
                 t.join()
             print("interrupted: rerun the same command to resume", flush=True)
             return 130
-        write_report(self.args, self.suite)
+        write_report(self.args, self.suite, self.prior)
         if failures:
             print(f"{len(failures)} run(s) failed: {', '.join(failures)}", flush=True)
             return 1
@@ -562,13 +563,14 @@ def collect(work: Path, suite: dict[str, Any], prior: dict[str, Any] | None = No
             "median_epoch_train_s": statistics.median(x["train_time"] for x in m),
         }
 
+    records = {spec: rec(spec) for spec in finished}
     settings_out: dict[str, Any] = {}
     for setting in all_settings(suite):
         by_cfg: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
         method_of: dict[str, str] = {}
         for spec in specs:
             if spec.setting == setting and spec in finished:
-                by_cfg[spec.config_name][spec.seed] = rec(spec)
+                by_cfg[spec.config_name][spec.seed] = records[spec]
             elif spec.setting == setting and spec.run_id in prior_records:
                 by_cfg[spec.config_name][spec.seed] = {**prior_records[spec.run_id], "source": "prior"}
             if spec.setting == setting:
@@ -660,7 +662,10 @@ def collect(work: Path, suite: dict[str, Any], prior: dict[str, Any] | None = No
     # Runs both rerun here and in the prior report: do the prior numbers still hold?
     rerun = [s for s in finished if s.run_id in prior_records]
     check = [
-        max(abs(rec(s)[k] - prior_records[s.run_id][k]) for k in ("test_acc", "val_acc", "final_train_acc"))
+        max(
+            abs(records[s][k] - prior_records[s.run_id][k])
+            for k in ("test_acc", "val_acc", "final_train_acc")
+        )
         for s in rerun
     ]
     cpu_time = sum(f["summary"]["wall_time"] for f in finished.values()) + sum(
@@ -690,14 +695,7 @@ def collect(work: Path, suite: dict[str, Any], prior: dict[str, Any] | None = No
 def machine() -> dict[str, Any]:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from friendly_sam.train.trainer import machine_description
 
     def git(*a: str) -> str:
         try:
@@ -714,7 +712,7 @@ def machine() -> dict[str, Any]:
     except Exception:
         pto = None
     return {
-        "cpu": cpu,
+        "cpu": machine_description()["cpu"],
         "cpu_count": os.cpu_count(),
         "threads_per_run": 1,
         "torch": torch.__version__,
@@ -1033,8 +1031,10 @@ def plot(res: dict[str, Any], suite: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
-def write_report(args: argparse.Namespace, suite: dict[str, Any], quiet: bool = False) -> dict[str, Any]:
-    res = collect(Path(args.work_dir), suite, load_prior(args.prior, suite))
+def write_report(
+    args: argparse.Namespace, suite: dict[str, Any], prior: dict[str, Any], quiet: bool = False
+) -> dict[str, Any]:
+    res = collect(Path(args.work_dir), suite, prior)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     png = out / f"{args.prefix}.png"
@@ -1186,7 +1186,7 @@ def main(argv: list[str] | None = None) -> int:
         return worker(args._worker, args._run_dir, args.data_dir, args._resume)
     suite = suite_from_args(args)
     if args.report_only:
-        write_report(args, suite)
+        write_report(args, suite, load_prior(args.prior, suite))
         return 0
     runner = Suite(args, suite)
     if args.dry_run:

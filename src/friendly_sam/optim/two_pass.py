@@ -64,6 +64,13 @@ def _is_process_group(group: Any) -> bool:
     return dist.is_available() and isinstance(group, dist.ProcessGroup)
 
 
+def _collective_device(group: Any) -> torch.device | None:
+    """Where a rank that holds no tensor puts its part of a collective: NCCL needs a CUDA tensor."""
+    import torch.distributed as dist
+
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else None
+
+
 def _sharded_norm(norms: list[Tensor], group: Any) -> float:
     """Global L2 norm when each rank of ``group`` holds a disjoint shard of the gradient: the local squared
     norms are summed, then ONE all-reduce sums them over the group (every rank must call this, also a rank
@@ -74,10 +81,7 @@ def _sharded_norm(norms: list[Tensor], group: Any) -> float:
     if local:
         sq = torch.stack([n.to(local[0].device, torch.float64) for n in local]).square().sum()
     else:
-        device = (
-            torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else None
-        )
-        sq = torch.zeros((), dtype=torch.float64, device=device)
+        sq = torch.zeros((), dtype=torch.float64, device=_collective_device(group))
     dist.all_reduce(sq, op=dist.ReduceOp.SUM, group=group)
     return float(sq.sqrt())  # one host sync, identical on every rank: all ranks take the same decisions
 
@@ -280,10 +284,7 @@ class TwoPassOptimizer(Optimizer):
         import torch.distributed as dist
 
         grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
-        device = grads[0].device if grads else None
-        if device is None and dist.get_backend(self.replica_group) == "nccl":
-            device = torch.device("cuda", torch.cuda.current_device())
-        local = torch.zeros((), device=device)
+        local = torch.zeros((), device=grads[0].device if grads else _collective_device(self.replica_group))
         for g in grads:
             local = torch.maximum(local, torch.logical_not(torch.isfinite(g)).any().to(local.dtype))
         overflow = local.clone()
