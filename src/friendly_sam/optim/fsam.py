@@ -286,6 +286,13 @@ class FriendlySAM(TwoPassOptimizer):
                 d.add_(poison)
         # component == "minibatch": d = g
 
+    def buffer_tensors(self) -> dict[str, list[Tensor]]:
+        buffers = super().buffer_tensors()
+        buffers["ema"] = [s["ema"] for s in self.state.values() if "ema" in s]
+        if self._grad_copy:
+            buffers["grad_copy"] = list(self._grad_copy.values())
+        return buffers
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         for group in self.param_groups:  # state dicts saved before a hyperparameter existed

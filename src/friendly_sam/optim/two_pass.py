@@ -208,6 +208,17 @@ class TwoPassOptimizer(Optimizer):
                 buckets.append((bucket, ops))
         return buckets
 
+    @property
+    def is_perturbed(self) -> bool:
+        """True between :meth:`first_step` and :meth:`second_step` (the weights are ``w + e``)."""
+        return self._perturbed is not None
+
+    def buffer_tensors(self) -> dict[str, list[Tensor]]:
+        """Parameter-sized tensors this wrapper holds beyond the base optimizer's state, by role
+        (``"saved_weights"``; F-SAM adds ``"ema"`` and, with ``component="full"``, ``"grad_copy"``).
+        For memory accounting; the tensors are live: do not modify them."""
+        return {"saved_weights": list(self._saved.values())}
+
     # ----------------------------------------------------------------- the two steps
     @torch.no_grad()
     def first_step(self, zero_grad: bool = True, scaler: torch.amp.GradScaler | None = None) -> None:
