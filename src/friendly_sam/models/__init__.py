@@ -11,6 +11,9 @@ Each architecture's source is given in its module's docstring.
 >>> from friendly_sam.models import build_model
 >>> model = build_model("resnet20", num_classes=10, in_channels=1)
 
+Models of optional packages: ``torchvision:<name>`` and ``timm:<name>`` (imported only when asked for).
+Saved weights and fine-tuning with a new classifier: :func:`load_pretrained`.
+
 New models are added with the :func:`register_model` decorator (see :mod:`.registry`).
 """
 
@@ -22,14 +25,24 @@ from . import resnet18, vgg, wide_resnet, pyramidnet  # noqa: F401  (paper model
 from . import resnet_cifar, small_cnn  # noqa: F401  (CPU-friendly models)
 
 # isort: on
+from .pretrained import (
+    PretrainedReport,
+    PretrainedWeightsError,
+    classifier_name,
+    load_pretrained,
+    read_state_dict,
+)
 from .pyramidnet import PyramidNet
 from .registry import (
+    EXTERNAL_PREFIXES,
+    ModelPackageError,
     ModelSpec,
     available_models,
     build_model,
     count_parameters,
     describe_models,
     get_model_spec,
+    model_in_channels,
     register_model,
 )
 from .resnet18 import ResNet18
@@ -43,13 +56,21 @@ MODEL_NAMES: tuple[str, ...] = available_models()
 registered later."""
 
 __all__ = [
+    "EXTERNAL_PREFIXES",
     "MODEL_NAMES",
+    "ModelPackageError",
     "ModelSpec",
+    "PretrainedReport",
+    "PretrainedWeightsError",
     "available_models",
     "build_model",
+    "classifier_name",
     "count_parameters",
     "describe_models",
     "get_model_spec",
+    "load_pretrained",
+    "model_in_channels",
+    "read_state_dict",
     "register_model",
     "CifarResNet",
     "PyramidNet",

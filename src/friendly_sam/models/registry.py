@@ -3,6 +3,9 @@
 Every registered factory takes the keyword arguments ``num_classes`` and ``in_channels`` (plus any
 model-specific keyword arguments) and returns a freshly initialised :class:`torch.nn.Module`.
 
+External models: ``torchvision:<name>`` and ``timm:<name>`` build a model of those packages (optional
+extras, imported only when such a name is asked for), with the number of classes from the data.
+
 Adding a model::
 
     from friendly_sam.models import register_model
@@ -14,6 +17,7 @@ Adding a model::
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -24,7 +28,10 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 __all__ = [
+    "EXTERNAL_PREFIXES",
+    "ModelPackageError",
     "ModelSpec",
+    "model_in_channels",
     "register_model",
     "available_models",
     "get_model_spec",
@@ -50,6 +57,13 @@ class ModelSpec:
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
+
+EXTERNAL_PREFIXES: tuple[str, ...] = ("torchvision", "timm")
+"""``<prefix>:<name>`` builds model ``<name>`` of that package (see :func:`build_model`)."""
+
+
+class ModelPackageError(ModuleNotFoundError):
+    """The optional package of a ``torchvision:`` / ``timm:`` model is missing or fails to import."""
 
 
 def _normalise(name: str) -> str:
@@ -96,18 +110,69 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, **kwargs: Any
     """Build a freshly initialised model by name.
 
     Args:
-        name: one of :func:`available_models` (case-insensitive).
+        name: one of :func:`available_models` (case-insensitive), or ``torchvision:<name>`` /
+            ``timm:<name>`` for a model of those packages (randomly initialised; weights come from
+            :func:`~friendly_sam.models.load_pretrained`).
         num_classes: size of the output layer.
-        in_channels: channels of the input images (1 for MNIST-like data, 3 for CIFAR).
-        **kwargs: model-specific options, e.g. ``dropout`` for ``wrn28_10``.
+        in_channels: channels of the input images (1 for MNIST-like data, 3 for CIFAR);
+            torchvision models take 3 (see :func:`model_in_channels`).
+        **kwargs: model-specific options, e.g. ``dropout`` for ``wrn28_10``; passed on to
+            ``torchvision.models.get_model`` / ``timm.create_model`` for external models.
 
     Raises:
         ValueError: unknown name (the message lists the valid names) or non-positive sizes.
+        ModelPackageError: the package of an external model is missing or does not import.
     """
-    spec = get_model_spec(name)
+    prefix, sep, arch = name.partition(":") if isinstance(name, str) else ("", "", "")
+    external = bool(sep) and _normalise(prefix) in EXTERNAL_PREFIXES
+    spec = None if external else get_model_spec(name)
     _check_positive_int(num_classes, "num_classes")
     _check_positive_int(in_channels, "in_channels")
+    if spec is None:
+        return _build_external(_normalise(prefix), arch.strip(), num_classes, in_channels, kwargs)
     return spec.factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+def model_in_channels(name: str) -> int | None:
+    """The input channels model ``name`` requires (3 for ``torchvision:`` models), or ``None`` when it
+    adapts to the data (the built-in and ``timm:`` models): what an image folder is decoded to."""
+    prefix, sep, _ = name.partition(":")
+    return 3 if sep and _normalise(prefix) == "torchvision" else None
+
+
+def _import_package(module: str, package: str, model: str) -> Any:
+    # Optional extras are imported here, on demand. Any failure (not only a missing package: PyPI's
+    # torchvision wheel built for CUDA torch fails to load next to a CPU torch) is one clear error.
+    try:
+        return importlib.import_module(module)
+    except Exception as exc:
+        raise ModelPackageError(
+            f"--model {model} needs the {package} package, which "
+            + ("is not installed" if isinstance(exc, ModuleNotFoundError) else "fails to import")
+            + f" ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Install a build "
+            f"matching this torch {torch.__version__}: pip install {package}",
+            name=package,
+        ) from None
+
+
+def _build_external(prefix: str, arch: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
+    full = f"{prefix}:{arch}"
+    if not arch:
+        raise ValueError(f"--model {full}: give a model name after '{prefix}:', e.g. {prefix}:resnet50")
+    if prefix == "torchvision":
+        if in_channels != 3:
+            raise ValueError(
+                f"--model {full} takes 3-channel (RGB) images, the data has {in_channels}: load the "
+                "images as RGB (image folders: channels=3)"
+            )
+        models = _import_package("torchvision.models", "torchvision", full)
+        if arch not in models.list_models():
+            raise ValueError(f"unknown torchvision model {arch!r}; see torchvision.models.list_models()")
+        return models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
+    timm = _import_package("timm", "timm", full)
+    if not timm.is_model(arch):
+        raise ValueError(f"unknown timm model {arch!r}; see timm.list_models()")
+    return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
