@@ -209,6 +209,8 @@ def augment_rows(
         return x.to(torch.float32).div_(255.0) if x.dtype == torch.uint8 else x.to(torch.float32)
     h, w = x.shape[2], x.shape[3]
     if isinstance(augment, BatchAugment):
+        if x.shape[0] == 0:  # a rank without rows of a short last batch (BatchAugment's gather needs rows)
+            return x.to(torch.float32)
         params: Any = augment.sample(total, h, w, generator) if augment.is_random else AugmentParams()
     elif isinstance(augment, ResizedCropAugment):
         params = augment.sample(total, h, w, generator)

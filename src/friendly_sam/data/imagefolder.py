@@ -149,15 +149,24 @@ def scan_split(directory: str | os.PathLike[str], classes: Sequence[str] | None 
     return ImageFolderSplit(d, known, tuple(paths), torch.tensor(labels, dtype=torch.int64))
 
 
+def _is_grey(img: Image.Image) -> bool:
+    if img.mode in _GREY_MODES:
+        return True
+    img.draft("RGB", (64, 64))
+    rgb = np.asarray(img.convert("RGB"))  # grey content stored as colour (WebP, many JPEGs)
+    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+
+
 def guess_channels(paths: Sequence[str], limit: int = 64) -> int:
-    """1 when ``limit`` files spread evenly over ``paths`` are all grey, else 3 (reads headers only)."""
+    """1 when ``limit`` files spread evenly over ``paths`` are all grey (grey modes, or colour modes
+    with equal channels), else 3."""
     if not paths:
         return 3
     step = max(1, len(paths) // limit)
     for p in paths[::step][:limit]:
         try:
             with Image.open(p) as img:
-                if img.mode not in _GREY_MODES:
+                if not _is_grey(img):
                     return 3
         except Exception:  # an unreadable file is reported when it is decoded
             continue
