@@ -26,6 +26,7 @@ from friendly_sam.data import (
     guess_channels,
     load_image_folder,
     scan_split,
+    train_val_split,
 )
 from friendly_sam.models import build_model
 
@@ -323,3 +324,20 @@ def test_streaming_with_any_augment_callable_slices_the_whole_batch(folder):
         )
         assert not got.rows_only
         _assert_same(_batches(ref), _batches(got))
+
+
+def test_take_subsets_validation_and_labels_alike_on_both_paths(folder):
+    root, _ = folder
+    out = []
+    for storage in ("memory", "streaming"):
+        data = _load(root, storage)
+        labels = data.splits["train"].labels
+        s = train_val_split(torch.arange(len(labels)), labels, 40, seed=3)
+        noisy = (labels[s.train_images] + 1) % 10
+        data = data.take("train", s.val_images, into="val").take("train", s.train_images, labels=noisy)
+        assert len(data.splits["train"]) == 200 and len(data.splits["val"]) == 40
+        assert torch.equal(data.splits["train"].labels, noisy)
+        out.append(
+            _batches(data.loader("train", 32, train=True, seed=1)) + _batches(data.loader("val", 16), (0,))
+        )
+    _assert_same(*out)

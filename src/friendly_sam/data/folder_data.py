@@ -20,6 +20,7 @@ decoded images fit ``memory_budget`` bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -172,8 +173,34 @@ class ImageFolderData:
             channels=self.in_channels,
             base_size=self.resize_size,
             num_workers=self.num_workers,
+            persistent_workers=train,
             **common,
         )
+
+    def take(
+        self,
+        split: str,
+        indices: torch.Tensor,
+        *,
+        into: str | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> ImageFolderData:
+        """A copy whose split ``into`` (default: ``split`` itself) holds samples ``indices`` of ``split``,
+        with ``labels`` instead of theirs if given: subsets, validation splits and label noise, the
+        same on both paths. E.g. a validation split off ``train``::
+
+            s = train_val_split(torch.arange(n), data.splits["train"].labels, 0.1, seed=0)  # indices
+            data = data.take("train", s.val_images, into="val").take("train", s.train_images)
+        """
+        idx = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
+        chosen = self.splits[split].select(idx)
+        if labels is not None:
+            chosen = chosen.with_labels(labels)
+        target = split if into is None else into
+        images = None
+        if self.images is not None:
+            images = {**self.images, target: self.images[split][idx]}
+        return dataclasses.replace(self, splits={**self.splits, target: chosen}, images=images)
 
     def record(self) -> dict[str, Any]:
         """What a run directory keeps about the data (e.g. as ``classes.json``): the class list in

@@ -57,6 +57,8 @@ class StreamingBatchLoader(BatchSchedule):
         num_workers: decoding processes (0: decode in the main process).
         prefetch_factor: batches each worker decodes ahead.
         pin_memory: page-locked batches for fast copies; ``None``: when ``device`` is CUDA.
+        persistent_workers: keep the worker processes between passes (saves their start-up each
+            epoch; off for loaders used rarely, such as evaluation).
 
     Raises (while iterating):
         ImageFileError: a file cannot be decoded; the message names it.
@@ -78,6 +80,7 @@ class StreamingBatchLoader(BatchSchedule):
         num_workers: int = 0,
         prefetch_factor: int = 2,
         pin_memory: bool | None = None,
+        persistent_workers: bool = True,
     ) -> None:
         super().__init__(
             len(split),
@@ -110,7 +113,7 @@ class StreamingBatchLoader(BatchSchedule):
             collate_fn=collate_decoded,
             pin_memory=self.pin_memory,
             prefetch_factor=prefetch_factor if self.num_workers > 0 else None,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=persistent_workers and self.num_workers > 0,
         )
 
     def _rows(self, size: int) -> tuple[int, int]:
