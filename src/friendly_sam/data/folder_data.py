@@ -284,6 +284,14 @@ def _decode_all(
     return images, skipped
 
 
+def _scan(root: str | os.PathLike[str]) -> dict[str, ImageFolderSplit]:
+    dirs = find_splits(root)
+    splits = {"train": scan_split(dirs["train"])}
+    classes = splits["train"].classes
+    splits.update({name: scan_split(d, classes) for name, d in dirs.items() if name != "train"})
+    return splits
+
+
 def load_image_folder(
     root: str | os.PathLike[str],
     *,
@@ -318,11 +326,10 @@ def load_image_folder(
         skip_bad_images: leave unreadable files out (listed in ``skipped``) instead of raising;
             the streaming path then checks every file once, up front.
         num_workers: decoding processes (default :func:`default_num_workers`).
-        log: receives one-line progress and the chosen path with the reason.
+        log: receives one line on the data and the chosen path (with the reason), one per skip.
 
-    Raises:
-        DatasetNotFoundError: no ``train/`` folder, no classes, an empty class.
-        ImageFileError: an unreadable file (without ``skip_bad_images``), named in the message.
+    Raises: ``DatasetNotFoundError`` (no ``train/``, no classes, an empty class); ``ImageFileError``
+    (an unreadable file without ``skip_bad_images``, named in the message).
     """
     say = log or (lambda _msg: None)
     size = _positive(image_size, "image_size")
@@ -330,21 +337,18 @@ def load_image_folder(
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
     workers = default_num_workers() if num_workers is None else int(num_workers)
-    dirs = find_splits(root)
-    splits = {"train": scan_split(dirs["train"])}
+    splits = _scan(root)
     classes = splits["train"].classes
-    splits.update({name: scan_split(d, classes) for name, d in dirs.items() if name != "train"})
     chans = channels or guess_channels(splits["train"].paths)
     needed = sum(len(s) for s in splits.values()) * chans * base * base
     where, reason = _choose_storage(storage, needed, memory_budget)
+    counts = ", ".join(f"{len(s)} {name}" for name, s in splits.items())
     say(
-        f"image folder {Path(root)}: {len(classes)} classes, "
-        + ", ".join(f"{len(s)} {name}" for name, s in splits.items())
-        + f" images -> {chans}x{base}x{base} base, {chans}x{size}x{size} input; {where}: {reason}"
+        f"image folder {root}: {len(classes)} classes, {counts} images -> {chans}x{size}x{size}; {where}: {reason}"
     )
     images, skipped = _decode_all(splits, chans, base, workers, where == "memory", skip_bad_images, say)
     if len(splits["train"]) == 0:
-        raise ImageFileError(f"{dirs['train']}: no readable training images")
+        raise ImageFileError(f"{splits['train'].directory}: no readable training images")
     if mean is None or std is None:
         mean, std = _train_stats(
             splits["train"], images["train"] if images else None, chans, base, stats_images, workers
