@@ -4,6 +4,8 @@ loaders giving identical batches (order, pixels, labels), shards, resume, damage
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -341,3 +343,18 @@ def test_take_subsets_validation_and_labels_alike_on_both_paths(folder):
             _batches(data.loader("train", 32, train=True, seed=1)) + _batches(data.loader("val", 16), (0,))
         )
     _assert_same(*out)
+
+
+def test_pillow_is_needed_only_to_read_images(folder):
+    root, written = folder
+    code = (
+        "import sys; sys.modules['PIL'] = None\n"  # as if Pillow were not installed
+        "import friendly_sam.data as d, friendly_sam.models\n"
+        "try:\n"
+        f"    d.decode_image({str(root / written['train'][0][0])!r}, 1, 28)\n"
+        "except ModuleNotFoundError as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "pip install pillow" in out.stdout

@@ -1,5 +1,7 @@
 """Image folders in the ImageNet layout: scanning, and decoding with Pillow to fixed-size uint8 tensors.
 
+Pillow is imported only when images are read (``pip install pillow`` where it is missing).
+
 Layout::
 
     DIR/train/<class>/**/*.png|jpg|jpeg|webp|bmp   (any case of the extension)
@@ -25,10 +27,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .datasets import DatasetNotFoundError
 from .readers import DatasetFormatError
@@ -52,12 +54,27 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".bmp", ".jpeg", ".jpg", ".png", ".webp")
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 """Sub-folders of an image-folder data set; ``train`` is required."""
 
+if TYPE_CHECKING:
+    from PIL import Image
+
 _GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 _SKIP_HINT = "Replace or delete the file, or pass --skip-bad-images to leave such files out."
 
 
 class ImageFileError(DatasetFormatError):
     """An image file cannot be decoded (damaged, truncated, or not an image); the message names it."""
+
+
+def _pillow() -> Any:
+    # Pillow is needed only for image folders: imported when one is read, with a clear error
+    # (a ModuleNotFoundError, which the command line prints as one line) where it is missing.
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ModuleNotFoundError(
+            "image folders are decoded with Pillow, which is not installed: pip install pillow", name="PIL"
+        ) from None
+    return Image
 
 
 @dataclass(frozen=True)
@@ -163,9 +180,10 @@ def guess_channels(paths: Sequence[str], limit: int = 64) -> int:
     if not paths:
         return 3
     step = max(1, len(paths) // limit)
+    pil = _pillow()
     for p in paths[::step][:limit]:
         try:
-            with Image.open(p) as img:
+            with pil.open(p) as img:
                 if not _is_grey(img):
                     return 3
         except Exception:  # an unreadable file is reported when it is decoded
@@ -191,7 +209,7 @@ def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
     if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), Image.Resampling.BILINEAR)
+        img = img.resize((nw, nh), _pillow().Resampling.BILINEAR)
     left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
     return img.crop((left, top, left + size, top + size))
 
@@ -204,8 +222,9 @@ def decode_image(path: str | os.PathLike[str], channels: int, size: int) -> torc
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    pil = _pillow()
     try:
-        with Image.open(path) as img:
+        with pil.open(path) as img:
             img.draft("L" if channels == 1 else "RGB", (size, size))  # JPEG: decode at a reduced scale
             img = _resize_center_crop(_convert(img, channels), size)
             arr = np.array(img, dtype=np.uint8)
