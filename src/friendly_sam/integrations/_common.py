@@ -1,0 +1,50 @@
+"""Framework-independent pieces shared by the integrations (no third-party import here)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+from ..optim import TwoPassOptimizer
+
+
+def unwrap_two_pass(optimizer: Any) -> TwoPassOptimizer | None:
+    """The :class:`TwoPassOptimizer` behind a framework's optimizer wrapper (Lightning's
+    ``LightningOptimizer``, accelerate's ``AcceleratedOptimizer``, ...), or ``None`` for a plain optimizer.
+    Wrappers keep the wrapped optimizer in ``.optimizer`` (or ``._optimizer``); a few levels are followed."""
+    for _ in range(4):  # innermost first: Lightning's wrapper is itself an instance of the optimizer's class
+        inner = getattr(optimizer, "optimizer", None) or getattr(optimizer, "_optimizer", None)
+        if not isinstance(inner, Optimizer) or inner is optimizer:
+            break
+        optimizer = inner
+    return optimizer if isinstance(optimizer, TwoPassOptimizer) else None
+
+
+def require_two_pass(optimizer: Any, where: str) -> TwoPassOptimizer:
+    sam = unwrap_two_pass(optimizer)
+    if sam is None:
+        raise TypeError(
+            f"{where} needs a friendly_sam optimizer (FriendlySAM or SAM), got {type(optimizer).__name__}; "
+            "build it as FriendlySAM(params, torch.optim.SGD, rho=..., lr=...)"
+        )
+    return sam
+
+
+def clip_perturbed_gradient(
+    sam: TwoPassOptimizer, max_norm: float | None, scaler: torch.amp.GradScaler | None
+) -> None:
+    """Clip the perturbed gradient (the one the base optimizer applies) to ``max_norm`` before
+    ``second_step``. With a scaler the gradient is unscaled first, recorded against the base optimizer,
+    exactly as ``second_step(scaler=...)`` expects (it then does not unscale again)."""
+    if not max_norm or max_norm <= 0:
+        return
+    if scaler is not None and scaler.is_enabled():
+        scaler.unscale_(sam.base_optimizer)
+    params = [p for group in sam.param_groups for p in group["params"] if p.grad is not None]
+    torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
+def base_optimizer_of(sam: TwoPassOptimizer) -> Optimizer:
+    return sam.base_optimizer
