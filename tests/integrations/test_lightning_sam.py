@@ -17,7 +17,9 @@ from integration_reference import (
 )
 from torch import nn
 
-pl = pytest.importorskip("pytorch_lightning", reason="pytorch-lightning not installed (pip install '.[test]')")
+pl = pytest.importorskip(
+    "pytorch_lightning", reason="pytorch-lightning not installed (pip install '.[test]')"
+)
 from friendly_sam.integrations.lightning import SAMLightningMixin, sam_manual_step  # noqa: E402
 
 QUIET = {
@@ -54,7 +56,9 @@ def _loader(x, y, batch_size=8):
 def test_automatic_optimisation_equals_reference_with_batchnorm(accumulate):
     x, y = make_data()
     model = LitNet()
-    trainer = pl.Trainer(max_epochs=1, enable_checkpointing=False, accumulate_grad_batches=accumulate, **QUIET)
+    trainer = pl.Trainer(
+        max_epochs=1, enable_checkpointing=False, accumulate_grad_batches=accumulate, **QUIET
+    )
     trainer.fit(model, _loader(x, y))
 
     batches = micro_batches(x, y, 8)
@@ -94,7 +98,11 @@ def test_gradient_clip_val_clips_the_perturbed_gradient():
 def test_gradient_clip_by_value_is_refused():
     x, y = make_data(16)
     trainer = pl.Trainer(
-        max_steps=1, enable_checkpointing=False, gradient_clip_val=0.1, gradient_clip_algorithm="value", **QUIET
+        max_steps=1,
+        enable_checkpointing=False,
+        gradient_clip_val=0.1,
+        gradient_clip_algorithm="value",
+        **QUIET,
     )
     with pytest.raises(ValueError, match="gradient_clip_algorithm='value'"):
         trainer.fit(LitNet(), _loader(x, y))
@@ -126,7 +134,9 @@ def test_fp16_overflow_skips_the_step_and_lowers_the_scale():
     x, y = make_data(16)
     plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**40))
     model = LitNet()
-    before = {k: v.clone() for k, v in model.net.state_dict().items() if "running" not in k and "tracked" not in k}
+    before = {
+        k: v.clone() for k, v in model.net.state_dict().items() if "running" not in k and "tracked" not in k
+    }
     trainer = pl.Trainer(max_steps=1, enable_checkpointing=False, plugins=[plugin], **QUIET)
     trainer.fit(model, _loader(x, y))
     after = model.net.state_dict()
@@ -180,7 +190,10 @@ class ManualNet(SAMLightningMixin, pl.LightningModule):
 
     def configure_optimizers(self):
         opt = make_optimizer(self.parameters())
-        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)}
+        return {
+            "optimizer": opt,
+            "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5),
+        }
 
 
 def test_manual_recipe_counts_steps_and_equals_reference(tmp_path):

@@ -34,16 +34,25 @@ def require_two_pass(optimizer: Any, where: str) -> TwoPassOptimizer:
 
 def clip_perturbed_gradient(
     sam: TwoPassOptimizer, max_norm: float | None, scaler: torch.amp.GradScaler | None
-) -> None:
-    """Clip the perturbed gradient (the one the base optimizer applies) to ``max_norm`` before
-    ``second_step``. With a scaler the gradient is unscaled first, recorded against the base optimizer,
-    exactly as ``second_step(scaler=...)`` expects (it then does not unscale again)."""
-    if not max_norm or max_norm <= 0:
-        return
-    if scaler is not None and scaler.is_enabled():
-        scaler.unscale_(sam.base_optimizer)
+) -> torch.Tensor:
+    """Clip the perturbed gradient (the one the base optimizer applies) to ``max_norm`` (no clipping for
+    None/0) before ``second_step``; returns its global norm before clipping (unscaled). With a scaler and
+    clipping, the gradient is unscaled first, recorded against the base optimizer, exactly as
+    ``second_step(scaler=...)`` expects (it then does not unscale again)."""
     params = [p for group in sam.param_groups for p in group["params"] if p.grad is not None]
-    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    if not max_norm or max_norm <= 0:
+        if not params:
+            return torch.zeros(())
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+        return norm / scaler.get_scale() if scaler is not None else norm
+    if sam.max_grad_norm is not None:
+        raise ValueError(
+            f"the perturbed gradient would be clipped twice: the optimizer has max_grad_norm="
+            f"{sam.max_grad_norm} and the framework clips to {max_norm}; set one of them only"
+        )
+    if scaler is not None:
+        scaler.unscale_(sam.base_optimizer)
+    return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
 def base_optimizer_of(sam: TwoPassOptimizer) -> Optimizer:

@@ -99,7 +99,10 @@ class SAMLightningMixin:
             scaler.update()
 
     def configure_gradient_clipping(
-        self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+        self,
+        optimizer: Any,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
     ) -> None:
         # Lightning calls this after every closure; for a friendly_sam optimizer the clipping is done once,
         # on the perturbed gradient, in optimizer_step (see _sam_before_second_step).
@@ -137,7 +140,9 @@ class SAMLightningMixin:
             callback.on_before_optimizer_step(trainer, self, optimizer)
         self.on_before_optimizer_step(optimizer)  # type: ignore[attr-defined]
         if trainer.gradient_clip_val:
-            algorithm = str(getattr(trainer.gradient_clip_algorithm, "value", trainer.gradient_clip_algorithm))
+            algorithm = str(
+                getattr(trainer.gradient_clip_algorithm, "value", trainer.gradient_clip_algorithm)
+            )
             if algorithm not in ("None", "norm"):
                 raise ValueError(
                     f"gradient_clip_algorithm={algorithm!r} is not supported with "
