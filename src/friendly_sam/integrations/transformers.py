@@ -100,8 +100,10 @@ class SAMTrainer(transformers.Trainer):
             )
 
     def create_optimizer(self, model: nn.Module | None = None) -> Optimizer:
-        if isinstance(self.optimizer, _SteppedOptimizer):
-            return self.optimizer
+        if isinstance(self.optimizer, _SteppedOptimizer) or isinstance(
+            getattr(self.optimizer, "optimizer", None), _SteppedOptimizer
+        ):
+            return self.optimizer  # already built (and maybe prepared by the accelerator): a later train()
         if self.optimizer is None:
             self._build_sam(model)
         if not isinstance(self.optimizer, TwoPassOptimizer):
