@@ -74,7 +74,7 @@ def test_fp16_scaler_path_equals_reference():
     # CPU GradScaler set on the real Accelerator, whose backward() then scales the loss.
     x, y = make_data()
     accelerator = accelerate.Accelerator(cpu=True, gradient_accumulation_steps=2)
-    accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**14)
+    accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**14, growth_interval=2)
 
     def fp16_loss(model, batch):
         with torch.autocast("cpu", dtype=torch.float16):
@@ -82,7 +82,7 @@ def test_fp16_scaler_path_equals_reference():
 
     model, _ = _train(accelerator, x, y, loss=fp16_loss)
     ref = make_net()
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**14)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**14, growth_interval=2)
     reference_train(
         ref,
         make_optimizer(ref.parameters()),
@@ -91,7 +91,7 @@ def test_fp16_scaler_path_equals_reference():
         autocast_dtype=torch.float16,
     )
     assert_same_state(model, ref)
-    assert accelerator.scaler.get_scale() == scaler.get_scale()
+    assert accelerator.scaler.get_scale() == scaler.get_scale() == 2.0**15  # one update per step (3 steps)
 
 
 def test_save_state_load_state_round_trip(tmp_path):

@@ -115,17 +115,19 @@ def test_fp16_mixed_precision_plugin_equals_reference_with_scaler():
     from pytorch_lightning.plugins.precision import MixedPrecision
 
     x, y = make_data()
-    plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**14))
+    plugin = MixedPrecision(
+        "16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0**14, growth_interval=2)
+    )
     model = LitNet()
     trainer = pl.Trainer(max_epochs=1, enable_checkpointing=False, plugins=[plugin], **QUIET)
     trainer.fit(model, _loader(x, y))
 
     ref = make_net()
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**14)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**14, growth_interval=2)
     steps = [[b] for b in micro_batches(x, y, 8)]
     reference_train(ref, make_optimizer(ref.parameters()), steps, scaler=scaler, autocast_dtype=torch.float16)
     assert_same_state(model.net, ref)
-    assert plugin.scaler.get_scale() == scaler.get_scale()
+    assert plugin.scaler.get_scale() == scaler.get_scale() == 2.0**17  # one update per step (6 steps)
     assert trainer.global_step == len(steps)
 
 
@@ -225,3 +227,26 @@ def test_manual_recipe_refuses_fp16_scaler_with_a_message():
     trainer = pl.Trainer(max_steps=1, enable_checkpointing=False, plugins=[plugin], **QUIET)
     with pytest.raises(RuntimeError, match="use automatic optimisation with SAMLightningMixin"):
         trainer.fit(ManualNet(), _loader(x, y))
+
+
+def test_bf16_mixed_equals_reference():
+    x, y = make_data()
+    model = LitNet()
+    trainer = pl.Trainer(max_epochs=1, enable_checkpointing=False, precision="bf16-mixed", **QUIET)
+    trainer.fit(model, _loader(x, y))
+    ref = make_net()
+    steps = [[b] for b in micro_batches(x, y, 8)]
+    reference_train(ref, make_optimizer(ref.parameters()), steps, autocast_dtype=torch.bfloat16)
+    assert_same_state(model.net, ref)
+
+
+def test_plain_optimizer_passes_through_the_mixin():
+    class Plain(LitNet):
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    x, y = make_data(16)
+    model = Plain()
+    trainer = pl.Trainer(max_steps=2, enable_checkpointing=False, gradient_clip_val=0.5, **QUIET)
+    trainer.fit(model, _loader(x, y))
+    assert len(model.calls) == 2  # one pass per step

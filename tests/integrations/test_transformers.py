@@ -225,3 +225,21 @@ def test_tiny_bert_with_sam_and_adamw_weight_decay_groups(tmp_path):
         ref(**batch).loss.backward()
         opt.second_step()
     assert_same_state(model, ref)
+
+
+def test_fp16_scaler_protocol_with_the_trainers_accelerator(tmp_path):
+    # fp16 AMP needs a GPU accelerator; on CPU the Trainer's own Accelerator is given a CPU GradScaler, so
+    # its backward() scales the loss and its AcceleratedOptimizer.step() updates the scale (in fp32).
+    x, y = make_data()
+    model = TinyClassifier()
+    trainer = SAMTrainer(
+        model=model, args=_args(tmp_path, max_grad_norm=0.5), train_dataset=DictData(x, y), **SAM_KW
+    )
+    trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=2)
+    trainer.train()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=2)
+    ref = make_net()
+    opt = FriendlySAM(ref.parameters(), torch.optim.SGD, **HPARAMS)
+    reference_train(ref, opt, [[m] for m in micro_batches(x, y, 8)], clip=0.5, scaler=scaler)
+    assert_same_state(model.net, ref)
+    assert trainer.accelerator.scaler.get_scale() == scaler.get_scale() == 2.0**13  # one update per step

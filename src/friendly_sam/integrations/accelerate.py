@@ -44,7 +44,7 @@ class AcceleratedSAM:
     Do not call ``optimizer.step()`` or ``optimizer.zero_grad()`` yourself; :meth:`step` does both.
     Checkpoints: ``accelerator.save_state``/``load_state`` carry the optimizer's EMA. Under DDP the
     clean gradients are all-reduced once per update (as ``accumulate()`` arranges) and the perturbed
-    ones once, on the last micro-batch.
+    ones once, on the last micro-batch (tested in a single process only).
     """
 
     def __init__(

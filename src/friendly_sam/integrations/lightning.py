@@ -51,9 +51,10 @@ class SAMLightningMixin:
 
     ``configure_optimizers`` returns a :class:`~friendly_sam.FriendlySAM` or :class:`~friendly_sam.SAM`
     (a plain optimizer passes through to Lightning's own step). If you override ``on_train_batch_start``,
-    ``optimizer_step``, ``configure_gradient_clipping`` or ``log``, call ``super()``. Works with the
-    single-device and DDP strategies; strategies that own the optimizer step (DeepSpeed, XLA) are not
-    supported. The ``training_step`` return value Lightning hands to ``on_train_batch_end`` is the
+    ``optimizer_step``, ``configure_gradient_clipping`` or ``log``, call ``super()``. Tested on a single
+    device; under DDP the earlier micro-batches' perturbed backward runs outside the DDP forward (no sync)
+    and the last one synchronises the sum, which is expected to be right but is not tested here.
+    Strategies that own the optimizer step (DeepSpeed, XLA, FSDP) are not supported. The ``training_step`` return value Lightning hands to ``on_train_batch_end`` is the
     perturbed pass's.
     """
 

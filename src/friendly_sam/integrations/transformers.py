@@ -70,8 +70,9 @@ class SAMTrainer(transformers.Trainer):
     perturbation, the perturbed gradient of the same micro-batches, ``args.max_grad_norm`` applied to the
     perturbed gradient, one base step: equal to the large-batch step. The micro-batches of an update are
     kept until its last one (references). Each micro-batch costs two forward/backward passes. The logged
-    ``loss`` is the clean loss, ``grad_norm`` the perturbed gradient's norm before clipping. Single-process
-    and DDP; DeepSpeed and FSDP are not supported (they own the optimizer step).
+    ``loss`` is the clean loss, ``grad_norm`` the perturbed gradient's norm before clipping. Tested in a
+    single process; under DDP each perturbed micro-batch synchronises (correct, k all-reduces; untested).
+    DeepSpeed and FSDP are refused (they own the optimizer step).
     """
 
     def __init__(
