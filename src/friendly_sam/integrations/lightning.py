@@ -54,8 +54,8 @@ class SAMLightningMixin:
     ``optimizer_step``, ``configure_gradient_clipping`` or ``log``, call ``super()``. Tested on a single
     device; under DDP the earlier micro-batches' perturbed backward runs outside the DDP forward (no sync)
     and the last one synchronises the sum, which is expected to be right but is not tested here.
-    Strategies that own the optimizer step (DeepSpeed, XLA, FSDP) are not supported. The ``training_step`` return value Lightning hands to ``on_train_batch_end`` is the
-    perturbed pass's.
+    Strategies that own the optimizer step (DeepSpeed, XLA, FSDP) are not supported. The
+    ``training_step`` output Lightning hands to ``on_train_batch_end`` is the perturbed pass's.
     """
 
     _sam_in_perturbed_pass = False
