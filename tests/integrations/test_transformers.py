@@ -243,3 +243,33 @@ def test_fp16_scaler_protocol_with_the_trainers_accelerator(tmp_path):
     reference_train(ref, opt, [[m] for m in micro_batches(x, y, 8)], clip=0.5, scaler=scaler)
     assert_same_state(model.net, ref)
     assert trainer.accelerator.scaler.get_scale() == scaler.get_scale() == 2.0**13  # one update per step
+
+
+def test_logged_loss_is_clean_and_grad_norm_is_the_perturbed_one(tmp_path):
+    x, y = make_data(16)
+    trainer = SAMTrainer(
+        model=TinyClassifier(),
+        args=_args(tmp_path, logging_strategy="steps", logging_steps=1, max_grad_norm=100.0),
+        train_dataset=DictData(x, y),
+        **SAM_KW,
+    )
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    clean = nn.functional.cross_entropy(make_net()(x[:8]), y[:8]).item()
+    assert logs[0]["loss"] == pytest.approx(clean, abs=1e-4)
+    assert logs[0]["grad_norm"] > 0
+
+
+def test_clipping_in_two_places_is_refused_before_training(tmp_path):
+    x, y = make_data(16)
+    model = TinyClassifier()
+    opt = FriendlySAM(model.parameters(), torch.optim.SGD, max_grad_norm=1.0, **HPARAMS)
+    trainer = SAMTrainer(
+        model=model,
+        args=_args(tmp_path, max_grad_norm=1.0),
+        train_dataset=DictData(x, y),
+        optimizers=(opt, None),
+    )
+    with pytest.raises(ValueError, match="clipped twice"):
+        trainer.train()
+    assert not opt.is_perturbed

@@ -32,6 +32,16 @@ def require_two_pass(optimizer: Any, where: str) -> TwoPassOptimizer:
     return sam
 
 
+def check_single_clip(sam: TwoPassOptimizer, max_norm: float | None) -> None:
+    """Refuse clipping in two places (the optimizer's ``max_grad_norm`` and the framework's), before any
+    step runs: the second clip would unscale an fp16 gradient twice."""
+    if max_norm and max_norm > 0 and sam.max_grad_norm is not None:
+        raise ValueError(
+            f"the perturbed gradient would be clipped twice: the optimizer has max_grad_norm="
+            f"{sam.max_grad_norm} and the framework clips to {max_norm}; set one of them only"
+        )
+
+
 def clip_perturbed_gradient(
     sam: TwoPassOptimizer, max_norm: float | None, scaler: torch.amp.GradScaler | None
 ) -> torch.Tensor:
@@ -45,11 +55,7 @@ def clip_perturbed_gradient(
             return torch.zeros(())
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
         return norm / scaler.get_scale() if scaler is not None else norm
-    if sam.max_grad_norm is not None:
-        raise ValueError(
-            f"the perturbed gradient would be clipped twice: the optimizer has max_grad_norm="
-            f"{sam.max_grad_norm} and the framework clips to {max_norm}; set one of them only"
-        )
+    check_single_clip(sam, max_norm)
     if scaler is not None:
         scaler.unscale_(sam.base_optimizer)
     return torch.nn.utils.clip_grad_norm_(params, max_norm)

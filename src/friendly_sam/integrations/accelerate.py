@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..optim import frozen_bn_stats
-from ._common import clip_perturbed_gradient, require_two_pass
+from ._common import check_single_clip, clip_perturbed_gradient, require_two_pass
 
 
 class AcceleratedSAM:
@@ -59,6 +59,7 @@ class AcceleratedSAM:
         self.model = model
         self.optimizer = require_two_pass(optimizer, "AcceleratedSAM")
         self.loss_fn = loss_fn
+        check_single_clip(self.optimizer, max_grad_norm)
         self.max_grad_norm = max_grad_norm
         self._window: list[Any] = []
         self.last_grad_norm: torch.Tensor | None = None  # perturbed gradient's norm before clipping

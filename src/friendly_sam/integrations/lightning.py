@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ..optim import TwoPassOptimizer, frozen_bn_stats
-from ._common import clip_perturbed_gradient, require_two_pass, unwrap_two_pass
+from ._common import check_single_clip, clip_perturbed_gradient, require_two_pass, unwrap_two_pass
 
 
 def _scaler_of(trainer: Any) -> torch.amp.GradScaler | None:
@@ -82,6 +82,7 @@ class SAMLightningMixin:
         self._sam_window_done = True
         trainer = self.trainer  # type: ignore[attr-defined]
         scaler = _scaler_of(trainer)
+        check_single_clip(sam, trainer.gradient_clip_val)
         if optimizer_closure() is None:  # training_step returned None: Lightning skips the step
             sam.zero_grad(set_to_none=True)
             return

@@ -24,7 +24,7 @@ from torch import nn
 from torch.optim import Optimizer
 
 from ..optim import FriendlySAM, TwoPassOptimizer, frozen_bn_stats
-from ._common import clip_perturbed_gradient
+from ._common import check_single_clip, clip_perturbed_gradient
 
 
 class _SteppedOptimizer(Optimizer):
@@ -113,6 +113,7 @@ class SAMTrainer(transformers.Trainer):
                 f"{type(self.optimizer).__name__}; pass optimizers=(FriendlySAM(params, torch.optim.SGD, ...), "
                 "scheduler), or leave optimizers out and give rho/sigma/lmbda to SAMTrainer"
             )
+        check_single_clip(self.optimizer, self.args.max_grad_norm)
         self.sam_optimizer = self.optimizer
         self.optimizer = _SteppedOptimizer(self.sam_optimizer)
         return self.optimizer
