@@ -59,7 +59,3 @@ def clip_perturbed_gradient(
     if scaler is not None:
         scaler.unscale_(sam.base_optimizer)
     return torch.nn.utils.clip_grad_norm_(params, max_norm)
-
-
-def base_optimizer_of(sam: TwoPassOptimizer) -> Optimizer:
-    return sam.base_optimizer
