@@ -216,13 +216,16 @@ def load_checkpoint(
 def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower() or "weights_only" in str(exc):
+    except pickle.UnpicklingError as exc:  # the weights-only unpickler refused something
+        text = str(exc)
+        detail = " ".join(text.split("WeightsUnpickler error:", 1)[-1].split())
+        detail = detail.split(". ", 1)[0][:200]
+        if "Unsupported global" in text or "Unsupported class" in text:
             raise CheckpointError(
-                f"checkpoint {path} holds Python objects that no friendly-sam checkpoint contains (it may "
-                "be malicious; nothing in it was run): refused. Use a checkpoint written by fsam train."
+                f"checkpoint {path} holds Python objects that no friendly-sam checkpoint contains ({detail}); "
+                "it may be malicious and nothing in it was run: refused. Use a checkpoint written by fsam train."
             ) from None
-        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable (UnpicklingError: {exc})") from exc
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({detail})") from None
     except Exception as exc:  # truncated zip, garbage, ...
         raise CheckpointError(
             f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: {exc})"
