@@ -79,7 +79,9 @@ class RunLock:
     :meth:`acquire` never waits: a held lock raises :class:`RunInUseError` naming the holder's pid and
     host. After acquiring, stale temporary files of interrupted atomic writes are removed
     (``removed_temp_files``). ``notes`` collects remarks for the user (set by :func:`create_run_dir`).
-    The lock belongs to this open file: forked children share it, ``exec``-ed programs do not."""
+    The lock belongs to this open file: forked children share it, ``exec``-ed programs do not. A lock
+    never released explicitly is held until the process exits (dropping the object does not release it:
+    losing a lock silently would be worse)."""
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
@@ -168,9 +170,6 @@ class RunLock:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
-    def __del__(self) -> None:  # a forgotten lock is dropped with its object, never leaked
-        if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)
 
 
 def _now() -> str:
