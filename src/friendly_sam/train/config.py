@@ -279,14 +279,18 @@ class TrainConfig:
         integer("oracle_every", 1)
         integer("diagnostics_every", 1)
         integer("diagnostics_subset", 1)
+        if self.max_grad_norm is not None:
+            number("max_grad_norm", 0.0, open_low=True)
+        return self._check_combinations()
+
+    def _check_combinations(self) -> TrainConfig:
+        """The checks that involve several options (after each has its type and range)."""
         uses_fsam = self.component != "noise" or self.full_gradient == "oracle" or self.diagnostics
         if uses_fsam and self.optimizer not in ("fsam", "afsam"):
             raise ValueError(
                 f"--component/--full-gradient/--diagnostics need --optimizer fsam or afsam, not "
                 f"{self.optimizer!r} (SAM is --optimizer fsam --component minibatch)"
             )
-        if self.max_grad_norm is not None:
-            number("max_grad_norm", 0.0, open_low=True)
         if self.warmup_epochs >= self.epochs:
             raise ValueError(
                 f"--warmup-epochs: {self.warmup_epochs} must be shorter than --epochs {self.epochs}"
