@@ -96,6 +96,17 @@ def test_yaml_duplicates_and_syntax(tmp_path):
         TrainConfig.from_file(_toml(tmp_path, "cutout: 'off'\n", "q.yaml"))
 
 
+def test_a_run_config_json_reads_back_and_refuses_duplicates(tmp_path):
+    cfg = TrainConfig(lr=0.1, milestones=[0.3], name="x")
+    path = _toml(tmp_path, cfg.to_json(), "config.json")
+    assert TrainConfig.from_file(path) == cfg
+    dup = _toml(tmp_path, '{"lr": 0.1, "lr": 0.2}', "dup.json")
+    with pytest.raises(ConfigError, match=f"{dup}: option 'lr' is given twice"):
+        read_config_file(dup)
+    with pytest.raises(ConfigError, match="is not valid JSON"):
+        read_config_file(_toml(tmp_path, '{"lr": ', "bad.json"))
+
+
 def _no_hang(seconds: int = 5):
     def boom(*_):
         raise TimeoutError("read_config_file blocked")
@@ -122,7 +133,7 @@ def test_bad_files_are_clear_errors_and_never_block(tmp_path):
         "empty.toml": "is empty",
         "latin1.toml": r"is not UTF-8 text \(byte 11",
         "huge.toml": f"is {MAX_CONFIG_BYTES + 1} bytes",
-        "c.json": "unknown format '.json'",
+        "c.ini": "unknown format '.ini'",
     }
     _no_hang()
     try:

@@ -344,17 +344,21 @@ def check_option_type(name: str, value: Any, source: str = "config") -> Any:
 
 # --------------------------------------------------------------------------- config files
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file into a flat dict of options.
+    """Read a TOML (``.toml``), YAML (``.yaml``/``.yml``) or JSON file into a flat dict of options.
 
+    JSON reads a run's ``config.json`` (``fsam train --config RUN/config.json --out RUN`` starts a run
+    stopped before its first checkpoint anew).
     Sections (``[data]``, ``[optimizer]``, ...) are flattened; a key given twice (in one table, in two
     sections, or as ``a-b`` and ``a_b``) is refused. A missing file, a directory, a FIFO or device, an
     empty, huge (> ``MAX_CONFIG_BYTES``) or non-UTF-8 file and a syntax error all raise
     :class:`ConfigError` (a ``ValueError``) naming the file; nothing blocks (FIFOs are never opened)."""
     path = Path(path)
-    if path.suffix not in (".toml", ".yaml", ".yml"):
-        raise ConfigError(f"config file {path}: unknown format {path.suffix!r}; use .toml, .yaml or .yml")
-    text = _read_config_text(path)
-    data = _parse_toml(path, text) if path.suffix == ".toml" else _parse_yaml(path, text)
+    parsers = {".toml": _parse_toml, ".yaml": _parse_yaml, ".yml": _parse_yaml, ".json": _parse_json}
+    if path.suffix not in parsers:
+        raise ConfigError(
+            f"config file {path}: unknown format {path.suffix!r}; use .toml, .yaml, .yml or .json"
+        )
+    data = parsers[path.suffix](path, _read_config_text(path))
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a table of options at the top level")
     flat: dict[str, Any] = {}
@@ -420,6 +424,20 @@ def _parse_toml(path: Path, text: str) -> Any:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:  # includes a key repeated inside one table
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _parse_json(path: Path, text: str) -> Any:
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in items]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise ConfigError(f"config file {path}: option {twice[0]!r} is given twice")
+        return dict(items)
+
+    try:
+        return json.loads(text, object_pairs_hook=pairs)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
 
 
 def _parse_yaml(path: Path, text: str) -> Any:
