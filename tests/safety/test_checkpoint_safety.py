@@ -205,3 +205,16 @@ def test_checksum_survives_pickle_round_trip_of_tuples(tmp_path):
     path = _save(tmp_path / "c.pt", optimizer=opt.state_dict())
     assert isinstance(pickle.loads(pickle.dumps(opt.state_dict()))["param_groups"][0]["betas"], tuple)
     load_checkpoint(path)
+
+
+def test_per_replica_states_round_trip(tmp_path):
+    # under torchrun: every rank's F-SAM EMA, keyed by parameter index (int keys)
+    replicas = [{0: {"ema": torch.ones(3)}, 1: {"ema": torch.zeros(2)}}, {0: {"ema": torch.full((3,), 2.0)}}]
+    path = _save(tmp_path / "c.pt", replica_states=replicas, world_size=2)
+    loaded = load_checkpoint(path)["replica_states"]
+    assert torch.equal(loaded[1][0]["ema"], replicas[1][0]["ema"]) and list(loaded[0]) == [0, 1]
+    damaged = torch.load(path, weights_only=True)
+    damaged["replica_states"][0][1]["ema"] += 1  # changed behind the checksum's back
+    torch.save(damaged, path)
+    with pytest.raises(CheckpointError, match="is damaged"):
+        load_checkpoint(path)

@@ -171,7 +171,6 @@ class RunLock:
         self.release()
 
 
-
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
