@@ -10,10 +10,19 @@ import torch
 from friendly_sam.train.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_atomic
 from friendly_sam.train.progress import ProgressBar
 
+# The entries every trainer checkpoint holds (validated on load).
+PARTS = dict(
+    elapsed=1.0,
+    model={"w": torch.zeros(2)},
+    optimizer={"state": {}, "param_groups": []},
+    scheduler={},
+    rng={"torch": torch.get_rng_state()},
+)
+
 
 def test_a_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
-    save_atomic(make_checkpoint({"seed": 0}, epoch=1), path)
+    save_atomic(make_checkpoint({"seed": 0}, epoch=1, **PARTS), path)
     real_save = torch.save
 
     def crashing_save(obj, f):
@@ -22,7 +31,7 @@ def test_a_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypat
 
     monkeypatch.setattr(torch, "save", crashing_save)
     with pytest.raises(KeyboardInterrupt):
-        save_atomic(make_checkpoint({"seed": 0}, epoch=2), path)
+        save_atomic(make_checkpoint({"seed": 0}, epoch=2, **PARTS), path)
     monkeypatch.setattr(torch, "save", real_save)
     assert load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary left behind
@@ -36,7 +45,7 @@ def test_foreign_and_incompatible_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint"):
         load_checkpoint(tmp_path / "missing.pt")
     ours = tmp_path / "ours.pt"
-    save_atomic(make_checkpoint({"dataset": "mnist", "model": "resnet8"}, epoch=1), ours)
+    save_atomic(make_checkpoint({"dataset": "mnist", "model": "resnet8"}, epoch=1, **PARTS), ours)
     with pytest.raises(CheckpointError, match="model: checkpoint 'resnet8' vs now 'resnet20'"):
         load_checkpoint(ours, {"dataset": "mnist", "model": "resnet20"})
 

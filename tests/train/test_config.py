@@ -47,8 +47,8 @@ def test_yaml_needs_pyyaml_or_works(tmp_path):
 def test_unknown_keys_and_formats(tmp_path):
     with pytest.raises(ValueError, match="unknown option"):
         TrainConfig.from_dict({"learning_rate": 0.1})
-    path = tmp_path / "c.json"
-    path.write_text("{}")
+    path = tmp_path / "c.ini"
+    path.write_text("lr = 0.1")
     with pytest.raises(ValueError, match="unknown format"):
         TrainConfig.from_file(path)
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import pickle
+import stat
 import zlib
 from pathlib import Path
 from typing import Any
@@ -41,26 +43,87 @@ _IDX_DTYPES: dict[int, np.dtype] = {
 }
 
 _CIFAR_PIXELS = 3 * 32 * 32
+# Size limits, checked before reading: the largest standard file (CIFAR-100 "train") is 155 MB, the
+# largest IDX file (EMNIST-size) well under 1 GB.
+MAX_DATA_FILE_BYTES = 1 << 30
+MAX_CIFAR_BATCH_BYTES = 256 << 20
+_CHUNK = 1 << 20  # gzip is decompressed in chunks of this size
+_IDX_MAX_HEADER = 4 + 4 * 255
 
 
 class DatasetFormatError(ValueError):
     """A data file exists but is not a valid file of the expected format (or is truncated)."""
 
 
-def read_file_bytes(path: str | os.PathLike[str]) -> bytes:
+def read_file_bytes(path: str | os.PathLike[str], max_bytes: int | None = None) -> bytes:
     """Return the content of ``path``, transparently gunzipped when it is a gzip file.
 
     Gzip is recognised by its magic bytes, not by the file name, so a raw file named
-    ``*.gz`` (or a gzip file without the suffix) still loads.
+    ``*.gz`` (or a gzip file without the suffix) still loads. Sizes are bounded before memory is
+    spent: at most ``max_bytes`` (default ``MAX_DATA_FILE_BYTES``) in all, and a gzipped IDX file is
+    decompressed in chunks and refused as soon as it yields more than its header announces (a gzip
+    bomb costs one chunk of memory, not its decompressed size).
     """
     path = Path(path)
-    data = path.read_bytes()
-    if data[:2] != b"\x1f\x8b":
-        return data
+    limit = MAX_DATA_FILE_BYTES if max_bytes is None else max_bytes
     try:
-        return gzip.decompress(data)
-    except (EOFError, OSError, zlib.error) as exc:  # BadGzipFile is an OSError
-        raise DatasetFormatError(f"{path}: corrupt or truncated gzip file ({exc}). {_REFETCH_HINT}") from exc
+        info = path.stat()
+    except OSError as exc:
+        raise DatasetFormatError(f"{path}: cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise DatasetFormatError(f"{path}: not a regular file. {_REFETCH_HINT}")
+    with open(path, "rb") as f:
+        if f.read(2) != b"\x1f\x8b":
+            if info.st_size > limit:
+                raise DatasetFormatError(
+                    f"{path}: {info.st_size} bytes, more than the {limit} a data file may have. {_REFETCH_HINT}"
+                )
+            f.seek(0)
+            return f.read()
+        f.seek(0)
+        try:
+            return _gunzip_bounded(f, str(path), limit)
+        except (EOFError, OSError, zlib.error) as exc:  # BadGzipFile is an OSError
+            raise DatasetFormatError(
+                f"{path}: corrupt or truncated gzip file ({exc}). {_REFETCH_HINT}"
+            ) from exc
+
+
+def _idx_expected_size(head: bytes) -> int | None:
+    """Total size an IDX file announces in its header, None if ``head`` is not (yet) an IDX header."""
+    if len(head) < 4 or head[0:2] != b"\0\0" or head[2] not in _IDX_DTYPES or head[3] == 0:
+        return None
+    header = 4 + 4 * head[3]
+    if len(head) < header:
+        return None
+    dims = [int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(head[3])]
+    return header + math.prod(dims) * _IDX_DTYPES[head[2]].itemsize
+
+
+def _gunzip_bounded(f: Any, source: str, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    total, announced = 0, None
+    with gzip.GzipFile(fileobj=f) as gz:
+        while True:
+            chunk = gz.read(min(_CHUNK, limit + 1 - total))
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            total += len(chunk)
+            if announced is None and total >= _IDX_MAX_HEADER:  # once: an IDX header bounds the rest
+                announced = _idx_expected_size(b"".join(chunks)[:_IDX_MAX_HEADER]) or -1
+                if announced > limit:
+                    raise DatasetFormatError(
+                        f"{source}: its IDX header announces {announced} bytes, more than the {limit} a "
+                        f"data file may have. {_REFETCH_HINT}"
+                    )
+                limit = announced if announced > 0 else limit
+            if total > limit:
+                what = "its IDX header announces" if announced and announced > 0 else "a data file may have"
+                raise DatasetFormatError(
+                    f"{source}: decompresses to more than the {limit} bytes {what} (a damaged file or a "
+                    f"gzip bomb); stopped reading. {_REFETCH_HINT}"
+                )
 
 
 def parse_idx(data: bytes, source: str = "<bytes>") -> torch.Tensor:
@@ -122,7 +185,7 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
         from numpy._core import multiarray, numeric
     except ImportError:  # pragma: no cover - numpy 1.x
         from numpy.core import multiarray, numeric  # type: ignore[no-redef]
-    table: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    table: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): _plain_dtype}
     for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
         table[(mod, "_reconstruct")] = multiarray._reconstruct
         table[(mod, "scalar")] = multiarray.scalar
@@ -131,6 +194,14 @@ def _allowed_globals() -> dict[tuple[str, str], Any]:
             table[(mod, "_frombuffer")] = numeric._frombuffer
     table[("_codecs", "encode")] = codecs.encode  # bytes pickled by Python 3 with protocol 2
     return table
+
+
+def _plain_dtype(*args: Any) -> np.dtype:
+    """``numpy.dtype`` for the unpickler, refusing object dtypes (their elements would be arbitrary)."""
+    dtype = np.dtype(*args)
+    if dtype.hasobject:
+        raise pickle.UnpicklingError("refusing an object array: a CIFAR batch holds plain numbers")
+    return dtype
 
 
 def _get(d: dict[Any, Any], key: str) -> Any:
@@ -147,6 +218,11 @@ def parse_cifar_batch(data: bytes, source: str = "<bytes>") -> tuple[torch.Tenso
     ``images`` is uint8 ``(N, 3, 32, 32)``, ``labels`` int64 ``(N,)``. The label key is
     ``labels`` (CIFAR-10) or ``fine_labels`` (CIFAR-100; coarse labels are ignored).
     """
+    if len(data) > MAX_CIFAR_BATCH_BYTES:
+        raise DatasetFormatError(
+            f"{source}: {len(data)} bytes, more than the {MAX_CIFAR_BATCH_BYTES} a CIFAR batch may have. "
+            f"{_REFETCH_HINT}"
+        )
     try:
         obj = _CifarUnpickler(io.BytesIO(data), encoding="latin1").load()
     except Exception as exc:  # any failure to unpickle means a damaged or foreign file
@@ -188,4 +264,13 @@ def parse_cifar_batch(data: bytes, source: str = "<bytes>") -> tuple[torch.Tenso
 
 def read_cifar_batch(path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Read one CIFAR "python" batch file (e.g. ``data_batch_1`` or ``train``); see :func:`parse_cifar_batch`."""
-    return parse_cifar_batch(Path(path).read_bytes(), str(path))
+    path = Path(path)
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise DatasetFormatError(f"{path}: cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_CIFAR_BATCH_BYTES:
+        raise DatasetFormatError(
+            f"{path}: not a regular file of at most {MAX_CIFAR_BATCH_BYTES} bytes. {_REFETCH_HINT}"
+        )
+    return parse_cifar_batch(path.read_bytes(), str(path))

@@ -1,88 +1,352 @@
-"""Atomic, validated checkpoints: a crash never corrupts the previous one, a wrong file is refused."""
+"""Atomic, checksummed, validated checkpoints: a crash never corrupts the previous one, a bad file is refused.
+
+A checkpoint is an ordinary ``torch.save`` file holding one dict of tensors, numbers, strings, lists and
+dicts (so ``torch.load(path, weights_only=True)`` reads it anywhere). Since format version 2 the dict
+carries ``checksum``: a SHA-256 over a canonical walk of every other entry (keys, types, numbers, tensor
+dtypes, shapes and raw bytes). :func:`load_checkpoint` reads with ``weights_only=True`` (a planted pickle
+payload is never executed), verifies the checksum (one flipped bit in any tensor is caught), then checks
+the structure and types (:func:`validate_checkpoint`) before the caller touches anything.
+
+Version 1 files (written before the checksum existed) are still read: ``weights_only=True`` makes that
+safe, but bit rot in them cannot be detected, so a note says so.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
+import pickle
 import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .config import EPOCHS_KEY, IDENTITY_KEYS, SAFE_KEYS, TrainConfig
+
 FORMAT = "friendly-sam-checkpoint"
-VERSION = 1
-# Options that must match for a checkpoint to continue a run (the rest may change, e.g. threads).
-IDENTITY_KEYS = (
-    "dataset",
-    "model",
-    "optimizer",
-    "base",
-    "seed",
-    "batch_size",
-    "label_noise",
-    "noise_kind",
-    "train_subset",
-    "val_size",
-)
+VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: no checksum (read with a note)
+CHECKSUM_KEY = "checksum"
+CHECKSUM_ALGORITHM = "sha256-canonical-v1"
+# Entries every checkpoint written by the trainer holds, with their types.
+REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
+    "format": str,
+    "version": int,
+    "config": dict,
+    "epoch": int,
+    "elapsed": (int, float),
+    "model": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "rng": dict,
+}
+OPTIONAL_KEYS: dict[str, type | tuple[type, ...]] = {"replica_states": list, "world_size": int}
+# Temporary files of the atomic writers below: `.NAME.RANDOM.tmp` (and `.NAME.tmp` of older versions).
+TEMP_PREFIX, TEMP_SUFFIX = ".", ".tmp"
+
+__all__ = [
+    "CHECKSUM_KEY",
+    "FORMAT",
+    "IDENTITY_KEYS",
+    "VERSION",
+    "CheckpointError",
+    "ResumeCheck",
+    "check_resume_config",
+    "checkpoint_digest",
+    "load_checkpoint",
+    "load_state_checked",
+    "make_checkpoint",
+    "remove_stale_temp_files",
+    "save_atomic",
+    "validate_checkpoint",
+    "write_text_atomic",
+]
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: missing, corrupt, foreign or from an incompatible run."""
 
 
-def save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file in the same directory, fsync, then rename over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+# --------------------------------------------------------------------------- writing
+def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
+    """Write through ``write(file)`` into a temporary file beside ``path``, fsync, rename over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_directory(path.parent)  # the rename itself survives a power cut
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # not supported here (some platforms / file systems): best effort
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """``torch.save`` atomically (temporary file, fsync, rename); a checkpoint dict gets its checksum.
+
+    ``obj`` made by :func:`make_checkpoint` is stored with a ``checksum`` entry over all its other
+    entries; anything else is saved as given."""
+    path = Path(path)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        body = {k: v for k, v in obj.items() if k != CHECKSUM_KEY}
+        obj = {**body, CHECKSUM_KEY: {"algorithm": CHECKSUM_ALGORITHM, "sha256": checkpoint_digest(body)}}
+    _write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Replace ``path`` by ``text`` (UTF-8) atomically: readers see the old or the new file, never half."""
+    data = text.encode("utf-8")
+    _write_atomic(Path(path), lambda f: f.write(data))
+
+
+def remove_stale_temp_files(directory: str | Path) -> list[Path]:
+    """Delete the temporary files of interrupted atomic writes (``.NAME.*.tmp``) in ``directory``.
+
+    Only call this while holding the run's lock (:class:`friendly_sam.train.lock.RunLock` does): a live
+    writer's temporary file would be deleted under it otherwise. Returns the files removed."""
+    removed = []
+    for entry in Path(directory).iterdir():
+        if entry.name.startswith(TEMP_PREFIX) and entry.name.endswith(TEMP_SUFFIX) and entry.is_file():
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
 
 
 def make_checkpoint(config: dict[str, Any], **parts: Any) -> dict[str, Any]:
+    """The checkpoint dict: format tag, version, the run's config and ``parts`` (epoch, model, ...)."""
     return {"format": FORMAT, "version": VERSION, "config": config, **parts}
 
 
-def load_checkpoint(path: str | Path, config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Load and check a checkpoint; with ``config``, also check it belongs to the same run setting."""
+# --------------------------------------------------------------------------- checksum
+def checkpoint_digest(obj: Any) -> str:
+    """SHA-256 (hex) over a canonical walk of ``obj``: dict keys in order, types, values, tensor bytes.
+
+    Only the types a checkpoint may hold are accepted (tensors, None, bool, int, float, str, bytes,
+    lists, tuples, dicts); anything else raises :class:`CheckpointError`."""
+    h = hashlib.sha256()
+    _feed(obj, h)
+    return h.hexdigest()
+
+
+def _feed(obj: Any, h: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().to("cpu").contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)};".encode())
+        for key, value in obj.items():
+            _feed(key, h)
+            _feed(value, h)
+    elif isinstance(obj, (list, tuple)):  # one tag: both are sequences after a round trip
+        h.update(f"L{len(obj)};".encode())
+        for item in obj:
+            _feed(item, h)
+    elif obj is None or isinstance(obj, (bool, int, float, str, bytes)):
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+    else:
+        raise CheckpointError(
+            f"a checkpoint holds only tensors, numbers, strings, lists and dicts, not {type(obj).__name__}"
+        )
+
+
+# --------------------------------------------------------------------------- reading
+def load_checkpoint(
+    path: str | Path,
+    config: dict[str, Any] | None = None,
+    *,
+    note: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Load, verify and validate a checkpoint; with ``config``, also check it can continue that run.
+
+    Raises :class:`CheckpointError` naming the file when it is missing, unreadable, holds anything but
+    plain data (never executed: ``weights_only=True``), fails its checksum, lacks an entry or has a
+    wrong type, or (with ``config``) belongs to another run setting (:func:`check_resume_config`; the
+    epochs-may-grow rule is applied there). ``note`` receives remarks (a version-1 file without
+    checksum); default: :func:`warnings.warn`."""
     path = Path(path)
     if not path.is_file():
+        what = "is not a regular file" if path.exists() else "does not exist"
         raise CheckpointError(
-            f"no checkpoint at {path}: the run has not finished an epoch yet, start it anew"
+            f"no checkpoint at {path} (it {what}): the run has not finished an epoch yet, start it anew"
         )
+    ckpt = _torch_load(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a friendly-sam checkpoint")
+    version = ckpt.get("version")
+    if version not in READABLE_VERSIONS:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {version!r}; this code reads {READABLE_VERSIONS}"
+        )
+    if version >= 2:
+        _verify_checksum(ckpt, path)
+    else:
+        (note or (lambda m: warnings.warn(m, stacklevel=3)))(
+            f"checkpoint {path} has format version 1 (no checksum): loaded safely (weights only), but "
+            "damage to it cannot be detected; the next checkpoint of the run will carry one"
+        )
+    validate_checkpoint(ckpt, path)
+    if config is not None:
+        for message in check_resume_config(ckpt["config"], config, ckpt["epoch"], str(path)).messages:
+            (note or (lambda m: warnings.warn(m, stacklevel=3)))(f"resuming {path}: {message}")
+    return ckpt
+
+
+def _torch_load(path: Path) -> Any:
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # truncated zip, pickle garbage, ...
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # the weights-only unpickler refused something
+        text = str(exc)
+        detail = " ".join(text.split("WeightsUnpickler error:", 1)[-1].split())
+        detail = detail.split(". ", 1)[0][:200]
+        if "Unsupported global" in text or "Unsupported class" in text:
+            raise CheckpointError(
+                f"checkpoint {path} holds Python objects that no friendly-sam checkpoint contains ({detail}); "
+                "it may be malicious and nothing in it was run: refused. Use a checkpoint written by fsam train."
+            ) from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({detail})") from None
+    except Exception as exc:  # truncated zip, garbage, ...
         raise CheckpointError(
             f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: {exc})"
         ) from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a friendly-sam checkpoint")
-    if ckpt.get("version") != VERSION:
+
+
+def _verify_checksum(ckpt: dict[str, Any], path: Path) -> None:
+    stored = ckpt.get(CHECKSUM_KEY)
+    if not isinstance(stored, dict) or stored.get("algorithm") != CHECKSUM_ALGORITHM:
+        raise CheckpointError(f"checkpoint {path} has no valid checksum entry: it is damaged; refused")
+    body = {k: v for k, v in ckpt.items() if k != CHECKSUM_KEY}
+    if checkpoint_digest(body) != stored.get("sha256"):
         raise CheckpointError(
-            f"checkpoint {path} has format version {ckpt.get('version')}, this code reads {VERSION}"
+            f"checkpoint {path} is damaged: its content does not match its checksum (disk or copy error). "
+            "Restore it from a backup or start the run anew."
         )
-    if config is not None:
-        diffs = [
-            f"{k}: checkpoint {ckpt['config'].get(k)!r} vs now {config.get(k)!r}"
-            for k in IDENTITY_KEYS
-            if ckpt["config"].get(k) != config.get(k)
-        ]
-        if diffs:
-            raise CheckpointError(
-                f"checkpoint {path} belongs to a different run setting ({'; '.join(diffs)})"
-            )
-    return ckpt
+
+
+def validate_checkpoint(ckpt: dict[str, Any], path: str | Path = "<checkpoint>") -> None:
+    """Check entries and types before anything is loaded from ``ckpt``; :class:`CheckpointError` if wrong.
+
+    Required: format (str), version (int), config (dict), epoch (int >= 0), elapsed (finite number
+    >= 0), model (dict of str -> tensor), optimizer (dict with ``state`` and ``param_groups``),
+    scheduler (dict), rng (dict with ``torch``: a uint8 tensor). Optional: replica_states (list of
+    dicts), world_size (int >= 1). Tensor shapes against the model are checked by
+    :func:`load_state_checked`."""
+
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint {path} is invalid: {why}")
+
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise bad(f"missing entries {', '.join(missing)}")
+    for key, kind in {**REQUIRED_KEYS, **OPTIONAL_KEYS}.items():
+        value = ckpt.get(key)
+        if key in ckpt and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise bad(f"'{key}' is a {type(value).__name__}")
+    if ckpt["epoch"] < 0:
+        raise bad(f"epoch {ckpt['epoch']} is negative")
+    if not math.isfinite(ckpt["elapsed"]) or ckpt["elapsed"] < 0:
+        raise bad(f"elapsed {ckpt['elapsed']!r} is not a time")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt["model"].items()):
+        raise bad("'model' must map parameter names to tensors")
+    if not {"state", "param_groups"} <= set(ckpt["optimizer"]):
+        raise bad("'optimizer' lacks 'state' or 'param_groups'")
+    rng = ckpt["rng"].get("torch")
+    if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8:
+        raise bad("'rng' lacks the torch generator state (a uint8 tensor)")
+    if not all(isinstance(s, dict) for s in ckpt.get("replica_states", [])):
+        raise bad("'replica_states' must be a list of dicts")
+    if ckpt.get("world_size", 1) < 1:
+        raise bad(f"world_size {ckpt['world_size']} is not a process count")
+
+
+def load_state_checked(target: Any, state: Any, path: str | Path, part: str) -> None:
+    """``target.load_state_dict(state)``, its errors (missing keys, wrong shapes) as a :class:`CheckpointError`.
+
+    ``target`` is a module, optimizer or scheduler; ``part`` names it in the message ("model", ...)."""
+    try:
+        target.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+        detail = " ".join(str(exc).split())[:400] or type(exc).__name__
+        raise CheckpointError(
+            f"checkpoint {path}: its {part} state does not fit this run ({detail}); was it written by "
+            "another model or optimizer?"
+        ) from exc
+
+
+# --------------------------------------------------------------------------- resume rules
+@dataclass
+class ResumeCheck:
+    """What resuming changes: ``changes`` maps each safe key that differs to (checkpoint, now)."""
+
+    changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
+
+
+def check_resume_config(
+    saved: dict[str, Any], current: dict[str, Any], done_epochs: int, source: str = "checkpoint"
+) -> ResumeCheck:
+    """Compare a checkpoint's config with the current one; refuse any change of the trajectory.
+
+    Every :class:`TrainConfig` field is classified in :mod:`friendly_sam.train.config`:
+    ``IDENTITY_KEYS`` must be equal (else :class:`CheckpointError` listing every difference),
+    ``SAFE_KEYS`` may differ (each difference gives a message), ``epochs`` may change as long as it is
+    at least ``done_epochs`` (fewer is refused: a checkpoint of epoch 6 cannot continue a 4-epoch run);
+    a change stretches or shrinks the learning-rate schedule from this point on, which the message says.
+    A key absent from one side counts as its :class:`TrainConfig` default (configs of older versions)."""
+    defaults = TrainConfig().to_dict()
+
+    def value(cfg: dict[str, Any], key: str) -> Any:
+        v = cfg.get(key, defaults.get(key))
+        return list(v) if isinstance(v, tuple) else v
+
+    keys = sorted(set(saved) | set(current) | set(defaults))
+    unknown = [k for k in keys if k not in IDENTITY_KEYS and k not in SAFE_KEYS and k != EPOCHS_KEY]
+    diffs = [
+        f"{k}: checkpoint {value(saved, k)!r} vs now {value(current, k)!r}"
+        for k in keys
+        if (k in IDENTITY_KEYS or k in unknown) and value(saved, k) != value(current, k)
+    ]
+    epochs_now = value(current, EPOCHS_KEY)
+    if isinstance(epochs_now, int) and done_epochs > epochs_now:
+        diffs.append(
+            f"epochs: the checkpoint has {done_epochs} epochs done, more than the {epochs_now} asked"
+        )
+    if diffs:
+        raise CheckpointError(f"checkpoint {source} belongs to a different run setting ({'; '.join(diffs)})")
+    check = ResumeCheck()
+    for key in sorted(SAFE_KEYS) + [EPOCHS_KEY]:
+        old, new = value(saved, key), value(current, key)
+        if old != new:
+            check.changes[key] = (old, new)
+            check.messages.append(f"{key} changed from {old!r} to {new!r}")
+    if EPOCHS_KEY in check.changes:
+        old, new = check.changes[EPOCHS_KEY]
+        effect = (
+            "the learning rate is constant, so nothing else changes"
+            if value(current, "schedule") == "constant" and not value(current, "warmup_epochs")
+            else f"the learning-rate schedule now spans {new} epochs from here on (the next steps' lr "
+            "differs from the one planned)"
+        )
+        check.messages[-1] = f"epochs changed from {old} to {new} after {done_epochs} done: {effect}"
+    return check

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import stat
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,72 @@ NOISE_KINDS = ("symmetric", "asymmetric")
 COMPONENTS = ("noise", "full", "minibatch")
 FULL_GRADIENTS = ("ema", "oracle")
 PERTURBATIONS = ("per-replica", "synchronized")  # under torchrun; see docs/distributed.md
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; refuse anything huge before reading
+
+# Resume rules (applied by friendly_sam.train.checkpoint.check_resume_config). Every TrainConfig field is
+# in exactly one of IDENTITY_KEYS, SAFE_KEYS or EPOCHS_KEY; tests/safety fails on an unclassified field.
+# Identity: a change alters the training trajectory (data and its order, augmentation, model, algorithm
+# and its hyper-parameters, schedule shape, numerics, evaluation subsets, extra diagnostic passes), so
+# resuming with it is refused.
+IDENTITY_KEYS = (
+    "dataset",
+    "train_subset",
+    "val_size",
+    "test_subset",
+    "label_noise",
+    "noise_kind",
+    "crop",
+    "flip",
+    "cutout",
+    "model",
+    "optimizer",
+    "base",
+    "lr",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "rho",
+    "sigma",
+    "lmbda",
+    "max_grad_norm",
+    "component",
+    "full_gradient",
+    "oracle_every",
+    "diagnostics",
+    "diagnostics_every",
+    "diagnostics_subset",
+    "batch_size",
+    "schedule",
+    "milestones",
+    "gamma",
+    "warmup_epochs",
+    "seed",
+    "bf16",
+    "perturbation",
+    "sync_bn",
+)
+# Safe: where the (MD5-checked) data files are, hardware and speed settings (results equal up to float
+# rounding, as on another machine), evaluation batch size, bookkeeping and the label. Changes are reported.
+SAFE_KEYS = (
+    "data_dir",
+    "download",
+    "device",
+    "threads",
+    "channels_last",
+    "deterministic",
+    "eval_batch_size",
+    "checkpoint_every",
+    "tensorboard",
+    "name",
+)
+# May change on resume, but never below the epochs already done; the schedule then spans the new length.
+EPOCHS_KEY = "epochs"
+
+
+class ConfigError(ValueError):
+    """A configuration file or option that cannot be used; the message names the file and the key."""
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -110,13 +178,23 @@ class TrainConfig:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build from a flat dict (a file's options, flags): unknown keys and wrong types are refused.
+
+        ``-`` in keys reads as ``_``; a key given both ways is refused. Errors are :class:`ConfigError`
+        (a ``ValueError``) naming the key and ``source``."""
         known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(values) - set(known))
+        normalized: dict[str, Any] = {}
+        for key, value in values.items():
+            name = str(key).replace("-", "_")
+            if name in normalized:
+                raise ConfigError(f"{source}: option {name!r} is given twice (as {key!r} and once more)")
+            normalized[name] = value
+        unknown = sorted(set(normalized) - set(known))
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"{source}: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(known)}"
             )
-        return cls(**{k.replace("-", "_"): v for k, v in values.items()})
+        return cls(**{k: check_option_type(k, v, source) for k, v in normalized.items()})
 
     @classmethod
     def from_file(cls, path: str | Path) -> TrainConfig:
@@ -169,6 +247,8 @@ class TrainConfig:
                     f"--{name.replace('_', '-')}: invalid value {v!r}; it must be an integer >= {low}"
                 )
 
+        for f in fields(self):  # Python callers and replace() bypass from_dict's checks
+            check_option_type(f.name, getattr(self, f.name), "config")
         choice("dataset", list(DATASET_NAMES))
         choice("model", list(available_models()))
         choice("optimizer", OPTIMIZERS)
@@ -199,14 +279,18 @@ class TrainConfig:
         integer("oracle_every", 1)
         integer("diagnostics_every", 1)
         integer("diagnostics_subset", 1)
+        if self.max_grad_norm is not None:
+            number("max_grad_norm", 0.0, open_low=True)
+        return self._check_combinations()
+
+    def _check_combinations(self) -> TrainConfig:
+        """The checks that involve several options (after each has its type and range)."""
         uses_fsam = self.component != "noise" or self.full_gradient == "oracle" or self.diagnostics
         if uses_fsam and self.optimizer not in ("fsam", "afsam"):
             raise ValueError(
                 f"--component/--full-gradient/--diagnostics need --optimizer fsam or afsam, not "
                 f"{self.optimizer!r} (SAM is --optimizer fsam --component minibatch)"
             )
-        if self.max_grad_norm is not None:
-            number("max_grad_norm", 0.0, open_low=True)
         if self.warmup_epochs >= self.epochs:
             raise ValueError(
                 f"--warmup-epochs: {self.warmup_epochs} must be shorter than --epochs {self.epochs}"
@@ -218,38 +302,168 @@ class TrainConfig:
         return self
 
 
+# --------------------------------------------------------------------------- strict option types
+_TYPE_NAMES = {
+    "str": "a string",
+    "bool": "true or false",
+    "int": "an integer",
+    "float": "a number",
+    "list[float]": "a list of numbers",
+}
+
+
+def check_option_type(name: str, value: Any, source: str = "config") -> Any:
+    """Return ``value`` if it has the type of option ``name`` (ints become floats where floats are due).
+
+    Strict: booleans are booleans (``"false"`` is refused), integers are integers (``True`` is not one),
+    floats accept integers, lists are lists of numbers, strings are strings; ``None`` only where the
+    option is optional. :class:`ConfigError` names the option and ``source`` otherwise."""
+    spec = {f.name: str(f.type) for f in fields(TrainConfig)}.get(name)
+    if spec is None:
+        return value
+    kind, optional = spec.removesuffix(" | None"), spec.endswith(" | None")
+    if value is None and optional:
+        return None
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "bool" and isinstance(value, bool):
+        return value
+    if kind == "int" and number and isinstance(value, int):
+        return value
+    if kind == "float" and number:
+        return float(value)
+    if kind == "str" and isinstance(value, str):
+        return value
+    if kind == "list[float]" and isinstance(value, (list, tuple)):
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            return [float(v) for v in value]
+    if kind not in _TYPE_NAMES:  # a new annotation must get a rule here (tests/safety checks all fields)
+        raise TypeError(f"TrainConfig.{name}: no type rule for annotation {spec!r}")
+    wanted = _TYPE_NAMES[kind] + (" (or null / omitted)" if optional else "")
+    raise ConfigError(f"{source}: option {name!r} must be {wanted}, not {value!r} ({type(value).__name__})")
+
+
+# --------------------------------------------------------------------------- config files
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) file into a flat dict of options."""
+    """Read a TOML (``.toml``), YAML (``.yaml``/``.yml``) or JSON file into a flat dict of options.
+
+    JSON reads a run's ``config.json`` (``fsam train --config RUN/config.json --out RUN`` starts a run
+    stopped before its first checkpoint anew).
+    Sections (``[data]``, ``[optimizer]``, ...) are flattened; a key given twice (in one table, in two
+    sections, or as ``a-b`` and ``a_b``) is refused. A missing file, a directory, a FIFO or device, an
+    empty, huge (> ``MAX_CONFIG_BYTES``) or non-UTF-8 file and a syntax error all raise
+    :class:`ConfigError` (a ``ValueError``) naming the file; nothing blocks (FIFOs are never opened)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    text = path.read_text()
-    if path.suffix == ".toml":
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            import tomli as tomllib  # type: ignore[no-redef]
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"config file {path} is not valid TOML: {exc}") from exc
-    elif path.suffix in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ModuleNotFoundError as exc:
-            raise ModuleNotFoundError(
-                f"reading {path} needs PyYAML: pip install pyyaml (or use TOML)"
-            ) from exc
-        data = yaml.safe_load(text) or {}
-    else:
-        raise ValueError(f"config file {path}: unknown format {path.suffix!r}; use .toml, .yaml or .yml")
+    parsers = {".toml": _parse_toml, ".yaml": _parse_yaml, ".yml": _parse_yaml, ".json": _parse_json}
+    if path.suffix not in parsers:
+        raise ConfigError(
+            f"config file {path}: unknown format {path.suffix!r}; use .toml, .yaml, .yml or .json"
+        )
+    data = parsers[path.suffix](path, _read_config_text(path))
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a table of options at the top level")
-    # Sections ([data], [optimizer], ...) are allowed for readability; their keys are flattened.
+        raise ConfigError(f"config file {path} must hold a table of options at the top level")
     flat: dict[str, Any] = {}
+    where: dict[str, str] = {}
     for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(value)
-        else:
-            flat[key] = value
-    return {k.replace("-", "_"): v for k, v in flat.items()}
+        items = value.items() if isinstance(value, dict) else [(key, value)]
+        section = f"section [{key}]" if isinstance(value, dict) else "the top level"
+        for name, item in items:
+            if isinstance(item, dict):
+                raise ConfigError(
+                    f"config file {path}: {section} holds a table {name!r}; only options go there"
+                )
+            norm = str(name).replace("-", "_")
+            if norm in flat:
+                raise ConfigError(
+                    f"config file {path}: option {norm!r} is given twice ({where[norm]} and {section})"
+                )
+            flat[norm], where[norm] = item, section
+    return flat
+
+
+def _read_config_text(path: Path) -> str:
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"config file {path} is a directory; give the file inside it")
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(f"config file {path} is not a regular file (a FIFO, device or socket)")
+    if info.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config file {path} is {info.st_size} bytes; a config file has at most {MAX_CONFIG_BYTES}"
+        )
+    try:  # O_NONBLOCK: were it swapped for a FIFO since stat, open must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ConfigError(f"config file {path} is not a regular file")
+        raw = f.read(MAX_CONFIG_BYTES + 1)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes")
+    if not raw.strip():
+        raise ConfigError(f"config file {path} is empty; give at least one option (or no --config)")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {exc.start}: {raw[exc.start : exc.start + 1]!r})"
+        ) from None
+
+
+def _parse_toml(path: Path, text: str) -> Any:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:  # includes a key repeated inside one table
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _parse_json(path: Path, text: str) -> Any:
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in items]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise ConfigError(f"config file {path}: option {twice[0]!r} is given twice")
+        return dict(items)
+
+    try:
+        return json.loads(text, object_pairs_hook=pairs)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
+
+
+def _parse_yaml(path: Path, text: str) -> Any:
+    try:
+        import yaml
+    except ModuleNotFoundError as exc:
+        raise ModuleNotFoundError(f"reading {path} needs PyYAML: pip install pyyaml (or use TOML)") from exc
+
+    class StrictLoader(yaml.SafeLoader):
+        """safe_load that refuses a key repeated in one mapping (PyYAML keeps the last silently)."""
+
+    def mapping(loader: Any, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(
+                    f"config file {path}: option {key!r} is given twice (line {key_node.start_mark.line + 1})"
+                )
+            seen.add(key)
+        return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    try:
+        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    except TypeError as exc:  # e.g. an unhashable (list) key
+        raise ConfigError(f"config file {path}: unusable YAML key ({exc})") from None
