@@ -10,8 +10,10 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from ._tensor_ops import TensorOps
-from .two_pass import TwoPassOptimizer, _Bucket, _check_number
+from .two_pass import Bucket, TwoPassOptimizer
+from .validation import check_number
 
+# The perturbation components of the paper's ablation (the one definition in the package).
 COMPONENTS = ("noise", "full", "minibatch")
 
 
@@ -81,7 +83,7 @@ class FriendlySAM(TwoPassOptimizer):
     weights between the two steps, beyond the base optimizer's own state.
     """
 
-    _hyperparameters = {"rho": 0.05, "sigma": 1.0, "lmbda": 0.9, "adaptive": False, "component": "noise"}
+    HYPERPARAMETERS = ("rho", "sigma", "lmbda", "adaptive", "component")
 
     def __init__(
         self,
@@ -117,9 +119,9 @@ class FriendlySAM(TwoPassOptimizer):
         self._diag_steps = 0
 
     def _validate_group(self, group: dict[str, Any], where: str) -> None:
-        _check_number("rho" + where, group["rho"], low=0.0)
-        _check_number("sigma" + where, group["sigma"], low=0.0)
-        _check_number("lmbda" + where, group["lmbda"], low=0.0, high=1.0)
+        check_number("rho" + where, group["rho"], low=0.0)
+        check_number("sigma" + where, group["sigma"], low=0.0)
+        check_number("lmbda" + where, group["lmbda"], low=0.0, high=1.0)
         if not isinstance(group["adaptive"], bool):
             raise ValueError(f"invalid adaptive={group['adaptive']!r}{where}: it must be True or False")
         if group["component"] not in COMPONENTS:
@@ -129,9 +131,6 @@ class FriendlySAM(TwoPassOptimizer):
             )
 
     # ----------------------------------------------------------------- oracle full gradient
-    def _all_params(self) -> list[Tensor]:
-        return [p for group in self.param_groups for p in group["params"]]
-
     @torch.no_grad()
     def set_full_gradient(self, gradients: Sequence[Tensor | None] | Mapping[Tensor, Tensor | None]) -> None:
         """Use these full-batch gradients as ``m`` in the direction, in place of the EMA, until cleared.
@@ -143,7 +142,7 @@ class FriendlySAM(TwoPassOptimizer):
         """
         if self._perturbed is not None:
             raise RuntimeError("set_full_gradient() between first_step() and second_step()")
-        params = self._all_params()
+        params = self._params()
         if isinstance(gradients, Mapping):
             missing = [i for i, p in enumerate(params) if p not in gradients]
             if missing:
@@ -173,7 +172,7 @@ class FriendlySAM(TwoPassOptimizer):
 
     def clear_full_gradient(self) -> None:
         """Go back to the EMA as the full-gradient estimate."""
-        for p in self._all_params():
+        for p in self._params():
             self.state[p].pop("full_grad", None)
 
     # ----------------------------------------------------------------- diagnostics
@@ -225,7 +224,7 @@ class FriendlySAM(TwoPassOptimizer):
         self._diag_steps += 1
 
     # ----------------------------------------------------------------- direction and state
-    def _split(self, bucket: _Bucket, directions: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    def _split(self, bucket: Bucket, directions: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """Directions of parameters that already have an EMA, and the EMAs."""
         dirs, emas = [], []
         for p, d in zip(bucket.params, directions):
@@ -236,7 +235,7 @@ class FriendlySAM(TwoPassOptimizer):
         return dirs, emas
 
     def _estimates(
-        self, bucket: _Bucket, directions: list[Tensor]
+        self, bucket: Bucket, directions: list[Tensor]
     ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         """Parameters that have a full-gradient estimate (the oracle, else the EMA), their directions, and
         the estimates."""
@@ -250,7 +249,7 @@ class FriendlySAM(TwoPassOptimizer):
                 ests.append(est)
         return params, dirs, ests
 
-    def _fast_path(self, bucket: _Bucket) -> bool:
+    def _fast_path(self, bucket: Bucket) -> bool:
         # Plain F-SAM with the EMA and no diagnostics: the original, allocation-free code path.
         return (
             bucket.group["component"] == "noise"
@@ -258,7 +257,7 @@ class FriendlySAM(TwoPassOptimizer):
             and "full_grad" not in self.state[bucket.params[0]]
         )
 
-    def _direction_(self, bucket: _Bucket, ops: TensorOps, directions: list[Tensor]) -> None:
+    def _direction_(self, bucket: Bucket, ops: TensorOps, directions: list[Tensor]) -> None:
         sigma, component = bucket.group["sigma"], bucket.group["component"]
         if self._fast_path(bucket):
             dirs, emas = self._split(bucket, directions)
@@ -293,19 +292,13 @@ class FriendlySAM(TwoPassOptimizer):
             buffers["grad_copy"] = list(self._grad_copy.values())
         return buffers
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        for group in self.param_groups:  # state dicts saved before a hyperparameter existed
-            for key, value in self._hyperparameters.items():
-                group.setdefault(key, value)
-
     def _grad_copy_buffer(self, p: Tensor) -> Tensor:
         buf = self._grad_copy.get(p)
         if buf is None:
             buf = self._grad_copy[p] = torch.empty_like(p, memory_format=torch.preserve_format)
         return buf
 
-    def _update_state_(self, bucket: _Bucket, ops: TensorOps, directions: list[Tensor]) -> None:
+    def _update_state_(self, bucket: Bucket, ops: TensorOps, directions: list[Tensor]) -> None:
         self._commit_diagnostics()
         sigma, lmbda, component = bucket.group["sigma"], bucket.group["lmbda"], bucket.group["component"]
         if self._fast_path(bucket):
