@@ -71,5 +71,5 @@ class SAM(TwoPassOptimizer):
     def _direction_(self, bucket: Bucket, ops: TensorOps, directions: list[Tensor]) -> None:
         pass  # SAM perturbs along the minibatch gradient itself
 
-    def _update_state_(self, bucket: Bucket, ops: TensorOps, directions: list[Tensor]) -> None:
+    def _update_state_(self, bucket: Bucket, ops: TensorOps, directions: list[Tensor], context: Any) -> None:
         pass  # SAM keeps no state of its own

@@ -96,8 +96,9 @@ class TwoPassOptimizer(Optimizer):
     the subclass's ``__init__`` signature: one source) and implement ``_validate_group``,
     ``_direction_(bucket, ops, directions)``, which turns the (unscaled) clean gradients held in
     ``directions`` into the perturbation direction in place, reading per-parameter state only, and
-    ``_update_state_(bucket, ops, directions)``, which updates that state from the direction. The latter
-    runs only once the direction's norm is known to be finite, so state is never poisoned by inf/nan.
+    ``_update_state_(bucket, ops, directions, context)``, which updates that state from the direction. The
+    latter runs only once the direction's norm is known to be finite, so state is never poisoned by inf/nan.
+    ``_direction_known`` (optional) sees every direction once its norm is known: instrumentation goes there.
 
     ``process_group`` (keyword of every subclass): the ``torch.distributed`` group over which the
     parameters are *sharded* (FSDP2 ``fully_shard``, ZeRO): each rank holds a disjoint part of the
@@ -298,8 +299,7 @@ class TwoPassOptimizer(Optimizer):
         buckets = self._buckets()
         directions = [bucket.grads if zero_grad else [g.clone() for g in bucket.grads] for bucket, _ in buckets]
         # Direction (F-SAM: subtract sigma * EMA) and its norm, checked finite before any state changes.
-        for (bucket, ops), dirs in zip(buckets, directions):
-            self._direction_(bucket, ops, dirs)
+        contexts = [self._direction_(bucket, ops, dirs) for (bucket, ops), dirs in zip(buckets, directions)]
         total = self._global_norm([n for (_, ops), dirs in zip(buckets, directions) for n in ops.norms(dirs)])
         if not math.isfinite(total):
             if scaler is None:
@@ -315,8 +315,9 @@ class TwoPassOptimizer(Optimizer):
         adaptive = any(bucket.group["adaptive"] for bucket, _ in buckets)
         if not adaptive:
             self._check_scales(buckets, total)
-        for (bucket, ops), dirs in zip(buckets, directions):
-            self._update_state_(bucket, ops, dirs)
+        self._direction_known(buckets, contexts)
+        for (bucket, ops), dirs, context in zip(buckets, directions, contexts):
+            self._update_state_(bucket, ops, dirs, context)
         if adaptive:  # ASAM: the norm is taken of w * d, and the perturbation is w^2 d (scaled).
             norms = []
             for (bucket, ops), dirs in zip(buckets, directions):
@@ -498,12 +499,21 @@ class TwoPassOptimizer(Optimizer):
             self._in_step = False
         return loss
 
-    # ----------------------------------------------------------------- helpers
-    def _direction_(self, bucket: Bucket, ops: TensorOps, directions: list[Tensor]) -> None:
+    # ----------------------------------------------------------------- what a method defines
+    def _direction_(self, bucket: Bucket, ops: TensorOps, directions: list[Tensor]) -> Any:
+        """Turn the clean gradients in ``directions`` into the perturbation direction, in place, reading
+        state only. Returns what :meth:`_update_state_` needs of this bucket (passed back to it)."""
         raise NotImplementedError
 
-    def _update_state_(self, bucket: Bucket, ops: TensorOps, directions: list[Tensor]) -> None:
+    def _direction_known(self, buckets: list[tuple[Bucket, TensorOps]], contexts: list[Any]) -> None:
+        """Called once per step when every direction and their global norm are known (finite), before
+        any state changes: the place for instrumentation. Nothing by default."""
+
+    def _update_state_(self, bucket: Bucket, ops: TensorOps, directions: list[Tensor], context: Any) -> None:
+        """Update the method's state from this bucket's direction (only once its norm is known finite)."""
         raise NotImplementedError
+
+    # ----------------------------------------------------------------- helpers
 
     def _params(self) -> list[Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
