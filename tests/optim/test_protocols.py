@@ -85,7 +85,9 @@ def _closure_amp(batches, inject, unscale_first=False):
     return trace
 
 
-@pytest.mark.parametrize("inject", [None, (2, "clean"), (2, "perturbed")], ids=["clean-run", "inf-w", "inf-w+e"])
+@pytest.mark.parametrize(
+    "inject", [None, (2, "clean"), (2, "perturbed")], ids=["clean-run", "inf-w", "inf-w+e"]
+)
 def test_grad_scaler_step_with_closure_equals_the_manual_loop(inject):
     batches = make_batches(4)
     manual, closure = _manual_amp(batches, inject), _closure_amp(batches, inject)
@@ -125,12 +127,8 @@ def test_step_hooks_fire_once_per_full_step():
     opt.register_step_pre_hook(lambda o, a, k: events.append("pre"))
     opt.register_step_post_hook(lambda o, a, k: events.append("post"))
     handles = [
-        register_optimizer_step_pre_hook(
-            lambda o, a, k: events.append("gpre") if o is opt else None
-        ),
-        register_optimizer_step_post_hook(
-            lambda o, a, k: events.append("gpost") if o is opt else None
-        ),
+        register_optimizer_step_pre_hook(lambda o, a, k: events.append("gpre") if o is opt else None),
+        register_optimizer_step_post_hook(lambda o, a, k: events.append("gpost") if o is opt else None),
     ]
     try:
         batches = make_batches(2)
@@ -256,7 +254,9 @@ def test_non_finite_perturbed_gradient_raises_restores_weights_and_skips_base_st
         opt.second_step()
     assert not opt.is_perturbed
     assert all(torch.equal(a, b) for a, b in zip(params_of(model), before))
-    assert all(torch.equal(a, s["momentum_buffer"]) for a, s in zip(momentum, opt.base_optimizer.state.values()))
+    assert all(
+        torch.equal(a, s["momentum_buffer"]) for a, s in zip(momentum, opt.base_optimizer.state.values())
+    )
     opt.zero_grad()  # the offending gradient is left for inspection
     sam_iteration(model, opt, x, y)  # training can go on
 

@@ -36,7 +36,12 @@ class DirectionDiagnostics:
 
     @staticmethod
     def bucket_sums(
-        ops: TensorOps, component: str, sigma: float, dirs: list[Tensor], ests: list[Tensor], grads: list[Tensor]
+        ops: TensorOps,
+        component: str,
+        sigma: float,
+        dirs: list[Tensor],
+        ests: list[Tensor],
+        grads: list[Tensor],
     ) -> tuple[Tensor, ...]:
         """``(g.m, g.g, m.m, ||g - sigma m||^2, sigma^2 m.m)`` over one bucket, as float64 tensors (no sync).
 

@@ -61,9 +61,9 @@ class FriendlySAM(TwoPassOptimizer):
     **Diagnostics** (``track_diagnostics=True``, off by default): each step with an estimate ``m`` (the EMA,
     or the oracle when set), the optimizer records ``cos(g, m)`` and ``||g - sigma m|| / ||sigma m||``
     (noise-to-full norm ratio; with per-group ``sigma``, each group's own) from the tensors it already
-    holds: one dot product and two norms per tensor, no extra pass (computed by
-    :class:`~friendly_sam.optim.diagnostics.DirectionDiagnostics`, apart from the update). :meth:`read_diagnostics` returns their means
-    since the last read. Under parameter sharding (``process_group``) they cover the local shard only.
+    holds: one dot product and two norms per tensor, no extra pass (computed apart from the update, by
+    :class:`~friendly_sam.optim.diagnostics.DirectionDiagnostics`). :meth:`read_diagnostics` returns their
+    means since the last read. Under parameter sharding (``process_group``) they cover the local shard only.
 
     Args:
         params: parameters or parameter-group dicts; a group may override ``rho``, ``sigma``, ``lmbda``,
@@ -231,7 +231,9 @@ class FriendlySAM(TwoPassOptimizer):
         # component == "minibatch": d = g
         return est
 
-    def _update_state_(self, bucket: Bucket, ops: TensorOps, directions: list[Tensor], est: _Estimates) -> None:
+    def _update_state_(
+        self, bucket: Bucket, ops: TensorOps, directions: list[Tensor], est: _Estimates
+    ) -> None:
         """``m <- lmbda m + (1 - lmbda) g`` with ``g`` recovered from what the direction left, and no
         temporary: for the noise component ``g = d + sigma m_est``, so with the EMA as estimate
         ``m <- (lmbda + (1 - lmbda) sigma) m + (1 - lmbda) d`` and with the oracle ``o``

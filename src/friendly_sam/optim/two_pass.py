@@ -79,8 +79,8 @@ def _take_migration_kwargs(kwargs: dict[str, Any]) -> None:
         if eps != NORM_EPS:
             raise ValueError(
                 f"perturb_eps={eps!r} (pytorch-optimizer's norm floor) is not adjustable here: the floor is "
-                f"fixed at NORM_EPS = {NORM_EPS:g}, the official F-SAM/SAM code's value (and pytorch-optimizer's "
-                "default); remove the argument"
+                f"fixed at NORM_EPS = {NORM_EPS:g}, the official F-SAM/SAM code's value (and "
+                "pytorch-optimizer's default); remove the argument"
             )
     if kwargs.pop("use_gc", False):
         raise ValueError(
@@ -297,7 +297,9 @@ class TwoPassOptimizer(Optimizer):
         if scaler is not None:
             self._unscale_clean(scaler)
         buckets = self._buckets()
-        directions = [bucket.grads if zero_grad else [g.clone() for g in bucket.grads] for bucket, _ in buckets]
+        directions = [
+            bucket.grads if zero_grad else [g.clone() for g in bucket.grads] for bucket, _ in buckets
+        ]
         # Direction (F-SAM: subtract sigma * EMA) and its norm, checked finite before any state changes.
         contexts = [self._direction_(bucket, ops, dirs) for (bucket, ops), dirs in zip(buckets, directions)]
         total = self._global_norm([n for (_, ops), dirs in zip(buckets, directions) for n in ops.norms(dirs)])
@@ -341,9 +343,9 @@ class TwoPassOptimizer(Optimizer):
                 raise
             raise RuntimeError(
                 f"scaler.unscale_() was already called on this {type(self).__name__} since the last "
-                "scaler.update(): the optimizer unscales each of its two gradients itself (first_step(scaler=) "
-                "and second_step(scaler=), or scaler.step(optimizer, closure)); do not call scaler.unscale_() "
-                "on it. To clip the gradient, pass max_grad_norm= to the optimizer"
+                "scaler.update(): the optimizer unscales each of its two gradients itself "
+                "(first_step(scaler=) and second_step(scaler=), or scaler.step(optimizer, closure)); "
+                "do not call scaler.unscale_() on it. To clip the gradient, pass max_grad_norm= to the optimizer"
             ) from None
 
     def _check_scales(self, buckets: list[tuple[Bucket, TensorOps]], total: float) -> None:
@@ -355,8 +357,8 @@ class TwoPassOptimizer(Optimizer):
             if dtype.is_floating_point and scale > torch.finfo(dtype).max:
                 raise FloatingPointError(
                     f"{type(self).__name__}.first_step: the perturbation scale rho / ||d|| = {scale:.3g} "
-                    f"overflows {dtype} (rho={bucket.group['rho']!r}, ||d||={total:.3g}); weights and optimizer "
-                    "state are unchanged. Use a smaller rho"
+                    f"overflows {dtype} (rho={bucket.group['rho']!r}, ||d||={total:.3g}); weights and "
+                    "optimizer state are unchanged. Use a smaller rho"
                 )
 
     def _perturb(self, buckets: list[tuple[Bucket, TensorOps]], directions: list[list[Tensor]], total: float):
