@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._tensor_ops import TensorOps
+from .tensor_ops import TensorOps
 
 __all__ = ["DirectionDiagnostics"]
 

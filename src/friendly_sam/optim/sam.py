@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._tensor_ops import TensorOps
+from .tensor_ops import TensorOps
 from .two_pass import Bucket, TwoPassOptimizer
 from .validation import check_number
 

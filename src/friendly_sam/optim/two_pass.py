@@ -39,8 +39,8 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
-from ._tensor_ops import FOREACH, PER_TENSOR, TensorOps
 from .collectives import clip_sharded_, is_process_group, sharded_norm, share_overflow
+from .tensor_ops import FOREACH, PER_TENSOR, TensorOps
 from .validation import check_lr, check_number
 
 __all__ = ["NORM_EPS", "Bucket", "TwoPassOptimizer"]
