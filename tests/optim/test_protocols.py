@@ -111,12 +111,49 @@ def test_unscale_before_scaler_step_with_closure_is_refused_clearly():
         _closure_amp(make_batches(1), None, unscale_first=True)
 
 
-def test_newer_attribute_protocol_is_refused_not_misapplied():
+def test_newer_attribute_protocol_without_a_scaler_in_reach_is_refused_not_misapplied():
     model = make_model()
     opt = SAM(model.parameters(), torch.optim.SGD, lr=0.1)
     opt.found_inf, opt.grad_scale = torch.zeros(()), torch.ones(())
     with pytest.raises(RuntimeError, match="first_step\\(scaler"):
         opt.step(lambda: _loss(model, *make_batches(1)[0]).backward())
+
+
+@pytest.mark.parametrize(
+    "inject", [None, (2, "clean"), (2, "perturbed")], ids=["clean-run", "inf-w", "inf-w+e"]
+)
+def test_accelerate_fp16_step_with_closure_equals_the_manual_loop(inject):
+    """accelerate wraps step() as (*args, **kwargs), so GradScaler takes its newer attribute protocol."""
+    pytest.importorskip("accelerate")
+    from accelerate import Accelerator
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    Accelerator(cpu=True)  # its state must exist; on CPU it makes no scaler, so we hand it one
+    batches = make_batches(4)
+    model = make_model()
+    opt = FriendlySAM(model.parameters(), torch.optim.SGD, rho=0.2, **SGD_KW)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    wrapped = AcceleratedOptimizer(opt, device_placement=False, scaler=scaler)
+    scaler.scale(torch.ones(()))
+    trace = []
+    for i, (x, y) in enumerate(batches):
+
+        def closure(i=i, x=x, y=y):
+            wrapped.zero_grad()
+            second = opt.is_perturbed
+            with frozen_bn_stats(model) if second else contextlib.nullcontext():
+                loss = _loss(model, x, y)
+            scaler.scale(loss).backward()
+            if inject == (i, "perturbed" if second else "clean"):
+                _poison(model)
+            return loss
+
+        wrapped.step(closure)  # GradScaler.step(opt, closure); scaler.update()
+        trace.append((params_of(model), [s["ema"].clone() for s in opt.state.values()], scaler.get_scale()))
+    for (pm, em, sm), (pc, ec, sc) in zip(_manual_amp(batches, inject), trace):
+        assert sm == sc
+        for a, b in zip(pm + em, pc + ec):
+            assert torch.allclose(a, b, atol=1e-6, rtol=0)
 
 
 # ----------------------------------------------------------------------------- step hooks

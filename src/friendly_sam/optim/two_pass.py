@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import sys
 from collections.abc import Callable, Iterable
 from itertools import chain
 from typing import Any
@@ -467,17 +468,12 @@ class TwoPassOptimizer(Optimizer):
         e.g. from accelerate's fp16 ``AcceleratedOptimizer.step(closure)``): both passes are unscaled and
         checked; an overflow in either skips the base step and is recorded for ``scaler.update()``.
         """
+        if grad_scaler is None and (hasattr(self, "found_inf") or hasattr(self, "grad_scale")):
+            grad_scaler = self._calling_grad_scaler()
         if grad_scaler is not None:
             if scaler is not None and scaler is not grad_scaler:
                 raise ValueError("step() got two different GradScalers (scaler= and grad_scaler=)")
             scaler = grad_scaler
-        elif hasattr(self, "found_inf") or hasattr(self, "grad_scale"):
-            raise RuntimeError(
-                f"{type(self).__name__}.step(): the GradScaler set found_inf/grad_scale on the optimizer "
-                "instead of passing itself (a newer torch protocol): this optimizer computes its gradients "
-                "inside step() and cannot use a check made before them. Call first_step(scaler=...) and "
-                "second_step(scaler=...) around your two passes instead"
-            )
         if closure is None:
             raise RuntimeError(
                 f"{type(self).__name__}.step() needs a closure that recomputes the loss and calls backward(), "
@@ -500,6 +496,30 @@ class TwoPassOptimizer(Optimizer):
         finally:
             self._in_step = False
         return loss
+
+    def _calling_grad_scaler(self) -> torch.amp.GradScaler:
+        """The GradScaler whose ``step(optimizer, closure)`` called us through torch's newer AMP protocol.
+
+        When ``step``'s signature does not show ``grad_scaler`` (accelerate wraps it as ``(*args,
+        **kwargs)``), ``GradScaler.step`` sets ``found_inf``/``grad_scale`` on the optimizer instead,
+        measured on the gradients present *before* ``step()``: no use to an optimizer that computes both of
+        its gradients inside. The scaler itself is on the call stack (it is ``self`` of the calling
+        ``GradScaler.step`` frame); with it, both passes are unscaled and recorded exactly as with
+        ``grad_scaler=``. Where it cannot be found, refuse rather than apply a scaled gradient."""
+        frame = sys._getframe(1)
+        for _ in range(16):  # GradScaler.step -> wrappers (accelerate, torch's hooks) -> here
+            if frame is None:
+                break
+            owner = frame.f_locals.get("self")
+            if frame.f_code.co_name == "step" and isinstance(owner, torch.amp.GradScaler):
+                return owner
+            frame = frame.f_back
+        raise RuntimeError(
+            f"{type(self).__name__}.step(): a GradScaler set found_inf/grad_scale on the optimizer instead of "
+            "passing itself, and it could not be found: this optimizer computes its gradients inside step() "
+            "and cannot use a check made before them. Call first_step(scaler=...) and "
+            "second_step(scaler=...) around your two passes instead"
+        )
 
     # ----------------------------------------------------------------- what a method defines
     def _direction_(self, bucket: Bucket, ops: TensorOps, directions: list[Tensor]) -> Any:
