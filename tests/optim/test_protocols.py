@@ -193,6 +193,28 @@ def test_step_hooks_fire_once_per_full_step():
             h.remove()
 
 
+def test_step_with_a_failing_second_closure_restores_the_weights():
+    model = make_model()
+    opt = FriendlySAM(model.parameters(), torch.optim.SGD, rho=0.5, **SGD_KW)
+    x, y = make_batches(1)[0]
+    before = params_of(model)
+    calls = []
+
+    def closure():
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # e.g. the user stops training during the perturbed pass
+        opt.zero_grad()
+        loss = _loss(model, x, y)
+        loss.backward()
+        return loss
+
+    with pytest.raises(KeyboardInterrupt):
+        opt.step(closure)
+    assert not opt.is_perturbed
+    assert all(torch.equal(a, b) for a, b in zip(params_of(model), before))
+
+
 # ----------------------------------------------------------------------------- schedulers that cycle momentum
 @pytest.mark.parametrize(
     "base,kw,key",

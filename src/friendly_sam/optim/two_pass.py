@@ -268,7 +268,11 @@ class TwoPassOptimizer(Optimizer):
             self._optimizer_step_code()
             hooks = chain(self._optimizer_step_post_hooks.values(), _global_optimizer_post_hooks.values())
         for hook in hooks:
-            hook(self, (self,), {})
+            if hook(self, (self,), {}) is not None:
+                raise RuntimeError(
+                    f"a step pre-hook returned new arguments for {type(self).__name__}: first_step()/"
+                    "second_step() have no step arguments to replace; return None from the hook"
+                )
 
     # ----------------------------------------------------------------- the first step
     @torch.no_grad()
@@ -418,6 +422,7 @@ class TwoPassOptimizer(Optimizer):
             self.zero_grad(set_to_none=True)
         self._run_step_hooks(pre=False)
 
+    @torch.no_grad()
     def _restore(self) -> None:
         assert self._perturbed is not None
         for bucket, ops in self._perturbed:
