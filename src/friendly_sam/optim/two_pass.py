@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-import sys
 from collections.abc import Callable, Iterable
 from itertools import chain
 from typing import Any
@@ -40,6 +39,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
+from .amp import calling_grad_scaler, unscale_once
 from .collectives import clip_sharded_, is_process_group, sharded_norm, share_overflow
 from .tensor_ops import FOREACH, PER_TENSOR, TensorOps
 from .validation import check_lr, check_number
@@ -341,17 +341,7 @@ class TwoPassOptimizer(Optimizer):
     def _unscale_clean(self, scaler: torch.amp.GradScaler) -> None:
         if self.replica_group is not None:
             share_overflow([p.grad for p in self._params() if p.grad is not None], self.replica_group)
-        try:
-            scaler.unscale_(self)
-        except RuntimeError as error:
-            if "already been called" not in str(error):
-                raise
-            raise RuntimeError(
-                f"scaler.unscale_() was already called on this {type(self).__name__} since the last "
-                "scaler.update(): the optimizer unscales each of its two gradients itself "
-                "(first_step(scaler=) and second_step(scaler=), or scaler.step(optimizer, closure)); "
-                "do not call scaler.unscale_() on it. To clip the gradient, pass max_grad_norm= to the optimizer"
-            ) from None
+        unscale_once(scaler, self)
 
     def _check_scales(self, buckets: list[tuple[Bucket, TensorOps]], total: float) -> None:
         """Refuse, before the weights change, a perturbation scale a parameter's dtype cannot hold (a huge
@@ -474,7 +464,7 @@ class TwoPassOptimizer(Optimizer):
         checked; an overflow in either skips the base step and is recorded for ``scaler.update()``.
         """
         if grad_scaler is None and (hasattr(self, "found_inf") or hasattr(self, "grad_scale")):
-            grad_scaler = self._calling_grad_scaler()
+            grad_scaler = calling_grad_scaler(type(self).__name__)
         if grad_scaler is not None:
             if scaler is not None and scaler is not grad_scaler:
                 raise ValueError("step() got two different GradScalers (scaler= and grad_scaler=)")
@@ -501,30 +491,6 @@ class TwoPassOptimizer(Optimizer):
         finally:
             self._in_step = False
         return loss
-
-    def _calling_grad_scaler(self) -> torch.amp.GradScaler:
-        """The GradScaler whose ``step(optimizer, closure)`` called us through torch's newer AMP protocol.
-
-        When ``step``'s signature does not show ``grad_scaler`` (accelerate wraps it as ``(*args,
-        **kwargs)``), ``GradScaler.step`` sets ``found_inf``/``grad_scale`` on the optimizer instead,
-        measured on the gradients present *before* ``step()``: no use to an optimizer that computes both of
-        its gradients inside. The scaler itself is on the call stack (it is ``self`` of the calling
-        ``GradScaler.step`` frame); with it, both passes are unscaled and recorded exactly as with
-        ``grad_scaler=``. Where it cannot be found, refuse rather than apply a scaled gradient."""
-        frame = sys._getframe(1)
-        for _ in range(16):  # GradScaler.step -> wrappers (accelerate, torch's hooks) -> here
-            if frame is None:
-                break
-            owner = frame.f_locals.get("self")
-            if frame.f_code.co_name == "step" and isinstance(owner, torch.amp.GradScaler):
-                return owner
-            frame = frame.f_back
-        raise RuntimeError(
-            f"{type(self).__name__}.step(): a GradScaler set found_inf/grad_scale on the optimizer instead of "
-            "passing itself, and it could not be found: this optimizer computes its gradients inside step() "
-            "and cannot use a check made before them. Call first_step(scaler=...) and "
-            "second_step(scaler=...) around your two passes instead"
-        )
 
     # ----------------------------------------------------------------- what a method defines
     def _direction_(self, bucket: Bucket, ops: TensorOps, directions: list[Tensor]) -> Any:
