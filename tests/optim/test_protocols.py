@@ -77,6 +77,7 @@ def _closure_amp(batches, inject, unscale_first=False):
         if unscale_first:
             closure()
             scaler.unscale_(opt)
+            opt.zero_grad()  # (a gradient left before step(closure) is refused on its own)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch's notice about the grad_scaler kwarg
             scaler.step(opt, closure)  # what accelerate's fp16 AcceleratedOptimizer.step(closure) calls
@@ -213,6 +214,33 @@ def test_step_with_a_failing_second_closure_restores_the_weights():
         opt.step(closure)
     assert not opt.is_perturbed
     assert all(torch.equal(a, b) for a, b in zip(params_of(model), before))
+
+
+def test_davda54_style_backward_before_step_closure_is_refused():
+    model = make_model()
+    opt = FriendlySAM(model.parameters(), torch.optim.SGD, rho=0.1, **SGD_KW)
+    batches = make_batches(3)
+
+    def closure(x, y):
+        loss = _loss(model, x, y)
+        loss.backward()  # davda54 / pytorch-optimizer closures do not zero the gradients
+        return loss
+
+    x, y = batches[0]
+    _loss(model, x, y).backward()
+    with pytest.raises(RuntimeError, match="runs BOTH passes"):
+        opt.step(lambda: closure(x, y))
+    assert not opt.is_perturbed
+    opt.zero_grad()
+    for x, y in batches[1:]:  # our style: the closure zeroes; the gradients step() leaves are fine
+
+        def ours(x=x, y=y):
+            opt.zero_grad()
+            return closure(x, y)
+
+        opt.step(ours)
+    model.zero_grad(set_to_none=False)  # zero tensors are no foreign gradient either
+    opt.step(ours)
 
 
 # ----------------------------------------------------------------------------- schedulers that cycle momentum

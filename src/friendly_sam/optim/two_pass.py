@@ -174,6 +174,7 @@ class TwoPassOptimizer(Optimizer):
         self._perturbed: list[tuple[Bucket, TensorOps]] | None = None  # between first and second step
         self._skip_base_step = False  # first pass had inf/nan under a GradScaler
         self._in_step = False  # inside step(closure): torch's step wrapper runs the hooks
+        self._grads_from_step = False  # the gradients in p.grad were left by our last step(closure)
 
     # ----------------------------------------------------------------- hyperparameters and groups
     @classmethod
@@ -408,6 +409,7 @@ class TwoPassOptimizer(Optimizer):
                 self.base_optimizer.step()
         # LR schedulers warn unless the optimizer's (patched) step() ran; our step is second_step.
         self._opt_called = True
+        self._grads_from_step = False  # step(closure) sets it again when it called us
         if zero_grad:
             self.zero_grad(set_to_none=True)
         self._run_step_hooks(pre=False)
@@ -475,6 +477,7 @@ class TwoPassOptimizer(Optimizer):
                 "because the perturbed gradient needs a second forward/backward pass; or call first_step() "
                 "and second_step() around your own two passes"
             )
+        self._refuse_foreign_gradient()
         self._in_step = True
         try:
             with torch.enable_grad():
@@ -490,7 +493,26 @@ class TwoPassOptimizer(Optimizer):
             raise
         finally:
             self._in_step = False
+        self._grads_from_step = True
         return loss
+
+    def _refuse_foreign_gradient(self) -> None:
+        """davda54/sam and pytorch-optimizer expect ``loss.backward(); opt.step(closure)`` (the closure runs
+        the second pass only). Here the closure runs both passes, so a gradient computed before ``step()``
+        would be added to the clean one (a silently wrong direction) unless the closure zeroes it. Refuse
+        a non-zero gradient that the previous ``step(closure)`` did not leave (checked until the first
+        such step: one host sync, once)."""
+        if self._grads_from_step:
+            return
+        grads = [p.grad for p in self._params() if p.grad is not None]
+        if grads and bool(torch.stack([g.detach().abs().amax().to(torch.float32) for g in grads]).amax() > 0):
+            raise RuntimeError(
+                f"{type(self).__name__}.step(closure) found gradients computed before it. Unlike davda54/sam "
+                "and pytorch-optimizer, step(closure) runs BOTH passes through the closure (which must zero "
+                "the gradients, then compute the loss and call backward()): drop the backward before "
+                "step(), or call opt.zero_grad() first. To accumulate gradients over micro-batches, use "
+                "first_step()/second_step() around your own passes"
+            )
 
     # ----------------------------------------------------------------- what a method defines
     def _direction_(self, bucket: Bucket, ops: TensorOps, directions: list[Tensor]) -> Any:
