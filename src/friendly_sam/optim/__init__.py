@@ -1,8 +1,8 @@
 """Sharpness-aware optimizers: a shared two-pass core, one file per method."""
 
 from .batchnorm import frozen_bn_stats
-from .fsam import FriendlySAM
+from .fsam import COMPONENTS, FriendlySAM
 from .sam import SAM
-from .two_pass import TwoPassOptimizer
+from .two_pass import NORM_EPS, TwoPassOptimizer
 
-__all__ = ["FriendlySAM", "SAM", "TwoPassOptimizer", "frozen_bn_stats"]
+__all__ = ["COMPONENTS", "NORM_EPS", "FriendlySAM", "SAM", "TwoPassOptimizer", "frozen_bn_stats"]

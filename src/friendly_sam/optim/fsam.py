@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._tensor_ops import TensorOps
-from .two_pass import TwoPassOptimizer, _Bucket, _check_number
+from .diagnostics import DirectionDiagnostics
+from .tensor_ops import TensorOps
+from .two_pass import Bucket, TwoPassOptimizer
+from .validation import check_number
 
+# The perturbation components of the paper's ablation (the one definition in the package).
 COMPONENTS = ("noise", "full", "minibatch")
 
 
@@ -57,8 +61,9 @@ class FriendlySAM(TwoPassOptimizer):
     **Diagnostics** (``track_diagnostics=True``, off by default): each step with an estimate ``m`` (the EMA,
     or the oracle when set), the optimizer records ``cos(g, m)`` and ``||g - sigma m|| / ||sigma m||``
     (noise-to-full norm ratio; with per-group ``sigma``, each group's own) from the tensors it already
-    holds: three dot products per tensor, no extra pass. :meth:`read_diagnostics` returns their means
-    since the last read. Under parameter sharding (``process_group``) they cover the local shard only.
+    holds: one dot product and two norms per tensor, no extra pass (computed apart from the update, by
+    :class:`~friendly_sam.optim.diagnostics.DirectionDiagnostics`). :meth:`read_diagnostics` returns their
+    means since the last read. Under parameter sharding (``process_group``) they cover the local shard only.
 
     Args:
         params: parameters or parameter-group dicts; a group may override ``rho``, ``sigma``, ``lmbda``,
@@ -81,7 +86,7 @@ class FriendlySAM(TwoPassOptimizer):
     weights between the two steps, beyond the base optimizer's own state.
     """
 
-    _hyperparameters = {"rho": 0.05, "sigma": 1.0, "lmbda": 0.9, "adaptive": False, "component": "noise"}
+    HYPERPARAMETERS = ("rho", "sigma", "lmbda", "adaptive", "component")
 
     def __init__(
         self,
@@ -112,14 +117,12 @@ class FriendlySAM(TwoPassOptimizer):
         )
         self.track_diagnostics = bool(track_diagnostics)
         self._grad_copy: dict[Tensor, Tensor] = {}  # component="full": g, kept for the EMA update
-        self._pending: list[tuple[Tensor, ...]] | None = None  # this step's diagnostic sums, per bucket
-        self._diag_sums: dict[str, Tensor] = {}
-        self._diag_steps = 0
+        self._diagnostics = DirectionDiagnostics()
 
     def _validate_group(self, group: dict[str, Any], where: str) -> None:
-        _check_number("rho" + where, group["rho"], low=0.0)
-        _check_number("sigma" + where, group["sigma"], low=0.0)
-        _check_number("lmbda" + where, group["lmbda"], low=0.0, high=1.0)
+        check_number("rho" + where, group["rho"], low=0.0)
+        check_number("sigma" + where, group["sigma"], low=0.0)
+        check_number("lmbda" + where, group["lmbda"], low=0.0, high=1.0)
         if not isinstance(group["adaptive"], bool):
             raise ValueError(f"invalid adaptive={group['adaptive']!r}{where}: it must be True or False")
         if group["component"] not in COMPONENTS:
@@ -129,9 +132,6 @@ class FriendlySAM(TwoPassOptimizer):
             )
 
     # ----------------------------------------------------------------- oracle full gradient
-    def _all_params(self) -> list[Tensor]:
-        return [p for group in self.param_groups for p in group["params"]]
-
     @torch.no_grad()
     def set_full_gradient(self, gradients: Sequence[Tensor | None] | Mapping[Tensor, Tensor | None]) -> None:
         """Use these full-batch gradients as ``m`` in the direction, in place of the EMA, until cleared.
@@ -143,7 +143,7 @@ class FriendlySAM(TwoPassOptimizer):
         """
         if self._perturbed is not None:
             raise RuntimeError("set_full_gradient() between first_step() and second_step()")
-        params = self._all_params()
+        params = self._params()
         if isinstance(gradients, Mapping):
             missing = [i for i, p in enumerate(params) if p not in gradients]
             if missing:
@@ -173,118 +173,98 @@ class FriendlySAM(TwoPassOptimizer):
 
     def clear_full_gradient(self) -> None:
         """Go back to the EMA as the full-gradient estimate."""
-        for p in self._all_params():
+        for p in self._params():
             self.state[p].pop("full_grad", None)
 
-    # ----------------------------------------------------------------- diagnostics
+    # ----------------------------------------------------------------- diagnostics (instrumentation)
     def read_diagnostics(self, reset: bool = True) -> dict[str, float | int | None]:
         """Means over the steps since the last reset: ``cos_g_m`` = cos(g, m) and ``noise_ratio`` =
         ``||g - sigma m|| / ||sigma m||`` (``None`` when no step had an estimate, or ``sigma m = 0``);
         ``steps`` counts the steps that had an estimate. One host sync."""
-        steps = self._diag_steps
-        out: dict[str, float | int | None] = {"steps": steps, "cos_g_m": None, "noise_ratio": None}
-        if steps:
-            s = {k: float(v) for k, v in self._diag_sums.items()}
-            out["cos_g_m"] = s["cos"] / steps
-            out["noise_ratio"] = s["ratio"] / s["ratio_n"] if s["ratio_n"] else None
-        if reset:
-            self._diag_sums, self._diag_steps = {}, 0
-        return out
+        return self._diagnostics.read(reset)
 
-    def first_step(self, zero_grad: bool = True, scaler: torch.amp.GradScaler | None = None) -> None:
-        self._pending = [] if self.track_diagnostics else None
-        try:
-            super().first_step(zero_grad=zero_grad, scaler=scaler)
-        finally:
-            self._pending = None
-
-    first_step.__doc__ = TwoPassOptimizer.first_step.__doc__
-
-    def _accumulate(self, dirs: list[Tensor], ests: list[Tensor], sigma: float, ops: TensorOps) -> None:
-        # Sums of g.m, g.g, m.m over this bucket; noise norm^2 ||g - sigma m||^2 from them (the noise
-        # component replaces it by the exact norm of d once d is formed).
-        f64 = torch.float64
-        dot = torch.stack([_dot(g, m) for g, m in zip(dirs, ests)]).to(f64).sum()
-        gg = torch.stack(ops.norms(dirs)).to(f64).square().sum()
-        mm = torch.stack(ops.norms(ests)).to(f64).square().sum()
-        noise = (gg - 2.0 * sigma * dot + sigma * sigma * mm).clamp_min(0.0)
-        assert self._pending is not None
-        self._pending.append((dot, gg, mm, noise, sigma * sigma * mm))
-
-    def _commit_diagnostics(self) -> None:
-        pending, self._pending = self._pending, None
-        if not pending:
+    def _direction_known(self, buckets: list[tuple[Bucket, TensorOps]], contexts: list[_Estimates]) -> None:
+        if not self.track_diagnostics:
             return
-        dot, gg, mm, noise, smm = (torch.stack(t).sum() for t in zip(*pending))
-        denom = (gg * mm).sqrt()
-        cos = torch.where(denom > 0, dot / denom.clamp_min(1e-300), torch.zeros_like(denom))
-        valid = smm > 0
-        ratio = torch.where(valid, (noise / smm.clamp_min(1e-300)).sqrt(), torch.zeros_like(smm))
-        for key, value in (("cos", cos), ("ratio", ratio), ("ratio_n", valid.to(torch.float64))):
-            self._diag_sums[key] = self._diag_sums[key] + value if key in self._diag_sums else value
-        self._diag_steps += 1
+        parts = [
+            DirectionDiagnostics.bucket_sums(
+                ops, bucket.group["component"], bucket.group["sigma"], est.dirs, est.ests, est.grads
+            )
+            for (bucket, ops), est in zip(buckets, contexts)
+            if est.dirs
+        ]
+        self._diagnostics.commit(parts)
 
     # ----------------------------------------------------------------- direction and state
-    def _split(self, bucket: _Bucket, directions: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-        """Directions of parameters that already have an EMA, and the EMAs."""
-        dirs, emas = [], []
-        for p, d in zip(bucket.params, directions):
-            ema = self.state[p].get("ema")
-            if ema is not None:
-                dirs.append(d)
-                emas.append(ema)
-        return dirs, emas
-
-    def _estimates(
-        self, bucket: _Bucket, directions: list[Tensor]
-    ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-        """Parameters that have a full-gradient estimate (the oracle, else the EMA), their directions, and
-        the estimates."""
-        params, dirs, ests = [], [], []
+    def _estimates(self, bucket: Bucket, directions: list[Tensor]) -> _Estimates:
+        """Split the bucket: parameters with a full-gradient estimate (the oracle, else the EMA) and their
+        directions and estimates; parameters without one (their first step: ``d = g``)."""
+        est = _Estimates()
         for p, d in zip(bucket.params, directions):
             state = self.state[p]
-            est = state.get("full_grad", state.get("ema"))
-            if est is not None:
-                params.append(p)
-                dirs.append(d)
-                ests.append(est)
-        return params, dirs, ests
+            m = state.get("full_grad", state.get("ema"))
+            if m is None:
+                est.new.append((p, d))
+            else:
+                est.params.append(p)
+                est.dirs.append(d)
+                est.ests.append(m)
+        return est
 
-    def _fast_path(self, bucket: _Bucket) -> bool:
-        # Plain F-SAM with the EMA and no diagnostics: the original, allocation-free code path.
-        return (
-            bucket.group["component"] == "noise"
-            and not self.track_diagnostics
-            and "full_grad" not in self.state[bucket.params[0]]
-        )
-
-    def _direction_(self, bucket: _Bucket, ops: TensorOps, directions: list[Tensor]) -> None:
+    def _direction_(self, bucket: Bucket, ops: TensorOps, directions: list[Tensor]) -> _Estimates:
         sigma, component = bucket.group["sigma"], bucket.group["component"]
-        if self._fast_path(bucket):
-            dirs, emas = self._split(bucket, directions)
-            if dirs and sigma != 0:
-                ops.add_(dirs, emas, -sigma)  # d = g - sigma * m
-            return
-        params, dirs, ests = self._estimates(bucket, directions)
-        if not dirs:
-            return  # first step: d = g
-        if self._pending is not None:
-            self._accumulate(dirs, ests, sigma, ops)
+        est = self._estimates(bucket, directions)
+        est.grads = est.dirs  # where g lives once d is formed (component="full": a copy)
+        if not est.dirs:
+            return est  # first step: d = g in every mode
         if component == "noise":
             if sigma != 0:
-                ops.add_(dirs, ests, -sigma)  # d = g - sigma * m
-            if self._pending is not None:  # the exact noise norm (the formula cancels when g ~ sigma m)
-                exact = torch.stack(ops.norms(dirs)).to(torch.float64).square().sum()
-                self._pending[-1] = (*self._pending[-1][:3], exact, self._pending[-1][4])
+                ops.add_(est.dirs, est.ests, -sigma)  # d = g - sigma * m
         elif component == "full":
-            copies = [self._grad_copy_buffer(p) for p in params]
-            ops.copy_(copies, dirs)  # keep g for the EMA update
-            ops.copy_(dirs, ests)  # d = m
+            est.grads = [self._grad_copy_buffer(p) for p in est.params]
+            ops.copy_(est.grads, est.dirs)  # keep g for the EMA update
+            ops.copy_(est.dirs, est.ests)  # d = m
             # d no longer holds g: make an inf/nan in g visible to the finiteness check (0 * inf = nan).
-            poison = torch.stack(ops.norms(copies)).sum() * 0.0
-            for d in dirs:
+            poison = torch.stack(ops.norms(est.grads)).sum() * 0.0
+            for d in est.dirs:
                 d.add_(poison)
         # component == "minibatch": d = g
+        return est
+
+    def _update_state_(
+        self, bucket: Bucket, ops: TensorOps, directions: list[Tensor], est: _Estimates
+    ) -> None:
+        """``m <- lmbda m + (1 - lmbda) g`` with ``g`` recovered from what the direction left, and no
+        temporary: for the noise component ``g = d + sigma m_est``, so with the EMA as estimate
+        ``m <- (lmbda + (1 - lmbda) sigma) m + (1 - lmbda) d`` and with the oracle ``o``
+        ``m <- lmbda m + (1 - lmbda) d + (1 - lmbda) sigma o``."""
+        sigma, lmbda, component = bucket.group["sigma"], bucket.group["lmbda"], bucket.group["component"]
+        own, with_oracle = ([], [], []), ([], [], [])  # (emas, dirs or g, oracles) by estimate
+        for p, d, g, m in zip(est.params, est.dirs, est.grads, est.ests):
+            ema = self.state[p].get("ema")
+            if ema is None:  # the oracle was set before this parameter's first step
+                est.new.append((p, d if component != "full" else g))
+                continue
+            target = own if ema is m else with_oracle
+            target[0].append(ema)
+            target[1].append(g)
+            target[2].append(m)
+        noise = component == "noise" and sigma != 0
+        for (emas, gs, ms), recovered in ((own, noise), (with_oracle, False)):
+            if not emas:
+                continue
+            decay = lmbda + (1.0 - lmbda) * sigma if recovered else lmbda
+            if decay != 1.0:
+                ops.scale_(emas, decay)
+            ops.add_(emas, gs, 1.0 - lmbda)
+            if noise and not recovered:  # the oracle's share of g = d + sigma * o
+                ops.add_(emas, ms, (1.0 - lmbda) * sigma)
+        for p, g in est.new:  # first step: m = g
+            m = g.clone(memory_format=torch.preserve_format)
+            oracle = self.state[p].get("full_grad")
+            if noise and oracle is not None and g is not self._grad_copy.get(p):
+                m.add_(oracle, alpha=sigma)  # g = d + sigma * o
+            self.state[p]["ema"] = m
 
     def buffer_tensors(self) -> dict[str, list[Tensor]]:
         buffers = super().buffer_tensors()
@@ -293,56 +273,19 @@ class FriendlySAM(TwoPassOptimizer):
             buffers["grad_copy"] = list(self._grad_copy.values())
         return buffers
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        for group in self.param_groups:  # state dicts saved before a hyperparameter existed
-            for key, value in self._hyperparameters.items():
-                group.setdefault(key, value)
-
     def _grad_copy_buffer(self, p: Tensor) -> Tensor:
         buf = self._grad_copy.get(p)
         if buf is None:
             buf = self._grad_copy[p] = torch.empty_like(p, memory_format=torch.preserve_format)
         return buf
 
-    def _update_state_(self, bucket: _Bucket, ops: TensorOps, directions: list[Tensor]) -> None:
-        self._commit_diagnostics()
-        sigma, lmbda, component = bucket.group["sigma"], bucket.group["lmbda"], bucket.group["component"]
-        if self._fast_path(bucket):
-            dirs, emas = self._split(bucket, directions)
-            if dirs:
-                decay = lmbda + (1.0 - lmbda) * sigma  # m_new = lmbda m + (1-lmbda)(d + sigma m)
-                if decay != 1.0:
-                    ops.scale_(emas, decay)
-                ops.add_(emas, dirs, 1.0 - lmbda)
-            for p, d in zip(bucket.params, directions):
-                if "ema" not in self.state[p]:
-                    self.state[p]["ema"] = d.clone(memory_format=torch.preserve_format)  # first step: m = g
-            return
-        # General path: recover g from d per parameter, then m <- lmbda m + (1 - lmbda) g.
-        for p, d in zip(bucket.params, directions):
-            state = self.state[p]
-            est = state.get("full_grad", state.get("ema"))
-            if est is None:
-                g = d  # no estimate yet: d = g in every mode
-            elif component == "full":
-                g = self._grad_copy[p]
-            elif component == "noise" and sigma != 0:
-                g = d + sigma * est if "full_grad" in state else None
-            else:
-                g = d
-            ema = state.get("ema")
-            if ema is None:
-                state["ema"] = (d + sigma * est if g is None else g).clone(
-                    memory_format=torch.preserve_format
-                )
-            elif g is None:  # noise component with the EMA as m: g = d + sigma m, no temporary needed
-                ema.mul_(lmbda + (1.0 - lmbda) * sigma).add_(d, alpha=1.0 - lmbda)
-            else:
-                ema.mul_(lmbda).add_(g, alpha=1.0 - lmbda)
 
+@dataclass
+class _Estimates:
+    """One bucket's split for one step (returned by ``_direction_``, handed back to ``_update_state_``)."""
 
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    if a.is_contiguous() and b.is_contiguous():
-        return torch.dot(a.view(-1), b.view(-1))
-    return (a * b).sum()
+    params: list[Tensor] = field(default_factory=list)  # parameters with an estimate m
+    dirs: list[Tensor] = field(default_factory=list)  # their directions d
+    ests: list[Tensor] = field(default_factory=list)  # m: the oracle if set, else the EMA
+    grads: list[Tensor] = field(default_factory=list)  # where g is: dirs, or the copies (component="full")
+    new: list[tuple[Tensor, Tensor]] = field(default_factory=list)  # (param, g) without an EMA yet

@@ -9,8 +9,9 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ._tensor_ops import TensorOps
-from .two_pass import TwoPassOptimizer, _Bucket, _check_number
+from .tensor_ops import TensorOps
+from .two_pass import Bucket, TwoPassOptimizer
+from .validation import check_number
 
 
 class SAM(TwoPassOptimizer):
@@ -39,7 +40,7 @@ class SAM(TwoPassOptimizer):
     Use ``first_step()`` / ``second_step()`` around your two forward/backward passes, or ``step(closure)``.
     """
 
-    _hyperparameters = {"rho": 0.05, "adaptive": False}
+    HYPERPARAMETERS = ("rho", "adaptive")
 
     def __init__(
         self,
@@ -63,12 +64,12 @@ class SAM(TwoPassOptimizer):
         )
 
     def _validate_group(self, group: dict[str, Any], where: str) -> None:
-        _check_number("rho" + where, group["rho"], low=0.0)
+        check_number("rho" + where, group["rho"], low=0.0)
         if not isinstance(group["adaptive"], bool):
             raise ValueError(f"invalid adaptive={group['adaptive']!r}{where}: it must be True or False")
 
-    def _direction_(self, bucket: _Bucket, ops: TensorOps, directions: list[Tensor]) -> None:
+    def _direction_(self, bucket: Bucket, ops: TensorOps, directions: list[Tensor]) -> None:
         pass  # SAM perturbs along the minibatch gradient itself
 
-    def _update_state_(self, bucket: _Bucket, ops: TensorOps, directions: list[Tensor]) -> None:
+    def _update_state_(self, bucket: Bucket, ops: TensorOps, directions: list[Tensor], context: Any) -> None:
         pass  # SAM keeps no state of its own

@@ -7,7 +7,8 @@ Every sharpness-aware step has the same skeleton; only the *direction* of the pe
                   e = rho * d / (||d|| + 1e-12)            ASAM: e = rho * w^2 d / (||w d|| + 1e-12)
                   w_saved <- w ;  w <- w + e
     second pass:  g' = grad L_B(w + e)                               (user: forward + backward)
-    second_step:  w <- w_saved (bit-exact, in place) ;  [clip g'] ;  base_optimizer.step() with g'
+    second_step:  w <- w_saved (bit-exact, in place) ;  check g' finite ;  [clip g'] ;
+                  base_optimizer.step() with g'
 
 ``||.||`` is ONE global L2 norm over every parameter of every group (as in the official code).
 
@@ -15,27 +16,47 @@ Memory: one parameter-sized buffer (``w_saved``) beyond the base optimizer's sta
 direction keeps (F-SAM: its EMA). The direction is computed in the gradient tensors themselves when
 ``first_step(zero_grad=True)`` (the clean gradient is not needed afterwards), so no per-step allocation
 happens after the first step; ``zero_grad=False`` keeps the clean gradient intact by working on a copy.
+
+Protocols kept by the wrapper (so that torch and the frameworks treat it as an ordinary optimizer):
+step hooks (``register_step_pre_hook``/``post_hook`` and torch's global ones) fire once per full step,
+pre at :meth:`first_step`, post after :meth:`second_step`; ``defaults`` holds the base optimizer's
+defaults too (schedulers that cycle momentum/betas read them there); ``GradScaler.step(opt, closure)``
+goes through the AMP-aware protocol (``_step_supports_amp_scaling``); copies (``copy.deepcopy``,
+``pickle``, ``torch.save``) carry the base optimizer and every buffer.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Callable, Iterable
+from itertools import chain
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
-from ._tensor_ops import FOREACH, PER_TENSOR, TensorOps
+from .amp import calling_grad_scaler, unscale_once
+from .collectives import clip_sharded_, is_process_group, sharded_norm, share_overflow
+from .tensor_ops import FOREACH, PER_TENSOR, TensorOps
+from .validation import check_lr, check_number
+
+__all__ = ["NORM_EPS", "Bucket", "TwoPassOptimizer"]
 
 # Norm floor of the official implementation: a zero direction gives a zero perturbation, never nan.
 NORM_EPS = 1e-12
 
+# Attributes that never travel with a copy of the optimizer: hooks (often closures over other objects)
+# and the bound ``step`` wrapper an LR scheduler installs on the instance (it would step the original).
+_NOT_COPIED = ("step",)
 
-class _Bucket:
-    """Parameters of one param group that share device and dtype (one multi-tensor call each)."""
+
+class Bucket:
+    """Parameters of one param group that share device and dtype (one multi-tensor call each), with their
+    gradients and, while perturbed, the buffers holding their unperturbed values."""
 
     __slots__ = ("group", "params", "grads", "saved")
 
@@ -46,54 +67,39 @@ class _Bucket:
         self.saved: list[Tensor] = []
 
 
-def _check_number(name: str, value: Any, *, low: float, high: float | None = None, closed_high=False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and value >= low and (high is None or (value <= high if closed_high else value < high))
-    if not ok:
-        bound = f"[{low}, {high}{']' if closed_high else ')'}" if high is not None else f">= {low}"
-        raise ValueError(f"invalid {name}={value!r}: it must be a finite number {bound}")
-
-
 # DTensor parameters (FSDP2): torch (2.11-2.13 at least) has no sharding rule for _foreach_copy_.
 _FOREACH_DTENSOR = dataclasses.replace(FOREACH, name="foreach (DTensor)", copy_=PER_TENSOR.copy_)
 
 
-def _is_process_group(group: Any) -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and isinstance(group, dist.ProcessGroup)
-
-
-def _collective_device(group: Any) -> torch.device | None:
-    """Where a rank that holds no tensor puts its part of a collective: NCCL needs a CUDA tensor."""
-    import torch.distributed as dist
-
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else None
-
-
-def _sharded_norm(norms: list[Tensor], group: Any) -> float:
-    """Global L2 norm when each rank of ``group`` holds a disjoint shard of the gradient: the local squared
-    norms are summed, then ONE all-reduce sums them over the group (every rank must call this, also a rank
-    that holds no gradient). DTensor norms (FSDP2) count with their local part only."""
-    import torch.distributed as dist
-
-    local = [n.to_local() if hasattr(n, "to_local") else n for n in norms]
-    if local:
-        sq = torch.stack([n.to(local[0].device, torch.float64) for n in local]).square().sum()
-    else:
-        sq = torch.zeros((), dtype=torch.float64, device=_collective_device(group))
-    dist.all_reduce(sq, op=dist.ReduceOp.SUM, group=group)
-    return float(sq.sqrt())  # one host sync, identical on every rank: all ranks take the same decisions
+def _take_migration_kwargs(kwargs: dict[str, Any]) -> None:
+    """Arguments of pytorch-optimizer's SAM/FriendlySAM that a user switching the import still passes:
+    accepted where they mean what we do, refused with our equivalent otherwise (never forwarded to the
+    base optimizer, which would raise an unrelated TypeError)."""
+    if "perturb_eps" in kwargs:
+        eps = kwargs.pop("perturb_eps")
+        if eps != NORM_EPS:
+            raise ValueError(
+                f"perturb_eps={eps!r} (pytorch-optimizer's norm floor) is not adjustable here: the floor is "
+                f"fixed at NORM_EPS = {NORM_EPS:g}, the official F-SAM/SAM code's value (and "
+                "pytorch-optimizer's default); remove the argument"
+            )
+    if kwargs.pop("use_gc", False):
+        raise ValueError(
+            "use_gc=True (pytorch-optimizer's gradient centralization of the perturbation) is not "
+            "implemented here; remove the argument (use_gc=False is accepted)"
+        )
 
 
 class TwoPassOptimizer(Optimizer):
     """Base class of :class:`SAM` and :class:`FriendlySAM`; subclasses define the perturbation direction.
 
-    Subclasses set ``_hyperparameters`` (name -> default, checked by ``_validate_group``) and implement
+    Subclasses list their per-group hyperparameters in ``HYPERPARAMETERS`` (their defaults are those of
+    the subclass's ``__init__`` signature: one source) and implement ``_validate_group``,
     ``_direction_(bucket, ops, directions)``, which turns the (unscaled) clean gradients held in
     ``directions`` into the perturbation direction in place, reading per-parameter state only, and
-    ``_update_state_(bucket, ops, directions)``, which updates that state from the direction. The latter
-    runs only once the direction's norm is known to be finite, so state is never poisoned by inf/nan.
+    ``_update_state_(bucket, ops, directions, context)``, which updates that state from the direction. The
+    latter runs only once the direction's norm is known to be finite, so state is never poisoned by inf/nan.
+    ``_direction_known`` (optional) sees every direction once its norm is known: instrumentation goes there.
 
     ``process_group`` (keyword of every subclass): the ``torch.distributed`` group over which the
     parameters are *sharded* (FSDP2 ``fully_shard``, ZeRO): each rank holds a disjoint part of the
@@ -110,7 +116,10 @@ class TwoPassOptimizer(Optimizer):
     ``process_group`` and a sharded scaler).
     """
 
-    _hyperparameters: dict[str, Any] = {}
+    HYPERPARAMETERS: tuple[str, ...] = ()
+    # torch.amp.GradScaler.step(optimizer, closure) hands itself to step(grad_scaler=...) instead of
+    # unscaling once and stepping: both of our passes are unscaled and checked (see step()).
+    _step_supports_amp_scaling = True
 
     def __init__(
         self,
@@ -123,35 +132,25 @@ class TwoPassOptimizer(Optimizer):
         replica_group: Any = None,
         **kwargs: Any,
     ) -> None:
-        if isinstance(base_optimizer, Optimizer):
-            raise TypeError(
-                f"base_optimizer must be an optimizer class such as torch.optim.SGD, not an instance "
-                f"({type(base_optimizer).__name__}); pass the class and give its arguments (lr, momentum, ...) "
-                f"to {type(self).__name__} as keyword arguments"
-            )
-        if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, Optimizer)):
-            raise TypeError(
-                f"base_optimizer must be a torch.optim.Optimizer subclass such as torch.optim.SGD, "
-                f"got {base_optimizer!r}"
-            )
+        _check_base_class(base_optimizer, type(self).__name__)
         if max_grad_norm is not None:
-            _check_number("max_grad_norm", max_grad_norm, low=0.0)
+            check_number("max_grad_norm", max_grad_norm, low=0.0)
             if max_grad_norm == 0:
                 raise ValueError("invalid max_grad_norm=0: use None to disable clipping, or a positive norm")
         if foreach not in (None, True, False):
             raise ValueError(f"invalid foreach={foreach!r}: use None (automatic), True or False")
-        if process_group is not None and not _is_process_group(process_group):
-            raise TypeError(
-                f"process_group must be a torch.distributed ProcessGroup (e.g. dist.group.WORLD) over which "
-                f"the parameters are sharded, or None; got {process_group!r}"
-            )
-        if replica_group is not None and not _is_process_group(replica_group):
-            raise TypeError(
-                f"replica_group must be a torch.distributed ProcessGroup (e.g. dist.group.WORLD) of the DDP "
-                f"replicas that perturb independently, or None; got {replica_group!r}"
-            )
-        own = {k: kwargs.pop(k) for k in list(kwargs) if k in self._hyperparameters}
-        defaults = {**self._hyperparameters, **own}
+        for name, group, role in (
+            ("process_group", process_group, "over which the parameters are sharded"),
+            ("replica_group", replica_group, "of the DDP replicas that perturb independently"),
+        ):
+            if group is not None and not is_process_group(group):
+                raise TypeError(
+                    f"{name} must be a torch.distributed ProcessGroup (e.g. dist.group.WORLD) {role}, "
+                    f"or None; got {group!r}"
+                )
+        _take_migration_kwargs(kwargs)
+        own = {k: kwargs.pop(k) for k in list(kwargs) if k in self.HYPERPARAMETERS}
+        defaults = {**self.hyperparameter_defaults(), **own}
         self._validate_group(defaults, where="")
         self.max_grad_norm = max_grad_norm
         self.foreach = foreach
@@ -159,22 +158,62 @@ class TwoPassOptimizer(Optimizer):
         self.process_group = process_group
         # Per-replica DDP with a GradScaler: the replicas agree on skipping an overflowing step.
         self.replica_group = replica_group
+        if "lr" in kwargs:  # before the base optimizer, which may accept nan or word it its own way
+            check_lr(kwargs["lr"])
         super().__init__(params, defaults)
+        self._check_base_kwargs(base_optimizer, kwargs)
         self.base_optimizer = base_optimizer(self.param_groups, **kwargs)
         # One list of group dicts shared by both: schedulers, add_param_group and state_dict see one truth.
         self.param_groups = self.base_optimizer.param_groups
+        # The base optimizer's defaults (lr, momentum, betas, ...) too: schedulers that cycle momentum
+        # (OneCycleLR, CyclicLR) look for "momentum"/"betas" here.
+        self.defaults = {**self.base_optimizer.defaults, **defaults}
+        for i, group in enumerate(self.param_groups):
+            check_lr(group.get("lr", 0.0), f" in param group {i}" if len(self.param_groups) > 1 else "")
         self._saved: dict[Tensor, Tensor] = {}
-        self._perturbed: list[tuple[_Bucket, TensorOps]] | None = None  # between first and second step
+        self._perturbed: list[tuple[Bucket, TensorOps]] | None = None  # between first and second step
         self._skip_base_step = False  # first pass had inf/nan under a GradScaler
+        self._in_step = False  # inside step(closure): torch's step wrapper runs the hooks
+        self._grads_from_step = False  # the gradients in p.grad were left by our last step(closure)
 
     # ----------------------------------------------------------------- hyperparameters and groups
+    @classmethod
+    def hyperparameter_defaults(cls) -> dict[str, Any]:
+        """Per-group hyperparameters and their defaults, read from the constructor's signature."""
+        signature = inspect.signature(cls.__init__).parameters
+        return {name: signature[name].default for name in cls.HYPERPARAMETERS}
+
+    @classmethod
+    def own_arguments(cls) -> list[str]:
+        """Keyword arguments the wrapper itself takes (everything else goes to the base optimizer)."""
+        skip = {"self", "params", "base_optimizer"}
+        names = [n for n, p in inspect.signature(cls.__init__).parameters.items() if p.kind != p.VAR_KEYWORD]
+        return [n for n in names if n not in skip] + ["process_group", "replica_group"]
+
+    def _check_base_kwargs(self, base_optimizer: type[Optimizer], kwargs: dict[str, Any]) -> None:
+        parameters = inspect.signature(base_optimizer.__init__).parameters
+        if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+            return  # the base optimizer takes anything: it checks its own arguments
+        unknown = [k for k in kwargs if k not in parameters or k in ("self", "params")]
+        if unknown:
+            theirs = [n for n in parameters if n not in ("self", "params")]
+            raise TypeError(
+                f"{type(self).__name__}: unknown argument(s) {', '.join(unknown)}. "
+                f"{type(self).__name__}'s own arguments: {', '.join(dict.fromkeys(self.own_arguments()))}; "
+                f"every other keyword goes to the base optimizer {base_optimizer.__name__}, whose "
+                f"arguments are: {', '.join(theirs)}"
+            )
+
     def _validate_group(self, group: dict[str, Any], where: str) -> None:
         raise NotImplementedError
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         for key, value in self.defaults.items():
             param_group.setdefault(key, value)
-        self._validate_group(param_group, where=f" in param group {len(self.param_groups)}")
+        where = f" in param group {len(self.param_groups)}"
+        self._validate_group(param_group, where=where)
+        if "lr" in param_group:
+            check_lr(param_group["lr"], where)
         if hasattr(self, "base_optimizer"):
             self.base_optimizer.add_param_group(param_group)  # appends to the shared list
         else:
@@ -186,10 +225,10 @@ class TwoPassOptimizer(Optimizer):
         # Like torch.optim: multi-tensor kernels pay off on accelerators; on CPU they are the same loop.
         return all(p.device.type not in ("cpu", "meta") for p in params)
 
-    def _buckets(self) -> list[tuple[_Bucket, TensorOps]]:
-        buckets: list[tuple[_Bucket, TensorOps]] = []
+    def _buckets(self) -> list[tuple[Bucket, TensorOps]]:
+        buckets: list[tuple[Bucket, TensorOps]] = []
         for group in self.param_groups:
-            by_key: dict[tuple[torch.device, torch.dtype], _Bucket] = {}
+            by_key: dict[tuple[torch.device, torch.dtype], Bucket] = {}
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -198,7 +237,7 @@ class TwoPassOptimizer(Optimizer):
                         f"{type(self).__name__} does not support sparse gradients: the perturbation needs "
                         "a dense global norm; build embeddings with sparse=False"
                     )
-                bucket = by_key.setdefault((p.device, p.dtype), _Bucket(group))
+                bucket = by_key.setdefault((p.device, p.dtype), Bucket(group))
                 bucket.params.append(p)
                 bucket.grads.append(p.grad)
             for bucket in by_key.values():
@@ -219,10 +258,29 @@ class TwoPassOptimizer(Optimizer):
         For memory accounting; the tensors are live: do not modify them."""
         return {"saved_weights": list(self._saved.values())}
 
-    # ----------------------------------------------------------------- the two steps
+    def _run_step_hooks(self, pre: bool) -> None:
+        """torch's step hooks (this optimizer's and the global ones), as ``Optimizer.step`` runs them; not
+        inside :meth:`step`, whose torch wrapper runs them itself (once per full step either way)."""
+        if self._in_step:
+            return
+        if pre:
+            hooks = chain(_global_optimizer_pre_hooks.values(), self._optimizer_step_pre_hooks.values())
+        else:
+            self._optimizer_step_code()
+            hooks = chain(self._optimizer_step_post_hooks.values(), _global_optimizer_post_hooks.values())
+        for hook in hooks:
+            if hook(self, (self,), {}) is not None:
+                raise RuntimeError(
+                    f"a step pre-hook returned new arguments for {type(self).__name__}: first_step()/"
+                    "second_step() have no step arguments to replace; return None from the hook"
+                )
+
+    # ----------------------------------------------------------------- the first step
     @torch.no_grad()
     def first_step(self, zero_grad: bool = True, scaler: torch.amp.GradScaler | None = None) -> None:
         """Perturb the weights ``w <- w + e`` along the direction built from the clean gradient in ``p.grad``.
+
+        Runs the step pre-hooks (``register_step_pre_hook`` and torch's global ones).
 
         Args:
             zero_grad: set the gradients to ``None`` afterwards, ready for the second backward pass
@@ -234,24 +292,22 @@ class TwoPassOptimizer(Optimizer):
                 :meth:`second_step` skips the base step.
 
         Raises:
-            FloatingPointError: the clean gradient holds inf/nan and no scaler was given. Nothing
-                (weights, optimizer state) has been changed.
+            FloatingPointError: the clean gradient holds inf/nan and no scaler was given, or the
+                perturbation ``rho / ||d||`` overflows a parameter's dtype.
+            Any exception leaves the weights as they were (the step is transactional) and, short of
+            ASAM's second norm, the optimizer state too.
         """
         if self._perturbed is not None:
             raise RuntimeError("first_step() called twice: call second_step() to restore the weights first")
+        self._run_step_hooks(pre=True)
         if scaler is not None:
-            if self.replica_group is not None:
-                self._share_overflow()
-            scaler.unscale_(self)
+            self._unscale_clean(scaler)
         buckets = self._buckets()
-        directions: list[list[Tensor]] = []
-        for bucket, _ in buckets:
-            grads = bucket.grads if zero_grad else [g.clone() for g in bucket.grads]
-            directions.append(grads)
-
+        directions = [
+            bucket.grads if zero_grad else [g.clone() for g in bucket.grads] for bucket, _ in buckets
+        ]
         # Direction (F-SAM: subtract sigma * EMA) and its norm, checked finite before any state changes.
-        for (bucket, ops), dirs in zip(buckets, directions):
-            self._direction_(bucket, ops, dirs)
+        contexts = [self._direction_(bucket, ops, dirs) for (bucket, ops), dirs in zip(buckets, directions)]
         total = self._global_norm([n for (_, ops), dirs in zip(buckets, directions) for n in ops.norms(dirs)])
         if not math.isfinite(total):
             if scaler is None:
@@ -264,114 +320,218 @@ class TwoPassOptimizer(Optimizer):
                 self.zero_grad(set_to_none=True)
             self._perturbed, self._skip_base_step = [], True
             return
-        for (bucket, ops), dirs in zip(buckets, directions):
-            self._update_state_(bucket, ops, dirs)
-
-        # ASAM: the norm is taken of w * d, and the perturbation is w^2 d (scaled).
-        if any(bucket.group["adaptive"] for bucket, _ in buckets):
+        adaptive = any(bucket.group["adaptive"] for bucket, _ in buckets)
+        if not adaptive:
+            self._check_scales(buckets, total)
+        self._direction_known(buckets, contexts)
+        for (bucket, ops), dirs, context in zip(buckets, directions, contexts):
+            self._update_state_(bucket, ops, dirs, context)
+        if adaptive:  # ASAM: the norm is taken of w * d, and the perturbation is w^2 d (scaled).
             norms = []
             for (bucket, ops), dirs in zip(buckets, directions):
                 if bucket.group["adaptive"]:
                     ops.mul_(dirs, bucket.params)
                 norms.extend(ops.norms(dirs))
             total = self._global_norm(norms)
-
-        for (bucket, ops), dirs in zip(buckets, directions):
-            bucket.saved = [self._saved_buffer(p) for p in bucket.params]
-            ops.copy_(bucket.saved, bucket.params)
-            scale = bucket.group["rho"] / (total + NORM_EPS)
-            if bucket.group["adaptive"]:
-                ops.addcmul_(bucket.params, bucket.params, dirs, scale)
-            else:
-                ops.add_(bucket.params, dirs, scale)
+            self._check_scales(buckets, total)
+        self._perturb(buckets, directions, total)
         if zero_grad:
             self.zero_grad(set_to_none=True)
         self._perturbed = buckets
 
-    def _share_overflow(self) -> None:
-        """If the clean gradient of any replica in ``replica_group`` holds inf/nan, make this replica's hold
-        one too (a nan in its first gradient), so that ``scaler.unscale_`` records the overflow and the step
-        is skipped on every replica alike. Every replica must call it: one all-reduce of one element."""
-        import torch.distributed as dist
+    def _unscale_clean(self, scaler: torch.amp.GradScaler) -> None:
+        if self.replica_group is not None:
+            share_overflow([p.grad for p in self._params() if p.grad is not None], self.replica_group)
+        unscale_once(scaler, self)
 
-        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
-        local = torch.zeros((), device=grads[0].device if grads else _collective_device(self.replica_group))
-        for g in grads:
-            local = torch.maximum(local, torch.logical_not(torch.isfinite(g)).any().to(local.dtype))
-        overflow = local.clone()
-        dist.all_reduce(overflow, op=dist.ReduceOp.MAX, group=self.replica_group)
-        if bool(overflow) and not bool(local) and grads:
-            grads[0].view(-1)[0] = float("nan")
+    def _check_scales(self, buckets: list[tuple[Bucket, TensorOps]], total: float) -> None:
+        """Refuse, before the weights change, a perturbation scale a parameter's dtype cannot hold (a huge
+        rho): torch would raise part-way (a float alpha) or silently write inf (addcmul's value)."""
+        for bucket, _ in buckets:
+            scale = bucket.group["rho"] / (total + NORM_EPS)
+            dtype = bucket.params[0].dtype
+            if dtype.is_floating_point and scale > torch.finfo(dtype).max:
+                raise FloatingPointError(
+                    f"{type(self).__name__}.first_step: the perturbation scale rho / ||d|| = {scale:.3g} "
+                    f"overflows {dtype} (rho={bucket.group['rho']!r}, ||d||={total:.3g}); weights and "
+                    "optimizer state are unchanged. Use a smaller rho"
+                )
 
+    def _perturb(self, buckets: list[tuple[Bucket, TensorOps]], directions: list[list[Tensor]], total: float):
+        """Save and perturb every bucket; if anything raises part-way, restore those already touched."""
+        touched: list[tuple[Bucket, TensorOps]] = []
+        try:
+            for (bucket, ops), dirs in zip(buckets, directions):
+                bucket.saved = [self._saved_buffer(p) for p in bucket.params]
+                ops.copy_(bucket.saved, bucket.params)
+                touched.append((bucket, ops))
+                scale = bucket.group["rho"] / (total + NORM_EPS)
+                if bucket.group["adaptive"]:
+                    ops.addcmul_(bucket.params, bucket.params, dirs, scale)
+                else:
+                    ops.add_(bucket.params, dirs, scale)
+        except BaseException:
+            for bucket, ops in touched:
+                ops.copy_(bucket.params, bucket.saved)
+            raise
+
+    # ----------------------------------------------------------------- the second step
     @torch.no_grad()
     def second_step(self, zero_grad: bool = True, scaler: torch.amp.GradScaler | None = None) -> None:
         """Restore the weights exactly, then let the base optimizer step with the perturbed gradient.
 
-        With ``max_grad_norm`` set, the perturbed gradient is clipped (after unscaling, with a scaler)
-        right before the base step: this is the gradient the base optimizer applies.
+        The perturbed gradient is checked like the clean one; with ``max_grad_norm`` set it is clipped
+        (after unscaling, with a scaler) right before the base step: this is the gradient the base
+        optimizer applies. Runs the step post-hooks at the end.
 
         Args:
             zero_grad: set gradients to ``None`` after the base step (default).
             scaler: the ``torch.amp.GradScaler``; the base step goes through ``scaler.step`` (which unscales,
-                and skips the step on inf/nan). Call ``scaler.update()`` afterwards as usual.
+                and skips the step on inf/nan, recording the overflow). Call ``scaler.update()`` afterwards.
+
+        Raises:
+            FloatingPointError: the perturbed gradient holds inf/nan and no scaler was given. The weights
+                are restored and the base optimizer has not stepped (F-SAM's EMA has already taken this
+                step's clean gradient, which was finite).
         """
         if self._perturbed is None:
             raise RuntimeError(
                 "second_step() called without first_step(): compute the clean gradient, call first_step(), "
                 "then the perturbed gradient, then second_step()"
             )
-        for bucket, ops in self._perturbed:
-            ops.copy_(bucket.params, bucket.saved)  # in place: references to the tensors stay valid
-        skip, self._perturbed, self._skip_base_step = self._skip_base_step, None, False
+        self._restore()
+        skip, self._skip_base_step = self._skip_base_step, False
         if not skip:
-            if self.max_grad_norm is not None:
-                if scaler is not None:
-                    scaler.unscale_(self.base_optimizer)
-                params = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
-                if self.process_group is None:
-                    torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=self.foreach)
-                else:  # the norm of the whole (sharded) gradient, as clip_grad_norm_ computes it
-                    total = self._global_norm([torch.linalg.vector_norm(p.grad) for p in params])
-                    coef = min(1.0, self.max_grad_norm / (total + 1e-6))
-                    for p in params:
-                        p.grad.mul_(coef)
+            self._clip_and_check(scaler)
             if scaler is not None:
                 scaler.step(self.base_optimizer)
             else:
                 self.base_optimizer.step()
         # LR schedulers warn unless the optimizer's (patched) step() ran; our step is second_step.
         self._opt_called = True
+        self._grads_from_step = False  # step(closure) sets it again when it called us
         if zero_grad:
             self.zero_grad(set_to_none=True)
+        self._run_step_hooks(pre=False)
 
+    @torch.no_grad()
+    def _restore(self) -> None:
+        assert self._perturbed is not None
+        for bucket, ops in self._perturbed:
+            ops.copy_(bucket.params, bucket.saved)  # in place: references to the tensors stay valid
+        self._perturbed = None
+
+    def _clip_and_check(self, scaler: torch.amp.GradScaler | None) -> None:
+        """Clip the perturbed gradient to ``max_grad_norm``; without a scaler, refuse an inf/nan one (with a
+        scaler, ``scaler.step`` detects it, skips the step and records the overflow). One norm serves both:
+        one host sync per step without a scaler, none added with one."""
+        params = [p for p in self._params() if p.grad is not None]
+        grads = [p.grad for p in params]
+        if self.max_grad_norm is None and scaler is not None:
+            return
+        if self.max_grad_norm is not None:
+            if scaler is not None:
+                scaler.unscale_(self.base_optimizer)
+            if self.process_group is None:
+                norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=self.foreach)
+                total = float(norm) if scaler is None else 0.0
+            else:  # the norm of the whole (sharded) gradient, as clip_grad_norm_ computes it
+                total = clip_sharded_(grads, self.max_grad_norm, self.process_group)
+        else:
+            plain = grads and self._use_foreach(grads) and not hasattr(grads[0], "to_local")
+            ops = FOREACH if plain else PER_TENSOR
+            total = self._global_norm(ops.norms(grads))
+        if scaler is None and not math.isfinite(total):
+            raise FloatingPointError(
+                f"{type(self).__name__}.second_step: the perturbed gradient holds inf or nan (norm {total}); "
+                "the weights are restored and the base optimizer did not step. The perturbed loss diverged: "
+                "lower rho or the learning rate, or for fp16 pass the GradScaler to both steps"
+            )
+
+    # ----------------------------------------------------------------- one call for both passes
     def step(  # type: ignore[override]
-        self, closure: Callable[[], Any] | None = None, scaler: torch.amp.GradScaler | None = None
+        self,
+        closure: Callable[[], Any] | None = None,
+        scaler: torch.amp.GradScaler | None = None,
+        grad_scaler: torch.amp.GradScaler | None = None,
     ) -> Any:
-        """One full step with a closure that computes the loss and calls ``backward()`` (called twice).
+        """One full step with a closure that zeroes the gradients, computes the loss and calls
+        ``backward()``. It is called twice: at ``w`` (the clean pass), then at ``w + e``.
 
         Returns the loss of the first (clean) pass. The gradients of the second pass are left in
-        ``p.grad``, as with any torch optimizer.
+        ``p.grad``, as with any torch optimizer. Step hooks run once.
+
+        ``scaler`` (ours) or ``grad_scaler`` (what ``torch.amp.GradScaler.step(optimizer, closure)`` passes,
+        e.g. from accelerate's fp16 ``AcceleratedOptimizer.step(closure)``): both passes are unscaled and
+        checked; an overflow in either skips the base step and is recorded for ``scaler.update()``.
         """
+        if grad_scaler is None and (hasattr(self, "found_inf") or hasattr(self, "grad_scale")):
+            grad_scaler = calling_grad_scaler(type(self).__name__)
+        if grad_scaler is not None:
+            if scaler is not None and scaler is not grad_scaler:
+                raise ValueError("step() got two different GradScalers (scaler= and grad_scaler=)")
+            scaler = grad_scaler
         if closure is None:
             raise RuntimeError(
                 f"{type(self).__name__}.step() needs a closure that recomputes the loss and calls backward(), "
                 "because the perturbed gradient needs a second forward/backward pass; or call first_step() "
                 "and second_step() around your own two passes"
             )
-        with torch.enable_grad():
-            loss = closure()
-        self.first_step(zero_grad=True, scaler=scaler)
-        with torch.enable_grad():
-            closure()
-        self.second_step(zero_grad=False, scaler=scaler)
+        self._refuse_foreign_gradient()
+        self._in_step = True
+        try:
+            with torch.enable_grad():
+                loss = closure()
+            self.first_step(zero_grad=True, scaler=scaler)
+            with torch.enable_grad():
+                closure()
+            self.second_step(zero_grad=False, scaler=scaler)
+        except BaseException:
+            if self._perturbed is not None:  # the second closure raised: never leave w + e behind
+                self._restore()
+                self._skip_base_step = False
+            raise
+        finally:
+            self._in_step = False
+        self._grads_from_step = True
         return loss
 
-    # ----------------------------------------------------------------- helpers
-    def _direction_(self, bucket: _Bucket, ops: TensorOps, directions: list[Tensor]) -> None:
+    def _refuse_foreign_gradient(self) -> None:
+        """davda54/sam and pytorch-optimizer expect ``loss.backward(); opt.step(closure)`` (the closure runs
+        the second pass only). Here the closure runs both passes, so a gradient computed before ``step()``
+        would be added to the clean one (a silently wrong direction) unless the closure zeroes it. Refuse
+        a non-zero gradient that the previous ``step(closure)`` did not leave (checked until the first
+        such step: one host sync, once)."""
+        if self._grads_from_step:
+            return
+        grads = [p.grad for p in self._params() if p.grad is not None]
+        if grads and bool(torch.stack([g.detach().abs().amax().to(torch.float32) for g in grads]).amax() > 0):
+            raise RuntimeError(
+                f"{type(self).__name__}.step(closure) found gradients computed before it. Unlike davda54/sam "
+                "and pytorch-optimizer, step(closure) runs BOTH passes through the closure (which must zero "
+                "the gradients, then compute the loss and call backward()): drop the backward before "
+                "step(), or call opt.zero_grad() first. To accumulate gradients over micro-batches, use "
+                "first_step()/second_step() around your own passes"
+            )
+
+    # ----------------------------------------------------------------- what a method defines
+    def _direction_(self, bucket: Bucket, ops: TensorOps, directions: list[Tensor]) -> Any:
+        """Turn the clean gradients in ``directions`` into the perturbation direction, in place, reading
+        state only. Returns what :meth:`_update_state_` needs of this bucket (passed back to it)."""
         raise NotImplementedError
 
-    def _update_state_(self, bucket: _Bucket, ops: TensorOps, directions: list[Tensor]) -> None:
+    def _direction_known(self, buckets: list[tuple[Bucket, TensorOps]], contexts: list[Any]) -> None:
+        """Called once per step when every direction and their global norm are known (finite), before
+        any state changes: the place for instrumentation. Nothing by default."""
+
+    def _update_state_(self, bucket: Bucket, ops: TensorOps, directions: list[Tensor], context: Any) -> None:
+        """Update the method's state from this bucket's direction (only once its norm is known finite)."""
         raise NotImplementedError
+
+    # ----------------------------------------------------------------- helpers
+
+    def _params(self) -> list[Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
 
     def _saved_buffer(self, p: Tensor) -> Tensor:
         buf = self._saved.get(p)
@@ -381,14 +541,31 @@ class TwoPassOptimizer(Optimizer):
 
     def _global_norm(self, norms: list[Tensor]) -> float:
         if self.process_group is not None:
-            return _sharded_norm(norms, self.process_group)
+            return sharded_norm(norms, self.process_group)
         if not norms:
             return 0.0
         device = norms[0].device
         total = torch.linalg.vector_norm(torch.stack([n.to(device, torch.float64) for n in norms]))
         return float(total)  # one host sync: it decides between perturbing and skipping
 
-    # ----------------------------------------------------------------- checkpoints
+    # ----------------------------------------------------------------- copies and checkpoints
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything (base optimizer, buffers, hyperparameters) but hooks: ``copy.deepcopy``, ``pickle``
+        and ``torch.save`` give a working optimizer. Copy the model and the optimizer in ONE call
+        (``copy.deepcopy((model, opt))``) so that the copy's parameters are the copied model's."""
+        if self._perturbed is not None:
+            raise RuntimeError("cannot copy the optimizer between first_step() and second_step()")
+        if self.process_group is not None or self.replica_group is not None:
+            raise TypeError(
+                f"cannot copy or pickle a {type(self).__name__} bound to a process group: build a new one "
+                "and load_state_dict(opt.state_dict())"
+            )
+        return {
+            k: v
+            for k, v in self.__dict__.items()
+            if k not in _NOT_COPIED and not (k.startswith("_optimizer_") and k.endswith("_hooks"))
+        }
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume bit-exactly: own state, base optimizer state, hyperparameters."""
         if self._perturbed is not None:
@@ -398,7 +575,12 @@ class TwoPassOptimizer(Optimizer):
             )
         state = super().state_dict()
         state["base_optimizer"] = self.base_optimizer.state_dict()
-        state["two_pass"] = {"class": type(self).__name__, "format": 1, "max_grad_norm": self.max_grad_norm}
+        state["two_pass"] = {
+            "class": type(self).__name__,
+            "base_class": type(self.base_optimizer).__name__,
+            "format": 2,
+            "max_grad_norm": self.max_grad_norm,
+        }
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -414,8 +596,51 @@ class TwoPassOptimizer(Optimizer):
             )
         if self._perturbed is not None:
             raise RuntimeError("load_state_dict() between first_step() and second_step()")
+        self._check_base_state(meta, state_dict["base_optimizer"])
         own = {k: v for k, v in state_dict.items() if k not in ("base_optimizer", "two_pass")}
         self.base_optimizer.load_state_dict(state_dict["base_optimizer"])
         super().load_state_dict(own)
         self.base_optimizer.param_groups = self.param_groups
         self.max_grad_norm = meta["max_grad_norm"]
+        for group in self.param_groups:  # state dicts saved before a hyperparameter existed
+            for key, value in self.hyperparameter_defaults().items():
+                group.setdefault(key, value)
+
+    def _check_base_state(self, meta: dict[str, Any], base_state: dict[str, Any]) -> None:
+        """Refuse a state dict whose base optimizer differs from ours (torch would fail with a bare
+        KeyError, or load nonsense). Format 1 (no ``base_class``): a saved group key that our base
+        optimizer does not know (SGD's momentum in AdamW, AdamW's betas in SGD) betrays another class."""
+        ours = type(self.base_optimizer).__name__
+        saved = meta.get("base_class")
+        if saved is None:
+            saved_keys = {k for g in base_state.get("param_groups", []) for k in g}
+            foreign = sorted(saved_keys & _torch_optimizer_arguments() - set(self.defaults))
+            saved = f"another optimizer (its groups have {', '.join(foreign)})" if foreign else ours
+        if saved != ours:
+            raise ValueError(
+                f"state dict was saved with base optimizer {saved}, this {type(self).__name__} wraps {ours}: "
+                f"build the optimizer with the base optimizer it was trained with"
+            )
+
+
+def _torch_optimizer_arguments() -> set[str]:
+    """Argument names of torch's own optimizers (the keys their param groups carry)."""
+    names: set[str] = set()
+    for obj in vars(torch.optim).values():
+        if isinstance(obj, type) and issubclass(obj, Optimizer) and obj is not Optimizer:
+            names |= set(inspect.signature(obj.__init__).parameters)
+    return names - {"self", "params"}
+
+
+def _check_base_class(base_optimizer: Any, name: str) -> None:
+    if isinstance(base_optimizer, Optimizer):
+        raise TypeError(
+            f"base_optimizer must be an optimizer class such as torch.optim.SGD, not an instance "
+            f"({type(base_optimizer).__name__}); pass the class and give its arguments (lr, momentum, ...) "
+            f"to {name} as keyword arguments"
+        )
+    if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, Optimizer)):
+        raise TypeError(
+            f"base_optimizer must be a torch.optim.Optimizer subclass such as torch.optim.SGD, "
+            f"got {base_optimizer!r}"
+        )
