@@ -13,13 +13,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..data import NOISE_KINDS
+from ..distributed import PERTURBATION_MODES as PERTURBATIONS  # under torchrun; see docs/distributed.md
+from ..optim.fsam import COMPONENTS
+
 OPTIMIZERS = ("sgd", "sam", "asam", "fsam", "afsam")
 BASE_OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
-NOISE_KINDS = ("symmetric", "asymmetric")
-COMPONENTS = ("noise", "full", "minibatch")
 FULL_GRADIENTS = ("ema", "oracle")
-PERTURBATIONS = ("per-replica", "synchronized")  # under torchrun; see docs/distributed.md
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
