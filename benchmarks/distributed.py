@@ -30,7 +30,8 @@ import torch.distributed as dist
 from torch import nn
 
 from friendly_sam import FriendlySAM
-from friendly_sam.distributed import AllReduceCounter, ddp_training_step
+from friendly_sam.distributed import AllReduceCounter
+from friendly_sam.train import ddp_training_step
 from friendly_sam.models import build_model
 from friendly_sam.train.step import training_step
 from friendly_sam.train.trainer import machine_description

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from friendly_sam import FriendlySAM
-from friendly_sam.distributed import ddp_training_step
+from friendly_sam.train import ddp_training_step
 from friendly_sam.optim import frozen_bn_stats
 
 torch.set_num_threads(1)
