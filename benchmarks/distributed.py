@@ -29,12 +29,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: the shared kit
+import benchkit  # noqa: E402
+
 from friendly_sam import FriendlySAM
 from friendly_sam.distributed import AllReduceCounter
-from friendly_sam.train import ddp_training_step
 from friendly_sam.models import build_model
-from friendly_sam.train.step import training_step
-from friendly_sam.train.trainer import machine_description
+from friendly_sam.train.step import ddp_training_step, training_step
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = {"sgd (plain DDP)": ("sgd", "synchronized"), "fsam per-replica": ("fsam", "per-replica")}
@@ -175,7 +176,7 @@ def main() -> None:
         "two_processes_step_s_and_comm": two,
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
-        "machine": machine_description(),
+        "machine": benchkit.machine(),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -32,10 +32,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -46,7 +46,14 @@ from typing import Any
 
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared kit
+import benchkit  # noqa: E402
+
+from friendly_sam.models import build_model  # noqa: E402
+from friendly_sam.optim import SAM, FriendlySAM  # noqa: E402
+from friendly_sam.train.step import training_step  # noqa: E402
+
+REPO = benchkit.REPO
 SGD_KW = {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4}
 SAM_KW = {"rho": 0.05}
 FSAM_KW = {"rho": 0.05, "sigma": 1.0, "lmbda": 0.6}
@@ -66,36 +73,12 @@ FULL_WORKLOADS = [
 QUICK_WORKLOADS = [("cnn_small-28x28x1-b16", "cnn_small", 28, 1, 16)]
 
 
-def _generalization_module() -> Any:
-    """benchmarks/generalization/run.py, for its ``external_two_pass_step`` (one definition for both)."""
-    name = "_fsam_bench_generalization"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "generalization" / "run.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 def have_pto() -> bool:
     return importlib.util.find_spec("pytorch_optimizer") is not None
 
 
-def pto_version() -> str | None:
-    if not have_pto():
-        return None
-    import importlib.metadata
-
-    return importlib.metadata.version("pytorch-optimizer")
-
-
 def make_contender(name: str, model_name: str, size: int, channels: int, batch: int, seed: int = 0) -> Any:
     """(model, optimizer, step function, x, y) with the same initial weights and batch for every name."""
-    from friendly_sam.models import build_model
-    from friendly_sam.optim import SAM, FriendlySAM
-    from friendly_sam.train.step import training_step
-
     torch.manual_seed(seed)
     model = build_model(model_name, 10, channels)
     model.train()
@@ -115,8 +98,7 @@ def make_contender(name: str, model_name: str, size: int, channels: int, batch: 
         from pytorch_optimizer import FriendlySAM as PtoFriendlySAM
 
         cls, kw = (PtoSAM, SAM_KW) if name == "pto-sam" else (PtoFriendlySAM, FSAM_KW)
-        opt = cls(params, torch.optim.SGD, **kw, **SGD_KW)
-        step = _generalization_module().external_two_pass_step
+        opt = cls(params, torch.optim.SGD, **kw, **SGD_KW)  # first_step/second_step: the same two-pass step
     return model, opt, step, x, y
 
 
@@ -177,64 +159,12 @@ def time_workload(
     }
 
 
-def _tensors_in(obj: Any) -> list[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, dict):
-        return [t for v in obj.values() for t in _tensors_in(v)]
-    if isinstance(obj, (list, tuple)):
-        return [t for v in obj for t in _tensors_in(v)]
-    return []
-
-
-def held_bytes(model: torch.nn.Module, opt: Any) -> int:
-    """Bytes of distinct tensors the optimizer keeps between steps (its state, its base optimizer's
-    state, our saved weights), beyond parameters and gradients."""
-    params = list(model.parameters())
-    exclude = {p.untyped_storage().data_ptr() for p in params}
-    exclude |= {p.grad.untyped_storage().data_ptr() for p in params if p.grad is not None}
-    tensors = _tensors_in(dict(opt.state))
-    base = getattr(opt, "base_optimizer", None)
-    if base is not None:
-        tensors += _tensors_in(dict(base.state))
-    tensors += _tensors_in(dict(getattr(opt, "_saved", {}) or {}))
-    seen: dict[int, int] = {}
-    for t in tensors:
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in exclude:
-            seen[ptr] = max(seen.get(ptr, 0), t.untyped_storage().nbytes())
-    return sum(seen.values())
-
-
-def step_peak_bytes(c: tuple[Any, ...]) -> int:
-    """Peak of tensor bytes allocated (net of frees) within one training step, from torch.profiler's
-    memory events: activations, gradients, temporaries and per-step copies."""
-    import gc
-    import tempfile
-
-    from torch.profiler import ProfilerActivity, profile
-
-    gc.collect()
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        timed_step(c)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "trace.json")
-        prof.export_chrome_trace(path)
-        with open(path) as f:
-            events = json.load(f)["traceEvents"]
-    running = peak = 0
-    for e in sorted((e for e in events if e.get("name") == "[memory]"), key=lambda e: e["ts"]):
-        if e["args"].get("Device Type", 0) == 0:  # CPU
-            running += int(e["args"]["Bytes"])
-            peak = max(peak, running)
-    return peak
-
-
 def tensor_memory(contenders: dict[str, tuple[Any, ...]]) -> dict[str, dict[str, float]]:
     """Exact tensor accounting after the timed steps (steady state): held + in-step peak."""
     out = {}
     for n, c in contenders.items():
-        held, peak = held_bytes(c[0], c[1]), step_peak_bytes(c)
+        held = benchkit.held_bytes(c[1], list(c[0].parameters()))
+        peak = benchkit.step_alloc_peak(functools.partial(timed_step, c))
         out[n] = {"held_mib": held / 2**20, "step_peak_mib": peak / 2**20, "total_mib": (held + peak) / 2**20}
     for n in out:
         out[n]["total_ratio_to_sgd"] = out[n]["total_mib"] / out["sgd"]["total_mib"]
@@ -287,8 +217,7 @@ def measure_memory(
 ) -> dict:
     _, model_name, size, channels, batch = workload
     out = {}
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+    env = benchkit.src_env(OMP_NUM_THREADS=str(threads))
     for n in names:
         spec = {
             "name": n,
@@ -320,27 +249,6 @@ def measure_memory(
     for n in names:
         out[n]["delta_ratio_to_sgd"] = out[n]["delta_mib"] / sgd if sgd > 0 else float("nan")
     return out
-
-
-def machine(threads: int) -> dict[str, Any]:
-    from friendly_sam.train.trainer import machine_description
-
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except Exception:
-        commit = "unknown"
-    return {
-        "cpu": machine_description()["cpu"],
-        "cpu_count": os.cpu_count(),
-        "torch_threads": threads,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "pytorch_optimizer": pto_version(),
-        "commit": commit,
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
 
 
 def optimizer_only(path: Path) -> list[dict[str, Any]] | None:
@@ -509,8 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.render_only:
         result = json.loads((args.out_dir / f"{prefix}.json").read_text())
         result["optimizer_only"] = optimizer_only(args.optimizer_step_json)
-        (args.out_dir / f"{prefix}.md").write_text(markdown(result))
-        (args.out_dir / f"{prefix}.json").write_text(json.dumps(result, indent=1) + "\n")
+        benchkit.write_report(args.out_dir, prefix, markdown(result), result)
         print(markdown(result))
         return 0
     args.repeats = args.repeats or (3 if args.quick else 30)
@@ -547,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
             "sam": SAM_KW,
             "fsam": FSAM_KW,
         },
-        "machine": machine(args.threads),
+        "machine": benchkit.machine(torch_threads=args.threads),
         "load_average_start": load_start,
         "workloads": workloads,
         "optimizer_only": optimizer_only(args.optimizer_step_json),
@@ -555,8 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     text = markdown(result)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / f"{prefix}.md").write_text(text)
-    (args.out_dir / f"{prefix}.json").write_text(json.dumps(result, indent=1) + "\n")
+    benchkit.write_report(args.out_dir, prefix, text, result)
     print(text)
     return 0
 

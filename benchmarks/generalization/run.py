@@ -321,7 +321,9 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 # --------------------------------------------------------------------------- command line
-def report(args: argparse.Namespace, suite: dict[str, Any], prior: dict[str, Any], quiet: bool = False) -> Any:
+def report(
+    args: argparse.Namespace, suite: dict[str, Any], prior: dict[str, Any], quiet: bool = False
+) -> Any:
     return write_report(
         Path(args.work_dir),
         Path(args.out_dir),

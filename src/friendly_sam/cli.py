@@ -117,6 +117,21 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+# (flag, type, help) of the `fsam analyze` options with a default in commands.analyze.DEFAULTS
+_ANALYZE_NUMBERS = (
+    ("--subset", int, "training images analysed"),
+    ("--batch-size", int, "chunk size of the subset"),
+    ("--seed", int, "subset, start vector, probes, directions"),
+    ("--eig-iters", int, "max power iterations = HVPs"),
+    ("--eig-tol", float, "relative convergence tolerance"),
+    ("--trace-samples", int, "Hutchinson probes = HVPs"),
+    ("--sharpness-steps", int, "ascent steps"),
+    ("--span", float, "landscape range [-span, span]"),
+    ("--points-1d", int, "1-D landscape points"),
+    ("--points-2d", int, "2-D grid side; points**2 passes"),
+)
+
+
 def _add_analyze_flags(p: argparse.ArgumentParser) -> None:
     d = ANALYZE_DEFAULTS
     p.description = (
@@ -135,67 +150,19 @@ def _add_analyze_flags(p: argparse.ArgumentParser) -> None:
         "--skip", action="append", default=[], help="parts to leave out (comma-separated, repeatable)"
     )
     p.add_argument(
-        "--subset", type=int, default=d["subset"], help="training images analysed (default: %(default)s)"
-    )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=d["batch_size"],
-        help="chunk size of the subset (default: %(default)s)",
-    )
-    p.add_argument(
         "--bn-mode",
         choices=("eval", "batch"),
         default=d["bn_mode"],
         help="BatchNorm: running stats or batch stats",
     )
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=d["seed"],
-        help="subset, start vector, probes, directions (default: %(default)s)",
-    )
-    p.add_argument(
-        "--eig-iters",
-        type=int,
-        default=d["eig_iters"],
-        help="max power iterations = HVPs (default: %(default)s)",
-    )
-    p.add_argument(
-        "--eig-tol",
-        type=float,
-        default=d["eig_tol"],
-        help="relative convergence tolerance (default: %(default)s)",
-    )
-    p.add_argument(
-        "--trace-samples",
-        type=int,
-        default=d["trace_samples"],
-        help="Hutchinson probes = HVPs (default: %(default)s)",
-    )
+    for flag, kind, text in _ANALYZE_NUMBERS:
+        default = d[flag[2:].replace("-", "_")]
+        p.add_argument(flag, type=kind, default=default, help=f"{text} (default: {default})")
     p.add_argument(
         "--rho", type=float, help="radius of the worst-case loss increase (default: the run's rho)"
     )
-    p.add_argument(
-        "--sharpness-steps",
-        type=int,
-        default=d["sharpness_steps"],
-        help="ascent steps (default: %(default)s)",
-    )
-    p.add_argument(
-        "--span", type=float, default=d["span"], help="landscape range [-span, span] (default: %(default)s)"
-    )
-    p.add_argument(
-        "--points-1d", type=int, default=d["points_1d"], help="1-D landscape points (default: %(default)s)"
-    )
-    p.add_argument(
-        "--points-2d",
-        type=int,
-        default=d["points_2d"],
-        help="2-D grid side; points**2 passes (default: %(default)s)",
-    )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: the run's --threads)")
-    p.add_argument("--device", default=d["device"], help="cpu or cuda[:N] (default: %(default)s)")
+    p.add_argument("--device", default=d["device"], help=f"cpu or cuda[:N] (default: {d['device']})")
     p.add_argument("--checkpoint", help="checkpoint to analyse (default: RUN_DIR/checkpoint.pt)")
     p.add_argument("--out", help="directory for analysis.json and the PNGs (default: RUN_DIR)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or messages")

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..data import NOISE_KINDS
+from ..data import DATASET_NAMES, NOISE_KINDS
 from ..distributed import PERTURBATION_MODES as PERTURBATIONS  # under torchrun; see docs/distributed.md
+from ..models import available_models
 from ..optim.fsam import COMPONENTS
 
 OPTIMIZERS = ("sgd", "sam", "asam", "fsam", "afsam")
@@ -137,8 +138,6 @@ class TrainConfig:
     # ------------------------------------------------------------------ validation
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the option and the fix for any invalid value; return self."""
-        from ..data import DATASET_NAMES
-        from ..models import available_models
 
         def choice(name: str, options: tuple[str, ...] | list[str]) -> None:
             value = getattr(self, name)
