@@ -34,15 +34,6 @@ class RunData:
     noisy_labels: Tensor | None
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return device
-
-
 def prepare_data(cfg: TrainConfig, device: torch.device, shard: tuple[int, int] = (0, 1)) -> RunData:
     ds = load_dataset(cfg.dataset, root=cfg.data_dir, download=cfg.download)
     images, labels = ds.train_images, ds.train_labels
