@@ -128,3 +128,45 @@ def test_the_check_catches_upward_and_hidden_imports(
     (fake / source).write_text(code)
     found = violations(imports_of(fake / source, root=fake))
     assert len(found) == 1 and problem in found[0], found
+
+
+BENCHMARKS = SRC.parents[1] / "benchmarks"
+
+
+def package_patches(path: Path) -> list[str]:
+    """Assignments to (or ``setattr`` on) anything a file imported from ``friendly_sam``."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("friendly_sam"):
+            names |= {a.asname or a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            names |= {
+                (a.asname or a.name).split(".")[0] for a in node.names if a.name.startswith("friendly_sam")
+            }
+    found = []
+    for node in ast.walk(tree):
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        targets = [e for t in targets for e in (t.elts if isinstance(t, ast.Tuple) else [t])]
+        for t in targets:
+            while isinstance(t, ast.Attribute):
+                t = t.value
+                if isinstance(t, ast.Name) and t.id in names:
+                    found.append(f"{path.name}:{node.lineno} assigns to an attribute of {t.id}")
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setattr" and node.args:
+            first = node.args[0]
+            if isinstance(first, ast.Name) and first.id in names:
+                found.append(f"{path.name}:{node.lineno} setattr on {first.id}")
+    return found
+
+
+def test_benchmarks_never_patch_the_package(tmp_path: Path) -> None:
+    files = sorted(BENCHMARKS.rglob("*.py"))
+    assert len(files) >= 8
+    assert [p for f in files for p in package_patches(f)] == []
+    planted = tmp_path / "bench.py"
+    planted.write_text(
+        "def worker():\n    from friendly_sam.train import trainer\n"
+        "    trainer.build_optimizer = None\n    trainer.prepare_data, trainer.evaluate = 1, 2\n"
+    )
+    assert len(package_patches(planted)) == 3
