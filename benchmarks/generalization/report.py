@@ -58,6 +58,165 @@ def _paired(methods: dict[str, Any], by_cfg: dict[str, Any], a: str, b: str) -> 
     return {"seeds": seeds, "diffs": diffs, "mean_std": mean_std(diffs)}
 
 
+def _record(work: Path, suite: dict[str, Any], spec: RunSpec, run: dict[str, Any]) -> dict[str, Any]:
+    """The per-seed numbers of one finished run."""
+    s, m = run["summary"], run["metrics"]
+    noise = rd.read_label_noise(work / "runs" / spec.run_id)
+    n_noisy = len(noise["indices"]) if noise else 0
+    return {
+        "noisy_label_fraction": n_noisy / (suite["train_subset"] - suite["val_size"]),
+        "seed": spec.seed,
+        "test_acc": s["final_test_acc"],
+        "val_acc": s["final_val_acc"],
+        "best_test_acc": s["best_test_acc"],
+        "final_train_acc": m[-1]["train_acc"],
+        "wall_time_s": s["wall_time"],
+        "images_per_s": s["mean_images_per_s"],
+        "median_epoch_train_s": statistics.median(x["train_time"] for x in m),
+    }
+
+
+def _sweep(by_cfg: dict[str, dict[int, dict[str, Any]]], method_of: dict[str, str]) -> dict[str, Any]:
+    return {
+        name: {
+            "method": method_of[name],
+            "n": len(runs),
+            "seeds": sorted(runs),
+            "val_acc_mean_std": mean_std([r["val_acc"] for r in runs.values()]),
+            "test_acc_mean_std": mean_std([r["test_acc"] for r in runs.values()]),
+            "per_seed": [runs[s] for s in sorted(runs)],
+        }
+        for name, runs in by_cfg.items()
+    }
+
+
+def _select(sweep: dict[str, Any], order: list[str]) -> dict[str, str | None]:
+    """Per method the configuration with the highest mean validation accuracy; ties go to the first
+    configuration in grid order ``order``."""
+    selected: dict[str, str | None] = {}
+    for method in ("sgd", "sam", "fsam"):
+        cands = [n for n in sweep if sweep[n]["method"] == method]
+        cands.sort(key=lambda n: (-round(sweep[n]["val_acc_mean_std"][0], 6), order.index(n)))
+        selected[method] = cands[0] if cands else None
+    return selected
+
+
+def _method_summary(name: str, runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """The selected configuration ``name`` of a method over its seeds."""
+    seeds = sorted(runs)
+    return {
+        "config": name,
+        "seeds": seeds,
+        "test_acc": [runs[s]["test_acc"] for s in seeds],
+        "prior_seeds": [s for s in seeds if runs[s].get("source") == "prior"],
+        "test_acc_mean_std": mean_std([runs[s]["test_acc"] for s in seeds]),
+        "val_acc_mean_std": mean_std([runs[s]["val_acc"] for s in seeds]),
+        "final_train_acc_mean": statistics.fmean(runs[s]["final_train_acc"] for s in runs),
+        "clean_share_mean": 100 * (1 - statistics.fmean(runs[s]["noisy_label_fraction"] for s in runs)),
+        "best_epoch_test_acc_mean": statistics.fmean(runs[s]["best_test_acc"] for s in runs),
+    }
+
+
+def _equal_rho(setting: str, suite: dict[str, Any], by_cfg: dict[str, Any]) -> dict[str, Any]:
+    """F-SAM - SAM at equal rho and lmbda fixed: no extra selection freedom for F-SAM."""
+    out = {}
+    for rho in suite["fsam_rhos"]:
+        if rho not in suite["sam_rhos"]:
+            continue
+        sam = by_cfg.get(RunSpec(setting, "sam", 0, rho).config_name, {})
+        for lmbda in suite["lmbdas"]:
+            fsam = by_cfg.get(RunSpec(setting, "fsam", 0, rho, lmbda).config_name, {})
+            seeds = sorted(set(sam) & set(fsam))
+            if seeds:
+                diffs = [fsam[s]["test_acc"] - sam[s]["test_acc"] for s in seeds]
+                out[f"rho{rho:g}_lmbda{lmbda:g}"] = {
+                    "seeds": seeds,
+                    "diffs": diffs,
+                    "mean_std": mean_std(diffs),
+                }
+    return out
+
+
+def _versus_pto(setting: str, suite: dict[str, Any], by_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Ours vs pytorch-optimizer's class at the same grid point, per seed both have."""
+    pto = {}
+    for kind, ours_method in (("pto-sam", "sam"), ("pto-fsam", "fsam")):
+        lm = suite["pto_lmbda"] if kind == "pto-fsam" else None
+        theirs_name = RunSpec(setting, kind, 0, suite["pto_rho"], lm).config_name
+        ours_name = RunSpec(setting, ours_method, 0, suite["pto_rho"], lm).config_name
+        theirs, ours = by_cfg.get(theirs_name, {}), by_cfg.get(ours_name, {})
+        seeds = sorted(set(theirs) & set(ours))
+        if seeds:
+            pto[kind] = {
+                "ours_config": ours_name,
+                "seeds": seeds,
+                "ours_test_acc": [ours[s]["test_acc"] for s in seeds],
+                "theirs_test_acc": [theirs[s]["test_acc"] for s in seeds],
+                "ours_minus_theirs": mean_std([ours[s]["test_acc"] - theirs[s]["test_acc"] for s in seeds]),
+                # median epoch training time: robust to a slow epoch on a shared machine
+                "time_ratio_theirs_over_ours": mean_std(
+                    [theirs[s]["median_epoch_train_s"] / ours[s]["median_epoch_train_s"] for s in seeds]
+                ),
+            }
+    return pto
+
+
+def _setting(
+    setting: str,
+    suite: dict[str, Any],
+    specs: list[RunSpec],
+    records: dict[RunSpec, dict[str, Any]],
+    prior_records: dict[str, Any],
+) -> dict[str, Any]:
+    """One setting's sweep, selection, selected methods and paired differences."""
+    by_cfg: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
+    method_of: dict[str, str] = {}
+    for spec in (s for s in specs if s.setting == setting):
+        if spec in records:
+            by_cfg[spec.config_name][spec.seed] = records[spec]
+        elif spec.run_id in prior_records:
+            by_cfg[spec.config_name][spec.seed] = {**prior_records[spec.run_id], "source": "prior"}
+        method_of[spec.config_name] = spec.method
+    sweep = _sweep(by_cfg, method_of)
+    order = [s.config_name for s in specs if s.setting == setting and s.seed == suite["seeds"][0]]
+    selected = _select(sweep, order)
+    methods = {method: _method_summary(name, by_cfg[name]) for method, name in selected.items() if name}
+    return {
+        "selected": selected,
+        "methods": methods,
+        "fsam_minus_sam": _paired(methods, by_cfg, "fsam", "sam"),
+        "sam_minus_sgd": _paired(methods, by_cfg, "sam", "sgd"),
+        "fsam_minus_sgd": _paired(methods, by_cfg, "fsam", "sgd"),
+        "fsam_minus_sam_equal_rho": _equal_rho(setting, suite, by_cfg),
+        "pytorch_optimizer": _versus_pto(setting, suite, by_cfg),
+        "sweep": sweep,
+    }
+
+
+def _prior_summary(
+    prior: dict[str, Any], specs: list[RunSpec], records: dict[RunSpec, dict[str, Any]]
+) -> dict[str, Any]:
+    """Which runs come from the ``--prior`` report, and, for runs both there and here, whether the prior
+    numbers still hold."""
+    prior_records = prior["records"]
+    from_prior = [s for s in specs if s not in records and s.run_id in prior_records]
+    rerun = [s for s in records if s.run_id in prior_records]
+    check = [
+        max(
+            abs(records[s][k] - prior_records[s.run_id][k])
+            for k in ("test_acc", "val_acc", "final_train_acc")
+        )
+        for s in rerun
+    ]
+    return {
+        "path": prior["path"],
+        "commit": prior["commit"],
+        "runs_used": [s.run_id for s in from_prior],
+        "rerun_here": [s.run_id for s in rerun],
+        "rerun_max_abs_diff": max(check) if check else None,
+    }
+
+
 def collect(work: Path, suite: dict[str, Any], prior: dict[str, Any] | None = None) -> dict[str, Any]:
     """Finished runs (and, for runs not here, the ``--prior`` report's records), selection on validation
     accuracy, per-seed test accuracies and paired differences."""
@@ -68,128 +227,9 @@ def collect(work: Path, suite: dict[str, Any], prior: dict[str, Any] | None = No
         d = work / "runs" / spec.run_id
         if rd.has_summary(d):
             finished[spec] = {"summary": rd.read_summary(d), "metrics": rd.read_metrics(d)}
-
-    def rec(spec: RunSpec) -> dict[str, Any]:
-        s, m = finished[spec]["summary"], finished[spec]["metrics"]
-        noise = rd.read_label_noise(work / "runs" / spec.run_id)
-        n_noisy = len(noise["indices"]) if noise else 0
-        return {
-            "noisy_label_fraction": n_noisy / (suite["train_subset"] - suite["val_size"]),
-            "seed": spec.seed,
-            "test_acc": s["final_test_acc"],
-            "val_acc": s["final_val_acc"],
-            "best_test_acc": s["best_test_acc"],
-            "final_train_acc": m[-1]["train_acc"],
-            "wall_time_s": s["wall_time"],
-            "images_per_s": s["mean_images_per_s"],
-            "median_epoch_train_s": statistics.median(x["train_time"] for x in m),
-        }
-
-    records = {spec: rec(spec) for spec in finished}
-    settings_out: dict[str, Any] = {}
-    for setting in all_settings(suite):
-        by_cfg: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
-        method_of: dict[str, str] = {}
-        for spec in specs:
-            if spec.setting == setting and spec in finished:
-                by_cfg[spec.config_name][spec.seed] = records[spec]
-            elif spec.setting == setting and spec.run_id in prior_records:
-                by_cfg[spec.config_name][spec.seed] = {**prior_records[spec.run_id], "source": "prior"}
-            if spec.setting == setting:
-                method_of[spec.config_name] = spec.method
-        sweep = {
-            name: {
-                "method": method_of[name],
-                "n": len(runs),
-                "seeds": sorted(runs),
-                "val_acc_mean_std": mean_std([r["val_acc"] for r in runs.values()]),
-                "test_acc_mean_std": mean_std([r["test_acc"] for r in runs.values()]),
-                "per_seed": [runs[s] for s in sorted(runs)],
-            }
-            for name, runs in by_cfg.items()
-        }
-        selected: dict[str, str | None] = {}
-        for method in ("sgd", "sam", "fsam"):
-            cands = [n for n in sweep if sweep[n]["method"] == method]
-            # Highest mean validation accuracy; ties go to the first configuration in grid order.
-            order = [s.config_name for s in specs if s.setting == setting and s.seed == suite["seeds"][0]]
-            cands.sort(key=lambda n: (-round(sweep[n]["val_acc_mean_std"][0], 6), order.index(n)))
-            selected[method] = cands[0] if cands else None
-        methods = {}
-        for method, name in selected.items():
-            if name is None:
-                continue
-            runs = by_cfg[name]
-            methods[method] = {
-                "config": name,
-                "seeds": sorted(runs),
-                "test_acc": [runs[s]["test_acc"] for s in sorted(runs)],
-                "prior_seeds": [s for s in sorted(runs) if runs[s].get("source") == "prior"],
-                "test_acc_mean_std": mean_std([runs[s]["test_acc"] for s in sorted(runs)]),
-                "val_acc_mean_std": mean_std([runs[s]["val_acc"] for s in sorted(runs)]),
-                "final_train_acc_mean": statistics.fmean(runs[s]["final_train_acc"] for s in runs),
-                "clean_share_mean": 100
-                * (1 - statistics.fmean(runs[s]["noisy_label_fraction"] for s in runs)),
-                "best_epoch_test_acc_mean": statistics.fmean(runs[s]["best_test_acc"] for s in runs),
-            }
-
-        # F-SAM - SAM at equal rho and lmbda fixed: no extra selection freedom for F-SAM.
-        equal_rho = {}
-        for rho in suite["fsam_rhos"]:
-            if rho not in suite["sam_rhos"]:
-                continue
-            sam = by_cfg.get(RunSpec(setting, "sam", 0, rho).config_name, {})
-            for lmbda in suite["lmbdas"]:
-                fsam = by_cfg.get(RunSpec(setting, "fsam", 0, rho, lmbda).config_name, {})
-                seeds = sorted(set(sam) & set(fsam))
-                if seeds:
-                    diffs = [fsam[s]["test_acc"] - sam[s]["test_acc"] for s in seeds]
-                    equal_rho[f"rho{rho:g}_lmbda{lmbda:g}"] = {
-                        "seeds": seeds,
-                        "diffs": diffs,
-                        "mean_std": mean_std(diffs),
-                    }
-        pto = {}
-        for kind, ours_method in (("pto-sam", "sam"), ("pto-fsam", "fsam")):
-            lm = suite["pto_lmbda"] if kind == "pto-fsam" else None
-            theirs_name = RunSpec(setting, kind, 0, suite["pto_rho"], lm).config_name
-            ours_name = RunSpec(setting, ours_method, 0, suite["pto_rho"], lm).config_name
-            theirs, ours = by_cfg.get(theirs_name, {}), by_cfg.get(ours_name, {})
-            seeds = sorted(set(theirs) & set(ours))
-            if seeds:
-                pto[kind] = {
-                    "ours_config": ours_name,
-                    "seeds": seeds,
-                    "ours_test_acc": [ours[s]["test_acc"] for s in seeds],
-                    "theirs_test_acc": [theirs[s]["test_acc"] for s in seeds],
-                    "ours_minus_theirs": mean_std(
-                        [ours[s]["test_acc"] - theirs[s]["test_acc"] for s in seeds]
-                    ),
-                    # median epoch training time: robust to a slow epoch on a shared machine
-                    "time_ratio_theirs_over_ours": mean_std(
-                        [theirs[s]["median_epoch_train_s"] / ours[s]["median_epoch_train_s"] for s in seeds]
-                    ),
-                }
-        settings_out[setting] = {
-            "selected": selected,
-            "methods": methods,
-            "fsam_minus_sam": _paired(methods, by_cfg, "fsam", "sam"),
-            "sam_minus_sgd": _paired(methods, by_cfg, "sam", "sgd"),
-            "fsam_minus_sgd": _paired(methods, by_cfg, "fsam", "sgd"),
-            "fsam_minus_sam_equal_rho": equal_rho,
-            "pytorch_optimizer": pto,
-            "sweep": sweep,
-        }
+    records = {spec: _record(work, suite, spec, run) for spec, run in finished.items()}
+    settings_out = {st: _setting(st, suite, specs, records, prior_records) for st in all_settings(suite)}
     from_prior = [s for s in specs if s not in finished and s.run_id in prior_records]
-    # Runs both rerun here and in the prior report: do the prior numbers still hold?
-    rerun = [s for s in finished if s.run_id in prior_records]
-    check = [
-        max(
-            abs(records[s][k] - prior_records[s.run_id][k])
-            for k in ("test_acc", "val_acc", "final_train_acc")
-        )
-        for s in rerun
-    ]
     cpu_time = sum(f["summary"]["wall_time"] for f in finished.values()) + sum(
         prior_records[s.run_id]["wall_time_s"] for s in from_prior
     )
@@ -197,15 +237,7 @@ def collect(work: Path, suite: dict[str, Any], prior: dict[str, Any] | None = No
         "finished": len(finished) + len(from_prior),
         "run_here": len(finished),
         "from_prior": len(from_prior),
-        "prior": None
-        if not prior
-        else {
-            "path": prior["path"],
-            "commit": prior["commit"],
-            "runs_used": [s.run_id for s in from_prior],
-            "rerun_here": [s.run_id for s in rerun],
-            "rerun_max_abs_diff": max(check) if check else None,
-        },
+        "prior": _prior_summary(prior, specs, records) if prior else None,
         "total": len(specs),
         "complete": len(finished) + len(from_prior) == len(specs),
         "sum_run_wall_time_s": cpu_time,
@@ -247,7 +279,8 @@ def _prior_lines(res: dict[str, Any]) -> list[str]:
     ]
 
 
-def markdown(res: dict[str, Any], suite: dict[str, Any], meta: dict[str, Any]) -> str:
+def _summary_lines(res: dict[str, Any], suite: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+    """Status, command, machine, setup and the main table."""
     m = meta["machine"]
     status = (
         "complete"
@@ -312,7 +345,12 @@ def markdown(res: dict[str, Any], suite: dict[str, Any], meta: dict[str, Any]) -
             f"{_signed((s['fsam_minus_sam'] or {}).get('mean_std'))} | "
             f"{_signed((s['sam_minus_sgd'] or {}).get('mean_std'))} | {sel.replace('_', ' ')} | {n} |"
         )
-    lines += ["", "Per-seed test accuracy (%) of the selected configurations:", ""]
+    return lines
+
+
+def _per_seed_lines(res: dict[str, Any]) -> list[str]:
+    """Per-seed test accuracy of the selected configurations and the memorisation check."""
+    lines = ["", "Per-seed test accuracy (%) of the selected configurations:", ""]
     lines += [
         "| setting | method | config | per seed (seed: acc) | final-epoch train acc on the noisy labels "
         "| share of correct training labels |",
@@ -341,7 +379,12 @@ def markdown(res: dict[str, Any], suite: dict[str, Any], meta: dict[str, Any]) -
             " \\* marks a seed whose result comes from the `--prior` report." if res.get("from_prior") else ""
         ),
     ]
-    lines += [
+    return lines
+
+
+def _equal_rho_lines(res: dict[str, Any], suite: dict[str, Any]) -> list[str]:
+    """F-SAM - SAM at equal rho."""
+    lines = [
         "",
         "F-SAM − SAM at equal rho (lmbda fixed, no selection advantage for F-SAM), test accuracy points:",
         "",
@@ -365,7 +408,12 @@ def markdown(res: dict[str, Any], suite: dict[str, Any], meta: dict[str, Any]) -
                 e = s["fsam_minus_sam_equal_rho"].get(f"rho{r:g}_lmbda{lm:g}")
                 cells.append(f"{_signed(e['mean_std'])} (n={len(e['seeds'])})" if e else "–")
         lines.append(f"| {setting} | " + " | ".join(cells) + " |")
-    lines += [
+    return lines
+
+
+def _sweep_lines(res: dict[str, Any]) -> list[str]:
+    """The validation sweep."""
+    lines = [
         "",
         "Validation sweep (final validation accuracy %, mean ± std over seeds; test accuracy for reference):",
         "",
@@ -379,6 +427,13 @@ def markdown(res: dict[str, Any], suite: dict[str, Any], meta: dict[str, Any]) -
                 f"| {setting} | {name.replace('_', ' ')}{mark} | {e['n']} | {_pm(e['val_acc_mean_std'])} | "
                 f"{_pm(e['test_acc_mean_std'])} |"
             )
+    return lines
+
+
+def _pto_lines(res: dict[str, Any], suite: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+    """Ours vs pytorch-optimizer."""
+    m = meta["machine"]
+    lines: list[str] = []
     pto_rows = [(st, k, v) for st, s in res["settings"].items() for k, v in s["pytorch_optimizer"].items()]
     lines += [
         "",
@@ -398,6 +453,15 @@ def markdown(res: dict[str, Any], suite: dict[str, Any], meta: dict[str, Any]) -
         )
     if not pto_rows:
         lines.append("| – | – | – | – | – | – | 0 |")
+    return lines
+
+
+def markdown(res: dict[str, Any], suite: dict[str, Any], meta: dict[str, Any]) -> str:
+    lines = _summary_lines(res, suite, meta)
+    lines += _per_seed_lines(res)
+    lines += _equal_rho_lines(res, suite)
+    lines += _sweep_lines(res)
+    lines += _pto_lines(res, suite, meta)
     if meta.get("plot"):
         lines += ["", f"![test accuracy per setting]({meta['plot']})"]
     return "\n".join(lines) + "\n"
@@ -418,11 +482,22 @@ def plot(res: dict[str, Any], suite: dict[str, Any], path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    finished = res["_finished"]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
-    colors = {"sgd": "tab:gray", "sam": "tab:blue", "fsam": "tab:red"}
-    settings = list(res["settings"])
-    width = 0.26
+    _plot_bars(ax, res)
+    _plot_curves(ax2, res)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+COLORS = {"sgd": "tab:gray", "sam": "tab:blue", "fsam": "tab:red"}
+
+
+def _plot_bars(ax: Any, res: dict[str, Any]) -> None:
+    """Test accuracy of each method's selected configuration per setting: mean ± std and the seeds."""
+    colors, settings, width = COLORS, list(res["settings"]), 0.26
     for j, method in enumerate(("sgd", "sam", "fsam")):
         for i, setting in enumerate(settings):
             r = res["settings"][setting]["methods"].get(method)
@@ -450,6 +525,11 @@ def plot(res: dict[str, Any], suite: dict[str, Any], path: Path) -> Path | None:
     ax.set_title("selected configuration per method (bars: mean ± std; dots: seeds)", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
+
+
+def _plot_curves(ax2: Any, res: dict[str, Any]) -> None:
+    """Mean test and training accuracy per epoch of the selected configurations in one setting."""
+    finished, colors, settings = res["_finished"], COLORS, list(res["settings"])
     # curves: the noisiest symmetric setting shows memorisation (test accuracy falling late in training)
     curve_setting = next(
         (
@@ -493,11 +573,6 @@ def plot(res: dict[str, Any], suite: dict[str, Any], path: Path) -> Path | None:
     ax2.grid(alpha=0.3)
     if ax2.get_legend_handles_labels()[0]:
         ax2.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def write_report(
