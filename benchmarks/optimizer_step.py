@@ -282,6 +282,20 @@ def quantiles(xs: list[float]) -> tuple[float, float, float]:
     return q1, med, q3
 
 
+def time_rounds(cs: list[Contender], grads: Grads, warmup: int, repeats: int) -> None:
+    """Warm-up rounds, then timed rounds into each contender's ``first_ms``/``second_ms``/``total_ms``."""
+    for r in range(warmup):
+        for c in cs:
+            one_step(c, grads, r)
+    for r in range(repeats):
+        k = r % len(cs)
+        for c in cs[k:] + cs[:k]:  # round-robin, rotating the starting contender
+            t1, t2 = one_step(c, grads, r)
+            c.first_ms.append(t1 * 1e3)
+            c.second_ms.append(t2 * 1e3)
+            c.total_ms.append((t1 + t2) * 1e3)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     shapes, source = parameter_shapes(args.params)
     numel = sum(math.prod(s) for s in shapes)
@@ -294,17 +308,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         c.opt = c.build(c.params)
     load_start = benchkit.machine()["load_average"]
 
-    for r in range(args.warmup):
-        for c in cs:
-            one_step(c, grads, r)
-    for r in range(args.repeats):
-        k = r % len(cs)
-        for c in cs[k:] + cs[:k]:  # round-robin, rotating the starting contender
-            t1, t2 = one_step(c, grads, r)
-            c.first_ms.append(t1 * 1e3)
-            c.second_ms.append(t2 * 1e3)
-            c.total_ms.append((t1 + t2) * 1e3)
-
+    time_rounds(cs, grads, args.warmup, args.repeats)
     results = []
     for c in cs:
         q1, med, q3 = quantiles(c.total_ms)

@@ -1,4 +1,4 @@
-"""Code shape (developers' guide): no function in ``src`` longer than 80 lines."""
+"""Code shape (developers' guide): no function in ``src`` (or ``benchmarks``) longer than 80 lines."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+BENCHMARKS = SRC.parent / "benchmarks"
 MAX_LINES = 80
 
 
@@ -25,6 +26,10 @@ def long_functions(root: Path = SRC, limit: int = MAX_LINES) -> list[str]:
 
 def test_no_function_longer_than_80_lines() -> None:
     assert long_functions() == []
+
+
+def test_no_benchmark_function_longer_than_80_lines() -> None:
+    assert long_functions(BENCHMARKS) == []
 
 
 def test_the_check_sees_a_long_function(tmp_path: Path) -> None:

@@ -274,88 +274,76 @@ def command_line(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
-def markdown(res: dict[str, Any]) -> str:
-    m, cfg = res["machine"], res["config"]
-    lines = [
-        f"# Training-step cost: SGD vs SAM vs F-SAM{' (quick mode)' if cfg['quick'] else ''}",
+def _workload_lines(w: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    """One workload's table, ratios and memory notes."""
+    lines: list[str] = []
+    mem, tm = w.get("memory"), w["tensor_memory"]
+    lines += [
+        f"## {w['model']}, input {'x'.join(map(str, w['input']))}, batch {w['batch']} "
+        f"({w['num_params']:,} parameters = {w['param_mib']:.1f} MiB)",
         "",
-        f"Command: `{res['command']}`.",
-        f"Commit {m['commit']}, torch {m['torch']} with {m['torch_threads']} thread(s), Python {m['python']}, "
-        f"pytorch-optimizer {m['pytorch_optimizer'] or 'not installed'}; {m['cpu']}, {m['cpu_count']} CPUs; "
-        f"load average at start {_load(res.get('load_average_start'))}, at end {_load(m['load_average'])} "
-        "(a shared machine: other jobs ran at the same time).",
-        "",
-        "One training iteration = forward + backward + optimizer (two passes for SAM/F-SAM, the second with "
-        "BatchNorm statistics frozen), fp32, on a fixed random batch; all contenders in one process, "
-        f"interleaved round-robin with a rotating start, {cfg['warmup']} warm-up rounds, {cfg['repeats']} "
-        "timed rounds. *Ratio* = median / SGD's median; *paired* = median over rounds of (time / same "
-        "round's SGD time). SGD lr 0.05 momentum 0.9 wd 5e-4; SAM rho 0.05; F-SAM rho 0.05 sigma 1 lmbda 0.6.",
-        "",
+        "| optimizer | median ms/step | IQR ms | img/s | ratio to SGD | paired ratio | held MiB | "
+        "step peak MiB | held + peak (ratio to SGD) |" + (" RSS delta MiB (ratio) |" if mem else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if mem else ""),
     ]
-    for w in res["workloads"]:
-        mem, tm = w.get("memory"), w["tensor_memory"]
-        lines += [
-            f"## {w['model']}, input {'x'.join(map(str, w['input']))}, batch {w['batch']} "
-            f"({w['num_params']:,} parameters = {w['param_mib']:.1f} MiB)",
-            "",
-            "| optimizer | median ms/step | IQR ms | img/s | ratio to SGD | paired ratio | held MiB | "
-            "step peak MiB | held + peak (ratio to SGD) |" + (" RSS delta MiB (ratio) |" if mem else ""),
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if mem else ""),
-        ]
-        for r in w["rows"]:
-            t = tm[r["name"]]
-            row = (
-                f"| {r['title']} | {r['median_ms']:.1f} | {r['iqr_ms']:.1f} | {r['images_per_s']:.0f} | "
-                f"{r['ratio_to_sgd']:.3f} | {r['paired_ratio_to_sgd']:.3f} | {t['held_mib']:.1f} | "
-                f"{t['step_peak_mib']:.1f} | {t['total_mib']:.1f} ({t['total_ratio_to_sgd']:.2f}) |"
-            )
-            if mem:
-                mm = mem[r["name"]]
-                row += f" {mm['delta_mib']:.1f} ({mm['delta_ratio_to_sgd']:.2f}) |"
-            lines.append(row)
-        rows = {r["name"]: r for r in w["rows"]}
-        summary = []
-
-        if "sam" in rows and "fsam" in rows:
-            ratio = _paired(rows, "fsam", "sam")
-            summary.append(
-                f"F-SAM / SAM (ours, paired) = {ratio:.3f} "
-                f"(target within 3 %: {'met' if abs(ratio - 1) <= 0.03 else 'MISSED'})"
-            )
-            summary.append(f"SAM / SGD (paired) = {rows['sam']['paired_ratio_to_sgd']:.3f} (two passes: ~2)")
-        for ours, theirs in (("sam", "pto-sam"), ("fsam", "pto-fsam")):
-            if ours in rows and theirs in rows:
-                summary.append(
-                    f"{TITLES[theirs]} / {TITLES[ours]} (paired) = {_paired(rows, theirs, ours):.3f}"
-                )
-        if summary:
-            lines += ["", "; ".join(summary) + "."]
-        lines += [
-            "",
-            "Tensor memory (exact, in this process after the timed steps): *held* = tensors the optimizer keeps "
-            "between steps beyond parameters and gradients (momentum; ours also the saved weights, F-SAM the EMA; "
-            "pytorch-optimizer keeps its weight copy only within a step); *step peak* = peak of tensor bytes "
-            "allocated within one step (torch.profiler memory events: activations, gradients, temporaries, "
-            "per-step copies); parameters themselves are not counted.",
-        ]
+    for r in w["rows"]:
+        t = tm[r["name"]]
+        row = (
+            f"| {r['title']} | {r['median_ms']:.1f} | {r['iqr_ms']:.1f} | {r['images_per_s']:.0f} | "
+            f"{r['ratio_to_sgd']:.3f} | {r['paired_ratio_to_sgd']:.3f} | {t['held_mib']:.1f} | "
+            f"{t['step_peak_mib']:.1f} | {t['total_mib']:.1f} ({t['total_ratio_to_sgd']:.2f}) |"
+        )
         if mem:
-            warn = all(v["peak_set_by_steps"] for v in mem.values())
-            lines += [
-                "",
-                "RSS delta (OS view, allocator caching included): each contender alone in a fresh process; max RSS "
-                f"after {cfg['memory_steps']} steps (`VmHWM`, reset to the current RSS before the first step) minus RSS after "
-                "building model, optimizer and batch. Baselines "
-                "MiB: "
-                + ", ".join(f"{TITLES[n]} {v['baseline_mib']:.0f}" for n, v in mem.items())
-                + "."
-                + (
-                    ""
-                    if warn
-                    else " WARNING: for some contender the max RSS was set before the steps (its delta "
-                    "is a lower bound)."
-                ),
-            ]
-        lines.append("")
+            mm = mem[r["name"]]
+            row += f" {mm['delta_mib']:.1f} ({mm['delta_ratio_to_sgd']:.2f}) |"
+        lines.append(row)
+    rows = {r["name"]: r for r in w["rows"]}
+    summary = []
+
+    if "sam" in rows and "fsam" in rows:
+        ratio = _paired(rows, "fsam", "sam")
+        summary.append(
+            f"F-SAM / SAM (ours, paired) = {ratio:.3f} "
+            f"(target within 3 %: {'met' if abs(ratio - 1) <= 0.03 else 'MISSED'})"
+        )
+        summary.append(f"SAM / SGD (paired) = {rows['sam']['paired_ratio_to_sgd']:.3f} (two passes: ~2)")
+    for ours, theirs in (("sam", "pto-sam"), ("fsam", "pto-fsam")):
+        if ours in rows and theirs in rows:
+            summary.append(f"{TITLES[theirs]} / {TITLES[ours]} (paired) = {_paired(rows, theirs, ours):.3f}")
+    if summary:
+        lines += ["", "; ".join(summary) + "."]
+    lines += [
+        "",
+        "Tensor memory (exact, in this process after the timed steps): *held* = tensors the optimizer keeps "
+        "between steps beyond parameters and gradients (momentum; ours also the saved weights, F-SAM the EMA; "
+        "pytorch-optimizer keeps its weight copy only within a step); *step peak* = peak of tensor bytes "
+        "allocated within one step (torch.profiler memory events: activations, gradients, temporaries, "
+        "per-step copies); parameters themselves are not counted.",
+    ]
+    if mem:
+        warn = all(v["peak_set_by_steps"] for v in mem.values())
+        lines += [
+            "",
+            "RSS delta (OS view, allocator caching included): each contender alone in a fresh process; max RSS "
+            f"after {cfg['memory_steps']} steps (`VmHWM`, reset to the current RSS before the first step) minus RSS after "
+            "building model, optimizer and batch. Baselines "
+            "MiB: "
+            + ", ".join(f"{TITLES[n]} {v['baseline_mib']:.0f}" for n, v in mem.items())
+            + "."
+            + (
+                ""
+                if warn
+                else " WARNING: for some contender the max RSS was set before the steps (its delta "
+                "is a lower bound)."
+            ),
+        ]
+    lines.append("")
+    return lines
+
+
+def _optimizer_only_lines(res: dict[str, Any]) -> list[str]:
+    """The optimizer-only table borrowed from optimizer_step.json, if present."""
+    lines: list[str] = []
     if res.get("optimizer_only"):
         lines += [
             "## Optimizer only (from `benchmarks/optimizer_step.py`, docs/results/optimizer_step.md)",
@@ -375,6 +363,30 @@ def markdown(res: dict[str, Any]) -> str:
                 f"{f(r['extra_buffers'], '.2f')} | {f(r['peak_buffers'], '.2f')} |"
             )
         lines.append("")
+    return lines
+
+
+def markdown(res: dict[str, Any]) -> str:
+    m, cfg = res["machine"], res["config"]
+    lines = [
+        f"# Training-step cost: SGD vs SAM vs F-SAM{' (quick mode)' if cfg['quick'] else ''}",
+        "",
+        f"Command: `{res['command']}`.",
+        f"Commit {m['commit']}, torch {m['torch']} with {m['torch_threads']} thread(s), Python {m['python']}, "
+        f"pytorch-optimizer {m['pytorch_optimizer'] or 'not installed'}; {m['cpu']}, {m['cpu_count']} CPUs; "
+        f"load average at start {_load(res.get('load_average_start'))}, at end {_load(m['load_average'])} "
+        "(a shared machine: other jobs ran at the same time).",
+        "",
+        "One training iteration = forward + backward + optimizer (two passes for SAM/F-SAM, the second with "
+        "BatchNorm statistics frozen), fp32, on a fixed random batch; all contenders in one process, "
+        f"interleaved round-robin with a rotating start, {cfg['warmup']} warm-up rounds, {cfg['repeats']} "
+        "timed rounds. *Ratio* = median / SGD's median; *paired* = median over rounds of (time / same "
+        "round's SGD time). SGD lr 0.05 momentum 0.9 wd 5e-4; SAM rho 0.05; F-SAM rho 0.05 sigma 1 lmbda 0.6.",
+        "",
+    ]
+    for w in res["workloads"]:
+        lines += _workload_lines(w, cfg)
+    lines += _optimizer_only_lines(res)
     if res["notes"]:
         lines += ["Notes:"] + [f"- {n}" for n in res["notes"]]
     return "\n".join(lines).rstrip() + "\n"
