@@ -17,7 +17,6 @@ import argparse
 import io
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,10 +25,12 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: the shared kit
+import benchkit  # noqa: E402
+
 from friendly_sam.data import load_dataset
 from friendly_sam.models import build_model
 from friendly_sam.train import TrainConfig, build_optimizer, train, training_step
-from friendly_sam.train.trainer import machine_description
 
 
 def bare_loop(cfg: TrainConfig, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
@@ -86,9 +87,7 @@ def main() -> None:
         results["pipeline (quiet)"].append(pipeline(cfg, progress=False))
         results["pipeline (progress bar)"].append(pipeline(cfg, progress=True))
     base = statistics.median(results["bare"])
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
+    commit = benchkit.git_commit()
     print(
         f"model {args.model}, optimizer {args.optimizer}, batch {args.batch_size}, {args.images} images/epoch, "
         f"{args.repeats} repeats, torch {torch.__version__}, {torch.get_num_threads()} threads, commit {commit}"
@@ -106,7 +105,7 @@ def main() -> None:
                     "args": vars(args) | {"json": str(args.json)},
                     "results": results,
                     "commit": commit,
-                    "machine": machine_description(),
+                    "machine": benchkit.machine(),
                 },
                 indent=2,
             )

@@ -29,11 +29,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: the shared kit
+import benchkit  # noqa: E402
+
 from friendly_sam import FriendlySAM
-from friendly_sam.distributed import AllReduceCounter, ddp_training_step
+from friendly_sam.distributed import AllReduceCounter
 from friendly_sam.models import build_model
-from friendly_sam.train.step import training_step
-from friendly_sam.train.trainer import machine_description
+from friendly_sam.train.step import ddp_training_step, training_step
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = {"sgd (plain DDP)": ("sgd", "synchronized"), "fsam per-replica": ("fsam", "per-replica")}
@@ -146,40 +148,11 @@ def two_processes(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         return json.loads(rdzv.with_suffix(".json").read_text())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="resnet8")
-    parser.add_argument("--batch-size", type=int, default=128, help="global batch")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--out", default=str(ROOT / "docs" / "results" / "distributed"))
-    args = parser.parse_args()
-    if args.worker:
-        return worker(args)
-
-    load_before = os.getloadavg()
-    model, _ = make(args.model, "sgd")
-    grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    buffer_bytes = sum(b.numel() * b.element_size() for b in model.buffers())
-    one = {f"{t} thread{'s' if t > 1 else ''}": single_process(args, t) for t in (2, 1)}
-    two = two_processes(args)
-    result = {
-        "model": args.model,
-        "global_batch": args.batch_size,
-        "steps_timed": args.steps,
-        "gradient_bytes": grad_bytes,
-        "buffer_bytes": buffer_bytes,
-        "one_process_step_s": one,
-        "two_processes_step_s_and_comm": two,
-        "load_average_before": load_before,
-        "load_average_after": os.getloadavg(),
-        "machine": machine_description(),
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-
+def markdown(args: argparse.Namespace, result: dict) -> str:
+    """The report of one measurement (``result`` as written to the JSON file)."""
+    one, two = result["one_process_step_s"], result["two_processes_step_s_and_comm"]
+    grad_bytes, buffer_bytes = result["gradient_bytes"], result["buffer_bytes"]
+    load_before = result["load_average_before"]
     b = args.batch_size
     lines = [
         "# F-SAM under DDP: step time and communication",
@@ -225,8 +198,46 @@ def main() -> None:
         "Neither is the scaling of a multi-GPU node, where the byte counts above are what costs time.",
         "",
     ]
-    out.with_suffix(".md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="resnet8")
+    parser.add_argument("--batch-size", type=int, default=128, help="global batch")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=str(ROOT / "docs" / "results" / "distributed"))
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+
+    load_before = os.getloadavg()
+    model, _ = make(args.model, "sgd")
+    grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    buffer_bytes = sum(b.numel() * b.element_size() for b in model.buffers())
+    one = {f"{t} thread{'s' if t > 1 else ''}": single_process(args, t) for t in (2, 1)}
+    two = two_processes(args)
+    result = {
+        "model": args.model,
+        "global_batch": args.batch_size,
+        "steps_timed": args.steps,
+        "gradient_bytes": grad_bytes,
+        "buffer_bytes": buffer_bytes,
+        "one_process_step_s": one,
+        "two_processes_step_s_and_comm": two,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "machine": benchkit.machine(),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+
+    text = markdown(args, result)
+    out.with_suffix(".md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

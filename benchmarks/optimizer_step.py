@@ -19,7 +19,8 @@ rotating order, after warm-up rounds. Reported: median and IQR over repeats, rat
 the faster plain SGD, and memory:
 
 * ``held``: bytes of tensors the optimizer keeps between steps beyond parameters and gradients (its
-  ``state``, its base optimizer's ``state``, our ``_saved`` weights and ``_grad_copy``), in parameter-sized buffers;
+  ``state``, its base optimizer's ``state``, and ours' ``buffer_tensors()``: saved weights, EMA, gradient
+  copy), in parameter-sized buffers;
 * ``extra``: ``held`` minus SGD's momentum buffer (ours: F-SAM 2 = EMA + saved weights, SAM 1);
 * ``alloc``: peak of the bytes newly allocated (net of frees) within one step, from ``torch.profiler``
   memory events (``profile_memory=True``): temporaries and per-step clones;
@@ -35,16 +36,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import importlib.metadata
 import json
 import math
-import os
-import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,8 +51,10 @@ import torch
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from friendly_sam.optim import SAM, FriendlySAM
-from friendly_sam.train.trainer import machine_description
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: the shared kit
+import benchkit  # noqa: E402
+
+from friendly_sam.optim import SAM, FriendlySAM  # noqa: E402
 
 try:  # benchmark-only extra: pip install "friendly-sam[bench]"
     from pytorch_optimizer import FriendlySAM as PtoFriendlySAM
@@ -235,53 +233,9 @@ def one_step(c: Contender, grads: Grads, repeat: int, mark: bool = False) -> tup
 
 
 # --------------------------------------------------------------------------- memory
-def _tensors_in(obj: Any) -> list[Tensor]:
-    if isinstance(obj, Tensor):
-        return [obj]
-    if isinstance(obj, dict):
-        return [t for v in obj.values() for t in _tensors_in(v)]
-    if isinstance(obj, (list, tuple)):
-        return [t for v in obj for t in _tensors_in(v)]
-    return []
-
-
-def held_bytes(opt: Any, params: list[nn.Parameter]) -> int:
-    """Bytes of distinct tensors the optimizer holds beyond parameters and gradients."""
-    exclude = {p.data_ptr() for p in params} | {p.grad.data_ptr() for p in params if p.grad is not None}
-    tensors = _tensors_in(dict(opt.state))
-    base = getattr(opt, "base_optimizer", None)
-    if base is not None:
-        tensors += _tensors_in(dict(base.state))
-    for attr in ("_saved", "_grad_copy"):  # ours: saved weights; F-SAM component="full": copy of g
-        tensors += _tensors_in(dict(getattr(opt, attr, {}) or {}))
-    seen: dict[int, int] = {}
-    for t in tensors:
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in exclude:
-            seen[ptr] = max(seen.get(ptr, 0), t.untyped_storage().nbytes())
-    return sum(seen.values())
-
-
 def step_alloc_peak(c: Contender, grads: Grads, repeat: int) -> int:
     """Peak of bytes newly allocated (net of frees) during one step, from torch.profiler's memory events."""
-    from torch.profiler import ProfilerActivity, profile
-
-    gc.collect()
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        one_step(c, grads, repeat)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "trace.json")
-        prof.export_chrome_trace(path)
-        with open(path) as f:
-            events = json.load(f)["traceEvents"]
-    mem = sorted((e for e in events if e.get("name") == "[memory]"), key=lambda e: e["ts"])
-    running = peak = 0
-    for e in mem:
-        if e["args"].get("Device Type", 0) != 0:  # CPU only
-            continue
-        running += int(e["args"]["Bytes"])
-        peak = max(peak, running)
-    return peak
+    return benchkit.step_alloc_peak(lambda: one_step(c, grads, repeat))
 
 
 def op_profile(
@@ -320,34 +274,26 @@ def op_profile(
     ]
 
 
-# --------------------------------------------------------------------------- machine
-def machine() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
-            ).stdout.strip()
-        except Exception:
-            return "unknown"
-
-    return {
-        "cpu": machine_description()["cpu"],
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "pytorch_optimizer": PTO_VERSION,
-        "commit": git("rev-parse", "--short", "HEAD"),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-
-
 # --------------------------------------------------------------------------- run
 def quantiles(xs: list[float]) -> tuple[float, float, float]:
     if len(xs) == 1:
         return xs[0], xs[0], xs[0]
     q1, med, q3 = statistics.quantiles(xs, n=4, method="inclusive")
     return q1, med, q3
+
+
+def time_rounds(cs: list[Contender], grads: Grads, warmup: int, repeats: int) -> None:
+    """Warm-up rounds, then timed rounds into each contender's ``first_ms``/``second_ms``/``total_ms``."""
+    for r in range(warmup):
+        for c in cs:
+            one_step(c, grads, r)
+    for r in range(repeats):
+        k = r % len(cs)
+        for c in cs[k:] + cs[:k]:  # round-robin, rotating the starting contender
+            t1, t2 = one_step(c, grads, r)
+            c.first_ms.append(t1 * 1e3)
+            c.second_ms.append(t2 * 1e3)
+            c.total_ms.append((t1 + t2) * 1e3)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -360,23 +306,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for c in cs:
         c.params = clone_params(base_params)
         c.opt = c.build(c.params)
-    load_start = machine()["load_average"]
+    load_start = benchkit.machine()["load_average"]
 
-    for r in range(args.warmup):
-        for c in cs:
-            one_step(c, grads, r)
-    for r in range(args.repeats):
-        k = r % len(cs)
-        for c in cs[k:] + cs[:k]:  # round-robin, rotating the starting contender
-            t1, t2 = one_step(c, grads, r)
-            c.first_ms.append(t1 * 1e3)
-            c.second_ms.append(t2 * 1e3)
-            c.total_ms.append((t1 + t2) * 1e3)
-
+    time_rounds(cs, grads, args.warmup, args.repeats)
     results = []
     for c in cs:
         q1, med, q3 = quantiles(c.total_ms)
-        held = held_bytes(c.opt, c.params) / param_bytes
+        held = benchkit.held_bytes(c.opt, c.params) / param_bytes
         peak_alloc = step_alloc_peak(c, grads, args.warmup + args.repeats) / param_bytes
         results.append(
             {
@@ -409,7 +345,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if c.kind == "two_pass" or c.name == baseline["name"]:
                 profiles[c.name] = op_profile(c, grads, args.warmup + args.repeats + 1)
 
-    info = machine()
+    info = benchkit.machine(torch_threads=torch.get_num_threads())
     info["load_average_start"] = load_start
     return {
         "config": {

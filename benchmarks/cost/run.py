@@ -32,10 +32,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -46,7 +46,14 @@ from typing import Any
 
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared kit
+import benchkit  # noqa: E402
+
+from friendly_sam.models import build_model  # noqa: E402
+from friendly_sam.optim import SAM, FriendlySAM  # noqa: E402
+from friendly_sam.train.step import training_step  # noqa: E402
+
+REPO = benchkit.REPO
 SGD_KW = {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4}
 SAM_KW = {"rho": 0.05}
 FSAM_KW = {"rho": 0.05, "sigma": 1.0, "lmbda": 0.6}
@@ -66,36 +73,12 @@ FULL_WORKLOADS = [
 QUICK_WORKLOADS = [("cnn_small-28x28x1-b16", "cnn_small", 28, 1, 16)]
 
 
-def _generalization_module() -> Any:
-    """benchmarks/generalization/run.py, for its ``external_two_pass_step`` (one definition for both)."""
-    name = "_fsam_bench_generalization"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "generalization" / "run.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 def have_pto() -> bool:
     return importlib.util.find_spec("pytorch_optimizer") is not None
 
 
-def pto_version() -> str | None:
-    if not have_pto():
-        return None
-    import importlib.metadata
-
-    return importlib.metadata.version("pytorch-optimizer")
-
-
 def make_contender(name: str, model_name: str, size: int, channels: int, batch: int, seed: int = 0) -> Any:
     """(model, optimizer, step function, x, y) with the same initial weights and batch for every name."""
-    from friendly_sam.models import build_model
-    from friendly_sam.optim import SAM, FriendlySAM
-    from friendly_sam.train.step import training_step
-
     torch.manual_seed(seed)
     model = build_model(model_name, 10, channels)
     model.train()
@@ -115,8 +98,7 @@ def make_contender(name: str, model_name: str, size: int, channels: int, batch: 
         from pytorch_optimizer import FriendlySAM as PtoFriendlySAM
 
         cls, kw = (PtoSAM, SAM_KW) if name == "pto-sam" else (PtoFriendlySAM, FSAM_KW)
-        opt = cls(params, torch.optim.SGD, **kw, **SGD_KW)
-        step = _generalization_module().external_two_pass_step
+        opt = cls(params, torch.optim.SGD, **kw, **SGD_KW)  # first_step/second_step: the same two-pass step
     return model, opt, step, x, y
 
 
@@ -177,64 +159,12 @@ def time_workload(
     }
 
 
-def _tensors_in(obj: Any) -> list[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, dict):
-        return [t for v in obj.values() for t in _tensors_in(v)]
-    if isinstance(obj, (list, tuple)):
-        return [t for v in obj for t in _tensors_in(v)]
-    return []
-
-
-def held_bytes(model: torch.nn.Module, opt: Any) -> int:
-    """Bytes of distinct tensors the optimizer keeps between steps (its state, its base optimizer's
-    state, our saved weights), beyond parameters and gradients."""
-    params = list(model.parameters())
-    exclude = {p.untyped_storage().data_ptr() for p in params}
-    exclude |= {p.grad.untyped_storage().data_ptr() for p in params if p.grad is not None}
-    tensors = _tensors_in(dict(opt.state))
-    base = getattr(opt, "base_optimizer", None)
-    if base is not None:
-        tensors += _tensors_in(dict(base.state))
-    tensors += _tensors_in(dict(getattr(opt, "_saved", {}) or {}))
-    seen: dict[int, int] = {}
-    for t in tensors:
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in exclude:
-            seen[ptr] = max(seen.get(ptr, 0), t.untyped_storage().nbytes())
-    return sum(seen.values())
-
-
-def step_peak_bytes(c: tuple[Any, ...]) -> int:
-    """Peak of tensor bytes allocated (net of frees) within one training step, from torch.profiler's
-    memory events: activations, gradients, temporaries and per-step copies."""
-    import gc
-    import tempfile
-
-    from torch.profiler import ProfilerActivity, profile
-
-    gc.collect()
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        timed_step(c)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "trace.json")
-        prof.export_chrome_trace(path)
-        with open(path) as f:
-            events = json.load(f)["traceEvents"]
-    running = peak = 0
-    for e in sorted((e for e in events if e.get("name") == "[memory]"), key=lambda e: e["ts"]):
-        if e["args"].get("Device Type", 0) == 0:  # CPU
-            running += int(e["args"]["Bytes"])
-            peak = max(peak, running)
-    return peak
-
-
 def tensor_memory(contenders: dict[str, tuple[Any, ...]]) -> dict[str, dict[str, float]]:
     """Exact tensor accounting after the timed steps (steady state): held + in-step peak."""
     out = {}
     for n, c in contenders.items():
-        held, peak = held_bytes(c[0], c[1]), step_peak_bytes(c)
+        held = benchkit.held_bytes(c[1], list(c[0].parameters()))
+        peak = benchkit.step_alloc_peak(functools.partial(timed_step, c))
         out[n] = {"held_mib": held / 2**20, "step_peak_mib": peak / 2**20, "total_mib": (held + peak) / 2**20}
     for n in out:
         out[n]["total_ratio_to_sgd"] = out[n]["total_mib"] / out["sgd"]["total_mib"]
@@ -287,8 +217,7 @@ def measure_memory(
 ) -> dict:
     _, model_name, size, channels, batch = workload
     out = {}
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+    env = benchkit.src_env(OMP_NUM_THREADS=str(threads))
     for n in names:
         spec = {
             "name": n,
@@ -322,27 +251,6 @@ def measure_memory(
     return out
 
 
-def machine(threads: int) -> dict[str, Any]:
-    from friendly_sam.train.trainer import machine_description
-
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except Exception:
-        commit = "unknown"
-    return {
-        "cpu": machine_description()["cpu"],
-        "cpu_count": os.cpu_count(),
-        "torch_threads": threads,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "pytorch_optimizer": pto_version(),
-        "commit": commit,
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-
-
 def optimizer_only(path: Path) -> list[dict[str, Any]] | None:
     if not path.is_file():
         return None
@@ -366,88 +274,76 @@ def command_line(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
-def markdown(res: dict[str, Any]) -> str:
-    m, cfg = res["machine"], res["config"]
-    lines = [
-        f"# Training-step cost: SGD vs SAM vs F-SAM{' (quick mode)' if cfg['quick'] else ''}",
+def _workload_lines(w: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    """One workload's table, ratios and memory notes."""
+    lines: list[str] = []
+    mem, tm = w.get("memory"), w["tensor_memory"]
+    lines += [
+        f"## {w['model']}, input {'x'.join(map(str, w['input']))}, batch {w['batch']} "
+        f"({w['num_params']:,} parameters = {w['param_mib']:.1f} MiB)",
         "",
-        f"Command: `{res['command']}`.",
-        f"Commit {m['commit']}, torch {m['torch']} with {m['torch_threads']} thread(s), Python {m['python']}, "
-        f"pytorch-optimizer {m['pytorch_optimizer'] or 'not installed'}; {m['cpu']}, {m['cpu_count']} CPUs; "
-        f"load average at start {_load(res.get('load_average_start'))}, at end {_load(m['load_average'])} "
-        "(a shared machine: other jobs ran at the same time).",
-        "",
-        "One training iteration = forward + backward + optimizer (two passes for SAM/F-SAM, the second with "
-        "BatchNorm statistics frozen), fp32, on a fixed random batch; all contenders in one process, "
-        f"interleaved round-robin with a rotating start, {cfg['warmup']} warm-up rounds, {cfg['repeats']} "
-        "timed rounds. *Ratio* = median / SGD's median; *paired* = median over rounds of (time / same "
-        "round's SGD time). SGD lr 0.05 momentum 0.9 wd 5e-4; SAM rho 0.05; F-SAM rho 0.05 sigma 1 lmbda 0.6.",
-        "",
+        "| optimizer | median ms/step | IQR ms | img/s | ratio to SGD | paired ratio | held MiB | "
+        "step peak MiB | held + peak (ratio to SGD) |" + (" RSS delta MiB (ratio) |" if mem else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if mem else ""),
     ]
-    for w in res["workloads"]:
-        mem, tm = w.get("memory"), w["tensor_memory"]
-        lines += [
-            f"## {w['model']}, input {'x'.join(map(str, w['input']))}, batch {w['batch']} "
-            f"({w['num_params']:,} parameters = {w['param_mib']:.1f} MiB)",
-            "",
-            "| optimizer | median ms/step | IQR ms | img/s | ratio to SGD | paired ratio | held MiB | "
-            "step peak MiB | held + peak (ratio to SGD) |" + (" RSS delta MiB (ratio) |" if mem else ""),
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if mem else ""),
-        ]
-        for r in w["rows"]:
-            t = tm[r["name"]]
-            row = (
-                f"| {r['title']} | {r['median_ms']:.1f} | {r['iqr_ms']:.1f} | {r['images_per_s']:.0f} | "
-                f"{r['ratio_to_sgd']:.3f} | {r['paired_ratio_to_sgd']:.3f} | {t['held_mib']:.1f} | "
-                f"{t['step_peak_mib']:.1f} | {t['total_mib']:.1f} ({t['total_ratio_to_sgd']:.2f}) |"
-            )
-            if mem:
-                mm = mem[r["name"]]
-                row += f" {mm['delta_mib']:.1f} ({mm['delta_ratio_to_sgd']:.2f}) |"
-            lines.append(row)
-        rows = {r["name"]: r for r in w["rows"]}
-        summary = []
-
-        if "sam" in rows and "fsam" in rows:
-            ratio = _paired(rows, "fsam", "sam")
-            summary.append(
-                f"F-SAM / SAM (ours, paired) = {ratio:.3f} "
-                f"(target within 3 %: {'met' if abs(ratio - 1) <= 0.03 else 'MISSED'})"
-            )
-            summary.append(f"SAM / SGD (paired) = {rows['sam']['paired_ratio_to_sgd']:.3f} (two passes: ~2)")
-        for ours, theirs in (("sam", "pto-sam"), ("fsam", "pto-fsam")):
-            if ours in rows and theirs in rows:
-                summary.append(
-                    f"{TITLES[theirs]} / {TITLES[ours]} (paired) = {_paired(rows, theirs, ours):.3f}"
-                )
-        if summary:
-            lines += ["", "; ".join(summary) + "."]
-        lines += [
-            "",
-            "Tensor memory (exact, in this process after the timed steps): *held* = tensors the optimizer keeps "
-            "between steps beyond parameters and gradients (momentum; ours also the saved weights, F-SAM the EMA; "
-            "pytorch-optimizer keeps its weight copy only within a step); *step peak* = peak of tensor bytes "
-            "allocated within one step (torch.profiler memory events: activations, gradients, temporaries, "
-            "per-step copies); parameters themselves are not counted.",
-        ]
+    for r in w["rows"]:
+        t = tm[r["name"]]
+        row = (
+            f"| {r['title']} | {r['median_ms']:.1f} | {r['iqr_ms']:.1f} | {r['images_per_s']:.0f} | "
+            f"{r['ratio_to_sgd']:.3f} | {r['paired_ratio_to_sgd']:.3f} | {t['held_mib']:.1f} | "
+            f"{t['step_peak_mib']:.1f} | {t['total_mib']:.1f} ({t['total_ratio_to_sgd']:.2f}) |"
+        )
         if mem:
-            warn = all(v["peak_set_by_steps"] for v in mem.values())
-            lines += [
-                "",
-                "RSS delta (OS view, allocator caching included): each contender alone in a fresh process; max RSS "
-                f"after {cfg['memory_steps']} steps (`VmHWM`, reset to the current RSS before the first step) minus RSS after "
-                "building model, optimizer and batch. Baselines "
-                "MiB: "
-                + ", ".join(f"{TITLES[n]} {v['baseline_mib']:.0f}" for n, v in mem.items())
-                + "."
-                + (
-                    ""
-                    if warn
-                    else " WARNING: for some contender the max RSS was set before the steps (its delta "
-                    "is a lower bound)."
-                ),
-            ]
-        lines.append("")
+            mm = mem[r["name"]]
+            row += f" {mm['delta_mib']:.1f} ({mm['delta_ratio_to_sgd']:.2f}) |"
+        lines.append(row)
+    rows = {r["name"]: r for r in w["rows"]}
+    summary = []
+
+    if "sam" in rows and "fsam" in rows:
+        ratio = _paired(rows, "fsam", "sam")
+        summary.append(
+            f"F-SAM / SAM (ours, paired) = {ratio:.3f} "
+            f"(target within 3 %: {'met' if abs(ratio - 1) <= 0.03 else 'MISSED'})"
+        )
+        summary.append(f"SAM / SGD (paired) = {rows['sam']['paired_ratio_to_sgd']:.3f} (two passes: ~2)")
+    for ours, theirs in (("sam", "pto-sam"), ("fsam", "pto-fsam")):
+        if ours in rows and theirs in rows:
+            summary.append(f"{TITLES[theirs]} / {TITLES[ours]} (paired) = {_paired(rows, theirs, ours):.3f}")
+    if summary:
+        lines += ["", "; ".join(summary) + "."]
+    lines += [
+        "",
+        "Tensor memory (exact, in this process after the timed steps): *held* = tensors the optimizer keeps "
+        "between steps beyond parameters and gradients (momentum; ours also the saved weights, F-SAM the EMA; "
+        "pytorch-optimizer keeps its weight copy only within a step); *step peak* = peak of tensor bytes "
+        "allocated within one step (torch.profiler memory events: activations, gradients, temporaries, "
+        "per-step copies); parameters themselves are not counted.",
+    ]
+    if mem:
+        warn = all(v["peak_set_by_steps"] for v in mem.values())
+        lines += [
+            "",
+            "RSS delta (OS view, allocator caching included): each contender alone in a fresh process; max RSS "
+            f"after {cfg['memory_steps']} steps (`VmHWM`, reset to the current RSS before the first step) minus RSS after "
+            "building model, optimizer and batch. Baselines "
+            "MiB: "
+            + ", ".join(f"{TITLES[n]} {v['baseline_mib']:.0f}" for n, v in mem.items())
+            + "."
+            + (
+                ""
+                if warn
+                else " WARNING: for some contender the max RSS was set before the steps (its delta "
+                "is a lower bound)."
+            ),
+        ]
+    lines.append("")
+    return lines
+
+
+def _optimizer_only_lines(res: dict[str, Any]) -> list[str]:
+    """The optimizer-only table borrowed from optimizer_step.json, if present."""
+    lines: list[str] = []
     if res.get("optimizer_only"):
         lines += [
             "## Optimizer only (from `benchmarks/optimizer_step.py`, docs/results/optimizer_step.md)",
@@ -467,6 +363,30 @@ def markdown(res: dict[str, Any]) -> str:
                 f"{f(r['extra_buffers'], '.2f')} | {f(r['peak_buffers'], '.2f')} |"
             )
         lines.append("")
+    return lines
+
+
+def markdown(res: dict[str, Any]) -> str:
+    m, cfg = res["machine"], res["config"]
+    lines = [
+        f"# Training-step cost: SGD vs SAM vs F-SAM{' (quick mode)' if cfg['quick'] else ''}",
+        "",
+        f"Command: `{res['command']}`.",
+        f"Commit {m['commit']}, torch {m['torch']} with {m['torch_threads']} thread(s), Python {m['python']}, "
+        f"pytorch-optimizer {m['pytorch_optimizer'] or 'not installed'}; {m['cpu']}, {m['cpu_count']} CPUs; "
+        f"load average at start {_load(res.get('load_average_start'))}, at end {_load(m['load_average'])} "
+        "(a shared machine: other jobs ran at the same time).",
+        "",
+        "One training iteration = forward + backward + optimizer (two passes for SAM/F-SAM, the second with "
+        "BatchNorm statistics frozen), fp32, on a fixed random batch; all contenders in one process, "
+        f"interleaved round-robin with a rotating start, {cfg['warmup']} warm-up rounds, {cfg['repeats']} "
+        "timed rounds. *Ratio* = median / SGD's median; *paired* = median over rounds of (time / same "
+        "round's SGD time). SGD lr 0.05 momentum 0.9 wd 5e-4; SAM rho 0.05; F-SAM rho 0.05 sigma 1 lmbda 0.6.",
+        "",
+    ]
+    for w in res["workloads"]:
+        lines += _workload_lines(w, cfg)
+    lines += _optimizer_only_lines(res)
     if res["notes"]:
         lines += ["Notes:"] + [f"- {n}" for n in res["notes"]]
     return "\n".join(lines).rstrip() + "\n"
@@ -509,8 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.render_only:
         result = json.loads((args.out_dir / f"{prefix}.json").read_text())
         result["optimizer_only"] = optimizer_only(args.optimizer_step_json)
-        (args.out_dir / f"{prefix}.md").write_text(markdown(result))
-        (args.out_dir / f"{prefix}.json").write_text(json.dumps(result, indent=1) + "\n")
+        benchkit.write_report(args.out_dir, prefix, markdown(result), result)
         print(markdown(result))
         return 0
     args.repeats = args.repeats or (3 if args.quick else 30)
@@ -547,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
             "sam": SAM_KW,
             "fsam": FSAM_KW,
         },
-        "machine": machine(args.threads),
+        "machine": benchkit.machine(torch_threads=args.threads),
         "load_average_start": load_start,
         "workloads": workloads,
         "optimizer_only": optimizer_only(args.optimizer_step_json),
@@ -555,8 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     text = markdown(result)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / f"{prefix}.md").write_text(text)
-    (args.out_dir / f"{prefix}.json").write_text(json.dumps(result, indent=1) + "\n")
+    benchkit.write_report(args.out_dir, prefix, text, result)
     print(text)
     return 0
 

@@ -36,13 +36,19 @@ import math
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared kit
+import benchkit  # noqa: E402
+
+from friendly_sam.commands.analyze import analyze_run  # noqa: E402
+from friendly_sam.train import TrainConfig, train  # noqa: E402
+from friendly_sam.train import run_dir as rd  # noqa: E402
 
 MODES = {
     "sam": {"component": "minibatch"},
@@ -109,15 +115,12 @@ def config_for(args: argparse.Namespace, mode: str, noise: float, seed: int) -> 
 
 
 def phase_train(args: argparse.Namespace) -> None:
-    from friendly_sam.train import TrainConfig, train
-    from friendly_sam.train.trainer import CHECKPOINT_FILE, SUMMARY_FILE
-
     todo = run_dirs(args)
     for k, (mode, noise, seed, run_dir) in enumerate(todo, 1):
-        if (run_dir / SUMMARY_FILE).exists():
+        if rd.has_summary(run_dir):
             continue
         cfg = TrainConfig.from_dict(config_for(args, mode, noise, seed)).validate()
-        resume = (run_dir / CHECKPOINT_FILE).exists()
+        resume = rd.has_checkpoint(run_dir)
         if not resume and run_dir.exists():
             shutil.rmtree(run_dir)  # started but no epoch finished: start over
         log(f"[{k}/{len(todo)}] {mode} noise={noise:g} seed={seed} {'(resuming)' if resume else ''}")
@@ -136,12 +139,9 @@ def ema_run_dirs(args: argparse.Namespace) -> list[tuple[float, float, int, Path
 
 
 def phase_ema(args: argparse.Namespace) -> None:
-    from friendly_sam.train import TrainConfig, train
-    from friendly_sam.train.trainer import CHECKPOINT_FILE, SUMMARY_FILE
-
     todo = ema_run_dirs(args)
     for k, (noise, lmbda, seed, run_dir) in enumerate(todo, 1):
-        if (run_dir / SUMMARY_FILE).exists():
+        if rd.has_summary(run_dir):
             continue
         values = {
             **config_for(args, "sam", noise, seed),
@@ -150,7 +150,7 @@ def phase_ema(args: argparse.Namespace) -> None:
             "name": f"ema{lmbda:g}",
         }
         cfg = TrainConfig.from_dict(values).validate()
-        resume = (run_dir / CHECKPOINT_FILE).exists()
+        resume = rd.has_checkpoint(run_dir)
         if not resume and run_dir.exists():
             shutil.rmtree(run_dir)
         log(
@@ -164,9 +164,9 @@ def phase_ema(args: argparse.Namespace) -> None:
 def collect_ema(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for noise, lmbda, seed, run_dir in ema_run_dirs(args):
-        if not (run_dir / "summary.json").exists():
+        if not rd.has_summary(run_dir):
             continue
-        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+        metrics = rd.read_metrics(run_dir)
         ema = [p for m in metrics for p in m.get("diag_ema_full_cos_points", [])]
         batch = [p for m in metrics for p in m.get("diag_batch_full_cos_points", [])]
         rows.append(
@@ -185,11 +185,8 @@ def collect_ema(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def phase_sharpness(args: argparse.Namespace) -> None:
-    from friendly_sam.analysis.run import analyze_run
-    from friendly_sam.train.trainer import SUMMARY_FILE
-
     for mode, noise, seed, run_dir in run_dirs(args):
-        if not (run_dir / SUMMARY_FILE).exists() or (run_dir / "analysis.json").exists():
+        if not rd.has_summary(run_dir) or (run_dir / rd.ANALYSIS_FILE).exists():
             continue
         log(f"sharpness {mode} noise={noise:g} seed={seed}")
         t0 = time.perf_counter()
@@ -200,9 +197,7 @@ def phase_sharpness(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------- report
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    return benchkit.mean_std(values) if values else (None, None)
 
 
 def _fmt(ms: tuple[float | None, float | None], digits: int = 2) -> str:
@@ -213,12 +208,10 @@ def _fmt(ms: tuple[float | None, float | None], digits: int = 2) -> str:
 def collect(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for mode, noise, seed, run_dir in run_dirs(args):
-        summary_path = run_dir / "summary.json"
-        if not summary_path.exists():
+        if not rd.has_summary(run_dir):
             continue
-        summary = json.loads(summary_path.read_text())
-        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-        analysis_path = run_dir / "analysis.json"
+        summary, metrics = rd.read_summary(run_dir), rd.read_metrics(run_dir)
+        analysis_path = run_dir / rd.ANALYSIS_FILE
         eig = None
         if analysis_path.exists():
             analysis = json.loads(analysis_path.read_text())
@@ -266,27 +259,6 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
                 }
             )
     return {"rows": rows, "groups": groups}
-
-
-def machine() -> dict[str, Any]:
-    from friendly_sam.train.trainer import machine_description
-
-    info = machine_description()
-    info["threads"] = 1
-    return info
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def plot_ema(rows: list[dict[str, Any]], args: argparse.Namespace, results: Path) -> str:
@@ -421,8 +393,8 @@ def phase_report(args: argparse.Namespace) -> None:
         files.append(plot_ema(data["ema_supplement"], args, results))
     meta = {
         "command": " ".join(["python benchmarks/decomposition/run.py", *_args_without_phase(sys.argv[1:])]),
-        "commit": git_commit(),
-        "machine": machine(),
+        "commit": benchkit.git_commit(short=False),
+        "machine": benchkit.machine(threads=1),
         "config": {**BASE, "epochs": args.epochs, "train_subset": args.train_subset},
         "modes": MODES,
         "label_noise": args.noise,

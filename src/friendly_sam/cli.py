@@ -10,24 +10,15 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
+from .commands.analyze import DEFAULTS as ANALYZE_DEFAULTS
+from .commands.analyze import PARTS as ANALYZE_PARTS
+from .commands.analyze import analyze_run
+from .commands.compare import compare_runs
+from .commands.demo import DEMO_CONFIG, run_demo
+from .data import DatasetFormatError, DatasetNotFoundError
+from .models import describe_models
+from .train import CheckpointError, RunDirectoryError, load_run_config, train
 from .train.config import TrainConfig, read_config_file
-
-DEMO_CONFIG = {
-    "dataset": "fashion-mnist",
-    "model": "resnet8",
-    "epochs": 4,
-    "batch_size": 128,
-    "lr": 0.05,
-    "weight_decay": 5e-4,
-    "rho": 0.1,
-    "lmbda": 0.6,
-    "sigma": 1.0,
-    "train_subset": 20000,
-    "bf16": False,
-    "channels_last": False,
-    "seed": 0,
-}
-DEMO_OPTIMIZERS = ("sgd", "sam", "fsam")
 
 
 # --------------------------------------------------------------------------- config flags
@@ -63,8 +54,6 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 # --------------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import load_run_config, train
-
     is_main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports (and writes files)
     if args.resume:
         run_dir = Path(args.resume)
@@ -87,8 +76,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .train.compare import compare_runs
-
     table, plot = compare_runs([Path(p) for p in args.runs], plot_path=args.plot, metric=args.metric)
     print(table)
     if plot:
@@ -97,8 +84,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models import describe_models
-
     rows = describe_models(num_classes=args.num_classes, in_channels=args.in_channels)
     width = max(len(r["name"]) for r in rows)
     print(f"{'name':<{width}}  {'params':>11}  kind   description")
@@ -109,11 +94,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """SGD, SAM and F-SAM on real Fashion-MNIST, same model, budget and seed; then the comparison."""
-    from .train import train
-    from .train.compare import compare_runs
-    from .train.trainer import CHECKPOINT_FILE, SUMMARY_FILE
-
-    out = Path(args.out)
     overrides = {
         k: v
         for k, v in {
@@ -124,17 +104,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         }.items()
         if v is not None
     }
-    runs = []
-    for name in DEMO_OPTIMIZERS:
-        cfg = TrainConfig.from_dict({**DEMO_CONFIG, **overrides, "optimizer": name}).validate()
-        run_dir = out / name
-        runs.append(run_dir)
-        if (run_dir / SUMMARY_FILE).exists():
-            print(f"{name}: finished earlier, reusing {run_dir}")
-            continue
-        print(f"== {name}: {cfg.model} on {cfg.dataset}, {cfg.epochs} epochs, rho {cfg.rho} ==")
-        train(cfg, run_dir, resume=(run_dir / CHECKPOINT_FILE).exists(), progress=not args.quiet)
-    table, plot = compare_runs(runs, plot_path=out / "test_accuracy.png")
+    table, plot = run_demo(Path(args.out), overrides, progress=not args.quiet)
     print()
     print(table)
     if plot:
@@ -143,13 +113,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from .analysis.run import analyze_run
-
     analyze_run(Path(args.run), vars(args))
     return 0
 
 
+# (flag, type, help) of the `fsam analyze` options with a default in commands.analyze.DEFAULTS
+_ANALYZE_NUMBERS = (
+    ("--subset", int, "training images analysed"),
+    ("--batch-size", int, "chunk size of the subset"),
+    ("--seed", int, "subset, start vector, probes, directions"),
+    ("--eig-iters", int, "max power iterations = HVPs"),
+    ("--eig-tol", float, "relative convergence tolerance"),
+    ("--trace-samples", int, "Hutchinson probes = HVPs"),
+    ("--sharpness-steps", int, "ascent steps"),
+    ("--span", float, "landscape range [-span, span]"),
+    ("--points-1d", int, "1-D landscape points"),
+    ("--points-2d", int, "2-D grid side; points**2 passes"),
+)
+
+
 def _add_analyze_flags(p: argparse.ArgumentParser) -> None:
+    d = ANALYZE_DEFAULTS
     p.description = (
         "Load RUN_DIR's checkpoint and config, rebuild the model and its training data, and on a fixed "
         "subset of training images (no augmentation, the run's labels) compute the top Hessian eigenvalue "
@@ -157,37 +141,28 @@ def _add_analyze_flags(p: argparse.ArgumentParser) -> None:
         "run's rho) and 1-D/2-D filter-normalised loss landscapes. Writes analysis.json and "
         "landscape_1d.png / landscape_2d.png into RUN_DIR. Cost: one HVP ~ 3 forward+backward passes over "
         "the subset; eigenvalue <= --eig-iters HVPs, trace --trace-samples HVPs, sharpness "
-        "--sharpness-steps F+B, landscapes --points-1d + --points-2d**2 forward passes. Measured: the "
-        "defaults take ~85 CPU s on one core for cnn_small (HVP ~2.9 s on 512 images); see "
-        "friendly_sam/analysis/run.py."
+        "--sharpness-steps F+B, landscapes --points-1d + --points-2d**2 forward passes; every part records "
+        "its own time in analysis.json."
     )
-    parts = "eigenvalue, trace, sharpness, landscape1d, landscape2d"
-    p.add_argument("--parts", default="all", help=f"comma-separated parts to compute: all or {parts}")
+    parts = ", ".join(ANALYZE_PARTS)
+    p.add_argument("--parts", default=d["parts"], help=f"comma-separated parts to compute: all or {parts}")
     p.add_argument(
         "--skip", action="append", default=[], help="parts to leave out (comma-separated, repeatable)"
     )
-    p.add_argument("--subset", type=int, default=512, help="training images analysed (default: 512)")
-    p.add_argument("--batch-size", type=int, default=256, help="chunk size of the subset (default: 256)")
     p.add_argument(
-        "--bn-mode", choices=("eval", "batch"), default="eval", help="BatchNorm: running stats or batch stats"
+        "--bn-mode",
+        choices=("eval", "batch"),
+        default=d["bn_mode"],
+        help="BatchNorm: running stats or batch stats",
     )
-    p.add_argument(
-        "--seed", type=int, default=0, help="subset, start vector, probes, directions (default: 0)"
-    )
-    p.add_argument("--eig-iters", type=int, default=20, help="max power iterations = HVPs (default: 20)")
-    p.add_argument(
-        "--eig-tol", type=float, default=1e-3, help="relative convergence tolerance (default: 1e-3)"
-    )
-    p.add_argument("--trace-samples", type=int, default=10, help="Hutchinson probes = HVPs (default: 10)")
+    for flag, kind, text in _ANALYZE_NUMBERS:
+        default = d[flag[2:].replace("-", "_")]
+        p.add_argument(flag, type=kind, default=default, help=f"{text} (default: {default})")
     p.add_argument(
         "--rho", type=float, help="radius of the worst-case loss increase (default: the run's rho)"
     )
-    p.add_argument("--sharpness-steps", type=int, default=5, help="ascent steps (default: 5)")
-    p.add_argument("--span", type=float, default=1.0, help="landscape range [-span, span] (default: 1)")
-    p.add_argument("--points-1d", type=int, default=21, help="1-D landscape points (default: 21)")
-    p.add_argument("--points-2d", type=int, default=11, help="2-D grid side; points**2 passes (default: 11)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: the run's --threads)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    p.add_argument("--device", default=d["device"], help=f"cpu or cuda[:N] (default: {d['device']})")
     p.add_argument("--checkpoint", help="checkpoint to analyse (default: RUN_DIR/checkpoint.pt)")
     p.add_argument("--out", help="directory for analysis.json and the PNGs (default: RUN_DIR)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
@@ -232,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo",
-        help="SGD vs SAM vs F-SAM on Fashion-MNIST (about 10 minutes on 2 CPU cores)",
+        help="SGD vs SAM vs F-SAM on Fashion-MNIST (a few minutes on a CPU; see docs/results/demo)",
         description="Train SGD, SAM and F-SAM with the same model, budget and seed on real "
         "Fashion-MNIST and compare them. Rerunning reuses finished runs and resumes others.",
     )
@@ -257,9 +232,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .data import DatasetFormatError, DatasetNotFoundError
-    from .train import CheckpointError, RunDirectoryError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -22,8 +22,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from friendly_sam import FriendlySAM
-from friendly_sam.distributed import ddp_training_step
 from friendly_sam.optim import frozen_bn_stats
+from friendly_sam.train import ddp_training_step
 
 torch.set_num_threads(1)
 torch.set_default_dtype(torch.float64)

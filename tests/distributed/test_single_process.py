@@ -11,12 +11,11 @@ from torch import nn
 from friendly_sam import SAM, FriendlySAM
 from friendly_sam.distributed import (
     DistributedContext,
-    ddp_training_step,
     init_from_env,
     load_replica_state,
     replica_state,
 )
-from friendly_sam.train.step import training_step
+from friendly_sam.train.step import ddp_training_step, training_step
 
 torch.set_num_threads(1)
 

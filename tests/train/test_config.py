@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from friendly_sam.train import TrainConfig
-from friendly_sam.train.trainer import lr_factor
+from friendly_sam.train.setup import lr_factor
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*/*.toml"))
 

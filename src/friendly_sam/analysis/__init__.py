@@ -24,11 +24,12 @@ statistics without touching the running statistics (:func:`evaluation_mode`). Mo
 restored, weights are restored in place bit for bit, and ``.grad`` fields are never touched.
 
 :mod:`~friendly_sam.analysis.decomposition` measures F-SAM's gradient decomposition during training
-(true full-batch gradients, EMA-vs-full-gradient cosines); :func:`friendly_sam.analysis.run.analyze_run`
-is ``fsam analyze RUN_DIR`` (all the measures above on a trained run, ``analysis.json`` + PNGs).
+(true full-batch gradients, EMA-vs-full-gradient cosines). Everything here is a function of a model and
+data; ``fsam analyze RUN_DIR`` (:func:`friendly_sam.commands.analyze.analyze_run`) applies the measures
+above to a trained run's checkpoint.
 """
 
-from ._common import evaluation_mode, trainable_parameters
+from ._common import LossFn, evaluation_mode, trainable_parameters
 from .decomposition import DecompositionMonitor, cosine, full_batch_gradient
 from .hessian import EigenResult, TraceResult, hessian_trace, hessian_vector_product, top_eigenvalue
 from .landscape import (
@@ -46,6 +47,7 @@ __all__ = [
     "DecompositionMonitor",
     "EigenResult",
     "Landscape1D",
+    "LossFn",
     "Landscape2D",
     "SharpnessResult",
     "TraceResult",

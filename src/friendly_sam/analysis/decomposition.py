@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -46,8 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from ..optim import frozen_bn_stats
-
-LossFn = Callable[[Tensor, Tensor], Tensor]
+from ._common import LossFn
 
 __all__ = ["DecompositionMonitor", "cosine", "full_batch_gradient"]
 
@@ -171,8 +171,6 @@ class DecompositionMonitor:
 
     def before_step(self, step: int, epoch: int) -> None:
         """Call before training step ``step`` (0-based, counted over the whole run) of epoch ``epoch``."""
-        import time
-
         if self.oracle_every is not None and step % self.oracle_every == 0:
             t0 = time.perf_counter()
             full = self._gradient(self.loader.iter_from(0, epoch))

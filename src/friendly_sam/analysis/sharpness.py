@@ -72,6 +72,26 @@ class SharpnessResult(_Result):
     bn_mode: str = "eval"
 
 
+@torch.no_grad()
+def _ascend_(u: list[torch.Tensor], gu: list[torch.Tensor], rho: float, gnorm: float) -> None:
+    """``u <- u + rho * gu / gnorm``, then projected back onto the ball of radius ``rho``."""
+    for ui, gi in zip(u, gu, strict=True):
+        ui.add_(gi, alpha=rho / gnorm)
+    unorm = _norm(u)
+    if unorm > rho:
+        for ui in u:
+            ui.mul_(rho / unorm)
+
+
+def _best(history: list[float]) -> tuple[int, float]:
+    """The first ascent step with the largest positive increase, and that increase (``(0, 0.0)`` if none)."""
+    best_step, increase = 0, 0.0
+    for k, inc in enumerate(history, start=1):
+        if inc > increase:
+            best_step, increase = k, inc
+    return best_step, increase
+
+
 def worst_case_loss_increase(
     model: nn.Module,
     loss_fn: LossFn,
@@ -117,13 +137,7 @@ def worst_case_loss_increase(
                 if gnorm == 0.0 or not math.isfinite(gnorm):
                     report(total, total, f"stopped after {k - 1} steps: gradient norm {gnorm}")
                     break
-                with torch.no_grad():
-                    for ui, gi in zip(u, gu, strict=True):
-                        ui.add_(gi, alpha=rho / gnorm)
-                    unorm = _norm(u)
-                    if unorm > rho:
-                        for ui in u:
-                            ui.mul_(rho / unorm)
+                _ascend_(u, gu, rho, gnorm)
                 eps = u if scale is None else [ui * s for ui, s in zip(u, scale, strict=True)]
                 guard.set_offset(eps)
                 if k < steps:
@@ -136,11 +150,7 @@ def worst_case_loss_increase(
                 report(k + 1, total, f"ascent step {k}/{steps}: loss increase {loss - loss0:.6g}")
     finally:
         guard.restore()
-    best_step = 0
-    increase = 0.0
-    for k, inc in enumerate(history, start=1):
-        if inc > increase:
-            best_step, increase = k, inc
+    best_step, increase = _best(history)
     return SharpnessResult(
         loss=loss0,
         worst_loss=loss0 + increase,

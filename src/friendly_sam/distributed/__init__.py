@@ -1,12 +1,13 @@
-"""SAM / F-SAM on ``torch.distributed``: DDP steps with defined perturbation semantics, per-replica
-checkpoint state, the ``torchrun`` runtime of ``fsam train``. See ``docs/distributed.md``.
+"""SAM / F-SAM on ``torch.distributed``: the perturbation modes, per-replica checkpoint state, the
+``torchrun`` runtime of ``fsam train``. The DDP training step is
+:func:`friendly_sam.train.ddp_training_step` (``train`` sits above this package). See ``docs/distributed.md``.
 
 Sharded parameters (FSDP2 ``fully_shard``, ZeRO) need no helper here: give the optimizer
 ``process_group=`` (the group the parameters are sharded over) and its global norms are reduced.
 """
 
 from .comm import AllReduceCounter
-from .ddp import PER_REPLICA, PERTURBATION_MODES, SYNCHRONIZED, check_mode, ddp_training_step
+from .ddp import PER_REPLICA, PERTURBATION_MODES, SYNCHRONIZED, check_mode
 from .runtime import DistributedContext, init_from_env, shard_bounds
 from .state import gather_replica_states, load_replica_state, replica_state
 
@@ -17,7 +18,6 @@ __all__ = [
     "AllReduceCounter",
     "DistributedContext",
     "check_mode",
-    "ddp_training_step",
     "gather_replica_states",
     "init_from_env",
     "load_replica_state",

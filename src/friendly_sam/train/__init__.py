@@ -1,17 +1,31 @@
-"""Training: configuration, the loop, evaluation, checkpoints, run comparison."""
+"""Training: configuration, the loop and its extension points, evaluation, checkpoints, the run directory."""
 
+from .callbacks import Callback, DecompositionCallback, TensorBoardCallback, TrainState
 from .checkpoint import CheckpointError
 from .config import TrainConfig
-from .step import training_step
-from .trainer import RunDirectoryError, build_optimizer, evaluate, load_run_config, train
+from .run_dir import RunDirectoryError, machine_description
+from .setup import OptimizerFactory, RunData, build_optimizer, evaluate, prepare_data
+from .step import ddp_training_step, is_two_pass, training_step
+from .trainer import StepFn, load_run_config, train
 
 __all__ = [
+    "Callback",
     "CheckpointError",
+    "DecompositionCallback",
+    "OptimizerFactory",
+    "RunData",
     "RunDirectoryError",
+    "StepFn",
+    "TensorBoardCallback",
     "TrainConfig",
+    "TrainState",
     "build_optimizer",
+    "ddp_training_step",
     "evaluate",
+    "is_two_pass",
     "load_run_config",
+    "machine_description",
+    "prepare_data",
     "train",
     "training_step",
 ]

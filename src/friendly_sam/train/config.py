@@ -15,13 +15,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..data import DATASET_NAMES, NOISE_KINDS
+from ..distributed import PERTURBATION_MODES as PERTURBATIONS  # under torchrun; see docs/distributed.md
+from ..models import available_models
+from ..optim.fsam import COMPONENTS
+
 OPTIMIZERS = ("sgd", "sam", "asam", "fsam", "afsam")
 BASE_OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
-NOISE_KINDS = ("symmetric", "asymmetric")
-COMPONENTS = ("noise", "full", "minibatch")
 FULL_GRADIENTS = ("ema", "oracle")
-PERTURBATIONS = ("per-replica", "synchronized")  # under torchrun; see docs/distributed.md
 
 
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; refuse anything huge before reading
@@ -214,8 +216,6 @@ class TrainConfig:
     # ------------------------------------------------------------------ validation
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the option and the fix for any invalid value; return self."""
-        from ..data import DATASET_NAMES
-        from ..models import available_models
 
         def choice(name: str, options: tuple[str, ...] | list[str]) -> None:
             value = getattr(self, name)

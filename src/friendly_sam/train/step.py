@@ -1,17 +1,40 @@
-"""One training iteration for any of our optimizers: plain (SGD/AdamW) or two-pass (SAM, ASAM, F-SAM)."""
+"""One training iteration: plain optimizers (SGD/AdamW) or two-pass ones (SAM, ASAM, F-SAM, and any
+optimizer of another library with ``first_step``/``second_step``), single-process or under DDP.
+
+Under ``DistributedDataParallel`` there are two defined perturbation modes
+(:data:`~friendly_sam.distributed.PERTURBATION_MODES`):
+
+``per-replica`` (default; SAM's "m-sharpness"): the first forward AND backward run inside
+``ddp_model.no_sync()``, so every replica perturbs with the gradient of its own local batch and keeps
+its own F-SAM EMA; the second (perturbed) gradient is all-reduced by DDP as usual, so the base step,
+and hence the parameters, stay identical on every replica. One gradient all-reduce per step.
+
+``synchronized``: both passes are ordinary DDP passes. The first gradient is all-reduced (averaged),
+so all replicas perturb with the global-batch gradient and hold identical EMAs: the step equals a
+single-process step over the global batch (without BatchNorm, or with SyncBatchNorm). Two gradient
+all-reduces per step.
+
+The common hand-written recipe puts only ``backward()`` under ``no_sync()``; DDP decides whether to
+synchronise in *forward*, so that silently all-reduces the first gradient. Here the context wraps both.
+
+The DDP step lives here, next to the step it builds on, rather than in :mod:`friendly_sam.distributed`:
+that package holds the process-group runtime and sits below ``train`` (it never imports it).
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
-from ..optim import TwoPassOptimizer, frozen_bn_stats
+from ..analysis import LossFn
+from ..distributed import PER_REPLICA, check_mode
+from ..optim import frozen_bn_stats
 
-LossFn = Callable[[Tensor, Tensor], Tensor]
+__all__ = ["autocast_context", "ddp_training_step", "is_two_pass", "training_step"]
 
 
 def autocast_context(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager[Any]:
@@ -19,6 +42,14 @@ def autocast_context(device: torch.device, bf16: bool) -> contextlib.AbstractCon
     if not bf16:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def is_two_pass(optimizer: Any) -> bool:
+    """Whether ``optimizer`` takes SAM's two passes: it has callable ``first_step`` and ``second_step``
+    (ours, or e.g. pytorch-optimizer's ``SAM``/``FriendlySAM``: no adapter needed)."""
+    return callable(getattr(optimizer, "first_step", None)) and callable(
+        getattr(optimizer, "second_step", None)
+    )
 
 
 def training_step(
@@ -34,11 +65,13 @@ def training_step(
 ) -> tuple[Tensor, Tensor]:
     """Forward/backward (twice for two-pass optimizers) and the optimizer step; returns (loss, logits).
 
-    The returned loss and logits are those of the clean first pass. For two-pass optimizers the second
-    forward runs under :func:`frozen_bn_stats`, so BatchNorm running statistics are updated only by the
-    clean pass. ``first_pass_context`` wraps the first forward/backward (the DDP helper passes
-    ``model.no_sync()`` there for per-replica perturbations). ``max_grad_norm`` clips plain optimizers;
-    two-pass optimizers clip themselves (their own ``max_grad_norm``).
+    Two-pass means :func:`is_two_pass`: the sequence is clean forward/backward,
+    ``first_step(zero_grad=True)``, perturbed forward/backward, ``second_step(zero_grad=True)``.
+    The returned loss and logits are those of the clean first pass. The second forward runs under
+    :func:`frozen_bn_stats`, so BatchNorm running statistics are updated only by the clean pass.
+    ``first_pass_context`` wraps the first forward/backward (the DDP step passes ``model.no_sync()``
+    there for per-replica perturbations). ``max_grad_norm`` clips plain optimizers; two-pass optimizers
+    clip themselves (their own ``max_grad_norm``).
     """
     device = x.device
     with first_pass_context or contextlib.nullcontext():
@@ -46,15 +79,71 @@ def training_step(
             logits = model(x)
             loss = loss_fn(logits, y)
         loss.backward()
-    if isinstance(optimizer, TwoPassOptimizer):
-        optimizer.first_step(zero_grad=True)
+    if is_two_pass(optimizer):
+        optimizer.first_step(zero_grad=True)  # type: ignore[attr-defined]
         with frozen_bn_stats(model), autocast_context(device, bf16):
             perturbed_loss = loss_fn(model(x), y)
         perturbed_loss.backward()
-        optimizer.second_step(zero_grad=True)
+        optimizer.second_step(zero_grad=True)  # type: ignore[attr-defined]
     else:
         if max_grad_norm is not None:
             nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return loss.detach(), logits.detach()
+
+
+def ddp_training_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    y: Tensor,
+    *,
+    mode: str = PER_REPLICA,
+    loss_fn: LossFn = nn.functional.cross_entropy,
+    global_batch_size: int | None = None,
+    bf16: bool = False,
+    max_grad_norm: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One training iteration of a DDP-wrapped model; returns the local clean-pass ``(loss, logits)``.
+
+    Built on :func:`training_step` (BatchNorm statistics frozen in the second pass, clipping as
+    documented there), it only chooses what runs under ``model.no_sync()``:
+
+    * ``mode="per-replica"``: the first forward and backward (each replica's own perturbation and EMA);
+    * ``mode="synchronized"``: nothing (both gradients are all-reduced).
+
+    Plain optimizers (SGD, AdamW) and models not wrapped in DDP take the ordinary step in both modes.
+
+    ``global_batch_size``: the size of the global batch whose slices the replicas hold. With it, the
+    local loss is weighted by ``len(y) * world_size / global_batch_size`` so that DDP's average of the
+    replicas' gradients is the gradient of the mean loss over the global batch even when the slices have
+    unequal sizes (a last, partial batch); without it every replica's mean loss counts equally. The
+    returned loss is the unweighted local mean. ``loss_fn`` must reduce by the mean.
+    """
+    check_mode(mode)
+    is_ddp = isinstance(model, DistributedDataParallel)
+    context: Any = None
+    if is_ddp and mode == PER_REPLICA and is_two_pass(optimizer):
+        context = model.no_sync()
+    weight = 1.0
+    if is_ddp and global_batch_size is not None:
+        world_size = torch.distributed.get_world_size(model.process_group)
+        weight = len(y) * world_size / global_batch_size
+    step_loss_fn = loss_fn
+    if weight != 1.0:
+
+        def step_loss_fn(logits: Tensor, target: Tensor) -> Tensor:
+            return loss_fn(logits, target) * weight
+
+    loss, logits = training_step(
+        model,
+        optimizer,
+        x,
+        y,
+        loss_fn=step_loss_fn,
+        bf16=bf16,
+        max_grad_norm=max_grad_norm,
+        first_pass_context=context,
+    )
+    return (loss / weight if weight != 1.0 else loss), logits

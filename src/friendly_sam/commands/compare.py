@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from .trainer import CONFIG_FILE, METRICS_FILE, RunDirectoryError
+from ..train import run_dir as rd
+from ..train.run_dir import ANALYSIS_FILE, METRICS_FILE, RunDirectoryError
+from .analyze import analysis_summary
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
     """A run's config and per-epoch metrics (also of an unfinished run)."""
-    config_path, metrics_path = run_dir / CONFIG_FILE, run_dir / METRICS_FILE
-    if not config_path.is_file():
-        raise RunDirectoryError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
-    metrics = []
-    if metrics_path.is_file():
-        metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    config = rd.read_config_dict(run_dir)
+    metrics = rd.read_metrics(run_dir)
     if not metrics:
         raise RunDirectoryError(f"{run_dir} has no finished epoch yet (empty {METRICS_FILE})")
-    config = json.loads(config_path.read_text())
     return {
         "dir": run_dir,
         "config": config,
@@ -31,6 +29,9 @@ def read_run(run_dir: Path) -> dict[str, Any]:
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value, NaN for none)."""
+    if not values:
+        return math.nan, math.nan
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
@@ -120,8 +121,6 @@ def plot_curves(runs: list[dict[str, Any]], metric: str, path: Path) -> Path:
 
 def format_analysis_table(runs: list[dict[str, Any]]) -> str:
     """Sharpness numbers from ``fsam analyze`` (``analysis.json``), mean ± std per label; '' if none."""
-    from ..analysis.run import ANALYSIS_FILE, analysis_summary
-
     groups: dict[str, list[dict[str, float | None]]] = defaultdict(list)
     for run in runs:
         path = Path(run["dir"]) / ANALYSIS_FILE

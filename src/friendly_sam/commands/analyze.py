@@ -1,4 +1,4 @@
-"""``fsam analyze RUN_DIR``: sharpness measures of a trained run, written next to it.
+"""``fsam analyze RUN_DIR``: the sharpness measures of :mod:`friendly_sam.analysis` on a trained run.
 
 Loads the run's ``config.json`` and ``checkpoint.pt``, rebuilds the model and the training data exactly
 as the run saw them (same subset, same label noise), takes a fixed random subset of the training images
@@ -16,13 +16,9 @@ part               what                                                      cos
 ``landscape2d``    the same on a grid of two directions                      ``points_2d**2`` F
 =================  ========================================================  ==========================
 
-An HVP costs about 3 forward+backward passes. Measured with the defaults (512 images in chunks of 256,
-eval-mode BN) on a trained ``cnn_small`` Fashion-MNIST run (94k parameters, fp32 channels_last), 1 thread
-of a shared 2-core x86 CPU, torch 2.13 (CPU seconds, from ``analysis.json``): one HVP ~2.9 s, one forward
-pass ~0.25 s; eigenvalue 26 s (9 HVPs, converged), trace 29 s (10 HVPs), sharpness 2.7 s, 1-D landscape
-5 s (21 points), 2-D landscape 20 s (121 points): about 85 s in all, plus a few seconds to load the data.
-Everything scales linearly with ``subset`` and with the model's forward cost; each part records its own
-``time_s`` and ``cpu_s`` in ``analysis.json``.
+An HVP costs about 3 forward+backward passes. Everything scales linearly with ``subset`` and with the
+model's forward cost; each part records its own ``time_s`` and ``cpu_s`` in ``analysis.json`` (measured
+costs on one machine: docs/results/decomposition.md).
 
 Outputs in the run directory (``out`` to change): ``analysis.json`` (merged with an earlier one: parts not
 recomputed are kept, each with its own options and checkpoint epoch), ``landscape_1d.png`` and
@@ -41,13 +37,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..train.checkpoint import load_checkpoint, write_text_atomic
+from ..analysis import (
+    hessian_trace,
+    loss_landscape_1d,
+    loss_landscape_2d,
+    plot_landscape_1d,
+    plot_landscape_2d,
+    top_eigenvalue,
+    worst_case_loss_increase,
+)
+from ..data import subset
+from ..models import build_model
+from ..train import run_dir as rd
 from ..train.progress import ProgressBar
-from .hessian import hessian_trace, top_eigenvalue
-from .landscape import loss_landscape_1d, loss_landscape_2d, plot_landscape_1d, plot_landscape_2d
-from .sharpness import worst_case_loss_increase
+from ..train.run_dir import ANALYSIS_FILE, machine_description
+from ..train.setup import prepare_data
 
-ANALYSIS_FILE = "analysis.json"
+ProgressFactory = Callable[[str], Callable[[int, int, str], None]]
 PARTS = ("eigenvalue", "trace", "sharpness", "landscape1d", "landscape2d")
 DEFAULTS: dict[str, Any] = {
     "parts": "all",  # "all", or a comma-separated string / list of PARTS
@@ -151,13 +157,9 @@ def _progress_factory(
 
 def load_run(run_dir: Path, opts: Mapping[str, Any]) -> dict[str, Any]:
     """Config, checkpoint, model (eval-ready, weights loaded) and the fixed analysis batches of a run."""
-    from ..data import subset
-    from ..models import build_model
-    from ..train.trainer import CHECKPOINT_FILE, load_run_config, prepare_data
-
-    cfg = load_run_config(run_dir)
+    cfg = rd.read_config(run_dir)
     device = torch.device(opts["device"])
-    ckpt = load_checkpoint(Path(opts["checkpoint"]) if opts["checkpoint"] else run_dir / CHECKPOINT_FILE)
+    ckpt = rd.read_checkpoint(run_dir, path=Path(opts["checkpoint"]) if opts["checkpoint"] else None)
     data = prepare_data(cfg, device)
     loader = data.train_loader
     n = min(opts["subset"], loader.num_samples)
@@ -174,6 +176,58 @@ def load_run(run_dir: Path, opts: Mapping[str, Any]) -> dict[str, Any]:
     return {"cfg": cfg, "ckpt": ckpt, "model": model, "batches": batches, "n": n}
 
 
+def _measure(
+    part: str, run: dict[str, Any], opts: Mapping[str, Any], progress: Callable[[int, int, str], None]
+) -> tuple[dict[str, Any], str]:
+    """One part's result dict and its one-line summary."""
+    cfg, model, batches = run["cfg"], run["model"], run["batches"]
+    loss_fn, seed = nn.functional.cross_entropy, opts["seed"]
+    common = {"progress": progress, "bn_mode": opts["bn_mode"]}
+    if part == "eigenvalue":
+        r = top_eigenvalue(
+            model, loss_fn, batches, iters=opts["eig_iters"], tol=opts["eig_tol"], seed=seed, **common
+        ).to_dict()
+        return r, f"top eigenvalue {r['eigenvalue']:.4g} ({r['hvps']} HVPs, converged {r['converged']})"
+    if part == "trace":
+        r = hessian_trace(
+            model, loss_fn, batches, samples=opts["trace_samples"], seed=seed, **common
+        ).to_dict()
+        return r, f"Hessian trace {r['trace']:.4g} ± {r['std_error']:.2g} ({r['hvps']} HVPs)"
+    if part == "sharpness":
+        rho = opts["rho"] if opts["rho"] is not None else cfg.rho
+        adaptive = opts["adaptive"] if opts["adaptive"] is not None else cfg.optimizer in ("asam", "afsam")
+        r = worst_case_loss_increase(
+            model, loss_fn, batches, rho=rho, steps=opts["sharpness_steps"], adaptive=adaptive, **common
+        ).to_dict()
+        r["rho_source"] = "option" if opts["rho"] is not None else "run config"
+        return r, f"worst-case loss increase within rho={rho:g}: {r['increase']:.4g} (loss {r['loss']:.4g})"
+    if part == "landscape1d":
+        r = loss_landscape_1d(
+            model, loss_fn, batches, span=opts["span"], points=opts["points_1d"], seed=seed, **common
+        ).to_dict()
+        return (
+            r,
+            f"1-D landscape: {len(r['losses'])} points, loss {min(r['losses']):.4g}..{max(r['losses']):.4g}",
+        )
+    r = loss_landscape_2d(
+        model, loss_fn, batches, span=opts["span"], points=opts["points_2d"], seed=seed, **common
+    ).to_dict()
+    return r, f"2-D landscape: {len(r['losses'])}x{len(r['losses'][0])} points"
+
+
+PLOTS = {"landscape1d": ("landscape_1d.png", "1-D"), "landscape2d": ("landscape_2d.png", "2-D")}
+
+
+def _read_previous(path: Path) -> dict[str, Any]:
+    """An earlier ``analysis.json`` to merge with (``{}`` if absent or unreadable)."""
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}
+
+
 def analyze_run(
     run_dir: str | Path, options: Mapping[str, Any] | None = None, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
@@ -181,125 +235,29 @@ def analyze_run(
 
     ``options``: see :data:`DEFAULTS` (the ``fsam analyze`` flags). Returns the analysis dict as written.
     """
-    from ..train.trainer import machine_description
-
     run_dir = Path(run_dir)
     opts = resolve_options(options)
     if not opts["parts"]:
         raise ValueError("nothing to do: every part is skipped")
     out_dir = Path(opts["out"]) if opts["out"] else run_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    quiet = bool(opts["quiet"])
-    say = (lambda msg: None) if quiet else log
+    say = (lambda msg: None) if opts["quiet"] else log
     t_load = time.perf_counter()
     run = load_run(run_dir, opts)
-    cfg, model, batches = run["cfg"], run["model"], run["batches"]
+    cfg = run["cfg"]
     threads = opts["threads"] or cfg.threads
     if threads:
         torch.set_num_threads(int(threads))
-    model.eval()
-    loss_fn = nn.functional.cross_entropy
-    rho = opts["rho"] if opts["rho"] is not None else cfg.rho
-    adaptive = opts["adaptive"] if opts["adaptive"] is not None else cfg.optimizer in ("asam", "afsam")
+    run["model"].eval()
     epoch = int(run["ckpt"]["epoch"])
     say(
         f"analyzing {run_dir} (epoch {epoch}, {cfg.model}, {cfg.optimizer}) on {run['n']} training images, "
         f"parts: {', '.join(opts['parts'])}"
     )
     load_time = time.perf_counter() - t_load
-
     path = out_dir / ANALYSIS_FILE
-    previous: dict[str, Any] = {}
-    if path.exists():
-        try:
-            previous = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            previous = {}
-    results: dict[str, Any] = dict(previous.get("results", {}))
-    common = {"checkpoint_epoch": epoch, "subset": run["n"], "seed": opts["seed"], "bn_mode": opts["bn_mode"]}
-    make_progress, close_progress = _progress_factory(quiet)
-    bn = opts["bn_mode"]
-    seed = opts["seed"]
-    files: list[str] = []
-    for part in opts["parts"]:
-        t0, c0 = time.perf_counter(), time.process_time()
-        progress = make_progress(part)
-        if part == "eigenvalue":
-            r = top_eigenvalue(
-                model,
-                loss_fn,
-                batches,
-                iters=opts["eig_iters"],
-                tol=opts["eig_tol"],
-                seed=seed,
-                progress=progress,
-                bn_mode=bn,
-            ).to_dict()
-            summary = f"top eigenvalue {r['eigenvalue']:.4g} ({r['hvps']} HVPs, converged {r['converged']})"
-        elif part == "trace":
-            r = hessian_trace(
-                model,
-                loss_fn,
-                batches,
-                samples=opts["trace_samples"],
-                seed=seed,
-                progress=progress,
-                bn_mode=bn,
-            ).to_dict()
-            summary = f"Hessian trace {r['trace']:.4g} ± {r['std_error']:.2g} ({r['hvps']} HVPs)"
-        elif part == "sharpness":
-            r = worst_case_loss_increase(
-                model,
-                loss_fn,
-                batches,
-                rho=rho,
-                steps=opts["sharpness_steps"],
-                adaptive=adaptive,
-                progress=progress,
-                bn_mode=bn,
-            ).to_dict()
-            summary = (
-                f"worst-case loss increase within rho={rho:g}: {r['increase']:.4g} (loss {r['loss']:.4g})"
-            )
-        elif part == "landscape1d":
-            r = loss_landscape_1d(
-                model,
-                loss_fn,
-                batches,
-                span=opts["span"],
-                points=opts["points_1d"],
-                seed=seed,
-                progress=progress,
-                bn_mode=bn,
-            ).to_dict()
-            close_progress()
-            plot_landscape_1d(r, out_dir / "landscape_1d.png", title=f"{cfg.label}: 1-D loss landscape")
-            files.append("landscape_1d.png")
-            summary = f"1-D landscape: {len(r['losses'])} points, loss {min(r['losses']):.4g}..{max(r['losses']):.4g}"
-        else:
-            r = loss_landscape_2d(
-                model,
-                loss_fn,
-                batches,
-                span=opts["span"],
-                points=opts["points_2d"],
-                seed=seed,
-                progress=progress,
-                bn_mode=bn,
-            ).to_dict()
-            close_progress()
-            plot_landscape_2d(r, out_dir / "landscape_2d.png", title=f"{cfg.label}: 2-D loss landscape")
-            files.append("landscape_2d.png")
-            summary = f"2-D landscape: {len(r['losses'])}x{len(r['losses'][0])} points"
-        close_progress()
-        r.update(common)
-        r["time_s"] = time.perf_counter() - t0
-        r["cpu_s"] = time.process_time() - c0  # CPU time of this process: meaningful on a busy machine
-        if part == "sharpness":
-            r["rho_source"] = "option" if opts["rho"] is not None else "run config"
-        results[part] = r
-        say(f"  {part}: {summary} [{r['time_s']:.1f} s, CPU {r['cpu_s']:.1f} s]")
-
+    previous = _read_previous(path)
+    results, files = _run_parts(run, opts, out_dir, dict(previous.get("results", {})), say)
     analysis = {
         "run_dir": str(run_dir),
         "label": cfg.label,
@@ -313,9 +271,42 @@ def analyze_run(
         "load_time_s": load_time,
         "machine": {**machine_description(), "threads": torch.get_num_threads()},
     }
-    write_text_atomic(path, json.dumps(analysis, indent=1, default=str) + "\n")
+    rd.write_json(path, analysis)
     say(f"wrote {path}" + (f" and {', '.join(files)}" if files else ""))
     return analysis
+
+
+def _run_parts(
+    run: dict[str, Any],
+    opts: Mapping[str, Any],
+    out_dir: Path,
+    results: dict[str, Any],
+    say: Callable[[str], None],
+) -> tuple[dict[str, Any], list[str]]:
+    """Each chosen part, timed, into ``results``; the plots into ``out_dir``. Returns results and plot files."""
+    common = {
+        "checkpoint_epoch": int(run["ckpt"]["epoch"]),
+        "subset": run["n"],
+        "seed": opts["seed"],
+        "bn_mode": opts["bn_mode"],
+    }
+    make_progress, close_progress = _progress_factory(bool(opts["quiet"]))
+    files: list[str] = []
+    for part in opts["parts"]:
+        t0, c0 = time.perf_counter(), time.process_time()
+        r, summary = _measure(part, run, opts, make_progress(part))
+        close_progress()
+        if part in PLOTS:
+            name, dims = PLOTS[part]
+            plot = plot_landscape_1d if part == "landscape1d" else plot_landscape_2d
+            plot(r, out_dir / name, title=f"{run['cfg'].label}: {dims} loss landscape")
+            files.append(name)
+        r.update(common)
+        r["time_s"] = time.perf_counter() - t0
+        r["cpu_s"] = time.process_time() - c0  # CPU time of this process: meaningful on a busy machine
+        results[part] = r
+        say(f"  {part}: {summary} [{r['time_s']:.1f} s, CPU {r['cpu_s']:.1f} s]")
+    return results, files
 
 
 def analysis_summary(analysis: Mapping[str, Any]) -> dict[str, float | None]:

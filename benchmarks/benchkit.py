@@ -1,0 +1,139 @@
+"""The benchmarks' shared kit: machine description, git state, memory accounting, mean ± std, reports.
+
+Every benchmark script imports it (the scripts put ``benchmarks/`` on ``sys.path`` first, since they run as
+``python benchmarks/.../x.py``)::
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared kit
+    import benchkit
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.metadata
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from friendly_sam.commands.compare import mean_std
+from friendly_sam.train.run_dir import machine_description
+
+REPO = Path(__file__).resolve().parents[1]
+
+__all__ = [
+    "REPO",
+    "git_commit",
+    "held_bytes",
+    "machine",
+    "mean_std",
+    "pto_version",
+    "src_env",
+    "step_alloc_peak",
+    "write_report",
+]
+
+
+# --------------------------------------------------------------------------- machine and code state
+def git_commit(short: bool = True) -> str:
+    """The repository's HEAD commit, or ``"unknown"`` outside a git checkout."""
+    args = ["git", "rev-parse", *(["--short"] if short else []), "HEAD"]
+    try:
+        return subprocess.run(args, cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    except Exception:
+        return "unknown"
+
+
+def pto_version() -> str | None:
+    """The installed pytorch-optimizer version, or None."""
+    try:
+        return importlib.metadata.version("pytorch-optimizer")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine(**extra: Any) -> dict[str, Any]:
+    """The trainer's machine description plus what a benchmark report needs: CPU count, load average,
+    commit, pytorch-optimizer version; ``extra`` keys are added (e.g. ``torch_threads``)."""
+    return {
+        **machine_description(),
+        "cpu_count": os.cpu_count(),
+        "pytorch_optimizer": pto_version(),
+        "commit": git_commit(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        **extra,
+    }
+
+
+def src_env(**extra: str) -> dict[str, str]:
+    """The environment for a benchmark's subprocess: this checkout's ``src`` first on ``PYTHONPATH``."""
+    env = {**os.environ, **extra}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+    return env
+
+
+# --------------------------------------------------------------------------- memory accounting
+def _tensors_in(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensors_in(v)]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in _tensors_in(v)]
+    return []
+
+
+def held_bytes(opt: Any, params: list[torch.Tensor]) -> int:
+    """Bytes of distinct tensor storages an optimizer keeps between steps beyond parameters and gradients:
+    its state, its base optimizer's state, and the buffers it reports through ``buffer_tensors()`` (ours:
+    saved weights, F-SAM's EMA and gradient copy). Works for any optimizer (pytorch-optimizer's too)."""
+    exclude = {p.untyped_storage().data_ptr() for p in params}
+    exclude |= {p.grad.untyped_storage().data_ptr() for p in params if p.grad is not None}
+    tensors = _tensors_in(dict(opt.state))
+    base = getattr(opt, "base_optimizer", None)
+    if base is not None:
+        tensors += _tensors_in(dict(base.state))
+    if callable(getattr(opt, "buffer_tensors", None)):
+        tensors += _tensors_in(opt.buffer_tensors())
+    seen: dict[int, int] = {}
+    for t in tensors:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in exclude:
+            seen[ptr] = max(seen.get(ptr, 0), t.untyped_storage().nbytes())
+    return sum(seen.values())
+
+
+def step_alloc_peak(step: Callable[[], Any]) -> int:
+    """Peak of CPU tensor bytes newly allocated (net of frees) while ``step()`` runs, from torch.profiler's
+    memory events: activations, gradients, temporaries and per-step copies."""
+    from torch.profiler import ProfilerActivity, profile
+
+    gc.collect()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as f:
+            events = json.load(f)["traceEvents"]
+    running = peak = 0
+    for e in sorted((e for e in events if e.get("name") == "[memory]"), key=lambda e: e["ts"]):
+        if e["args"].get("Device Type", 0) == 0:  # CPU
+            running += int(e["args"]["Bytes"])
+            peak = max(peak, running)
+    return peak
+
+
+# --------------------------------------------------------------------------- reports
+def write_report(out_dir: Path, prefix: str, markdown: str, payload: dict[str, Any]) -> tuple[Path, Path]:
+    """``<out_dir>/<prefix>.md`` and ``<prefix>.json`` (indent 1); returns both paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md, js = out_dir / f"{prefix}.md", out_dir / f"{prefix}.json"
+    md.write_text(markdown)
+    js.write_text(json.dumps(payload, indent=1) + "\n")
+    return md, js

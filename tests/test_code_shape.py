@@ -1,0 +1,38 @@
+"""Code shape (developers' guide): no function in ``src`` (or ``benchmarks``) longer than 80 lines."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+BENCHMARKS = SRC.parent / "benchmarks"
+MAX_LINES = 80
+
+
+def long_functions(root: Path = SRC, limit: int = MAX_LINES) -> list[str]:
+    """``path:line name (n lines)`` for every function or method longer than ``limit`` lines, decorators and
+    docstring included, anywhere under ``root``."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                length = (node.end_lineno or node.lineno) - start + 1
+                if length > limit:
+                    found.append(f"{path.relative_to(root)}:{node.lineno} {node.name} ({length} lines)")
+    return found
+
+
+def test_no_function_longer_than_80_lines() -> None:
+    assert long_functions() == []
+
+
+def test_no_benchmark_function_longer_than_80_lines() -> None:
+    assert long_functions(BENCHMARKS) == []
+
+
+def test_the_check_sees_a_long_function(tmp_path: Path) -> None:
+    body = "".join(f"    x{i} = {i}\n" for i in range(MAX_LINES))
+    (tmp_path / "m.py").write_text(f"def short():\n    pass\n\n\n@staticmethod\ndef long():\n{body}")
+    assert long_functions(tmp_path) == [f"m.py:6 long ({MAX_LINES + 2} lines)"]
