@@ -121,11 +121,16 @@ def plan(suite: dict[str, Any]) -> list[RunSpec]:
                 runs.append(RunSpec(setting, "pto-fsam", seed, suite["pto_rho"], suite["pto_lmbda"]))
     for seed in suite["seeds"]:
         for base in suite.get("long_settings", []):
-            setting, rho = f"{base}-long", suite["long_rho"]
+            setting = f"{base}-long"
             runs.append(RunSpec(setting, "sgd", seed))
-            runs.append(RunSpec(setting, "sam", seed, rho))
-            runs.append(RunSpec(setting, "fsam", seed, rho, suite["long_lmbda"]))
+            runs += [RunSpec(setting, "sam", seed, rho) for rho in long_rhos(suite)]
+            runs += [RunSpec(setting, "fsam", seed, rho, suite["long_lmbda"]) for rho in long_rhos(suite)]
     return runs
+
+
+def long_rhos(suite: dict[str, Any]) -> list[float]:
+    """The long cells' rhos: one fixed value (``long_rho``), or a sweep (``long_rhos``) selected on validation."""
+    return list(suite.get("long_rhos") or [suite["long_rho"]])
 
 
 def all_settings(suite: dict[str, Any]) -> list[str]:

@@ -323,10 +323,15 @@ def _summary_lines(res: dict[str, Any], suite: dict[str, Any], meta: dict[str, A
         "Accuracies are final-epoch test accuracies (%), mean ± std over seeds; differences are paired "
         "per seed (mean ± std of the per-seed differences)."
         + (
-            f" Rows marked *long*: the same setting with {suite['long_factor']}x the epochs, SAM rho "
-            f"{suite['long_rho']:g} and F-SAM rho {suite['long_rho']:g} / lmbda {suite['long_lmbda']:g} fixed "
-            "in advance (no sweep), to check whether longer training, in which SGD memorises more of the "
-            "noisy labels, changes the comparison."
+            f" Rows marked *long*: the same setting with {suite['long_factor']}x the epochs, "
+            + (
+                f"SAM and F-SAM rho in {suite['long_rhos']} (lmbda {suite['long_lmbda']:g}) selected on validation"
+                if suite.get("long_rhos")
+                else f"SAM rho {suite['long_rho']:g} and F-SAM rho {suite['long_rho']:g} / lmbda "
+                f"{suite['long_lmbda']:g} fixed in advance (no sweep)"
+            )
+            + ", to check whether longer training, in which SGD memorises more of the noisy labels, "
+            "changes the comparison."
             if suite.get("long_settings")
             else ""
         ),

@@ -383,6 +383,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pto-settings", type=lambda t: _names(t) if t else [], help="'' for none")
     p.add_argument("--long-rho", type=float, help="rho of SAM and F-SAM in the long cells (default 0.2)")
     p.add_argument(
+        "--long-rhos",
+        type=_floats,
+        help="comma-separated rhos of SAM and F-SAM in the long cells, selected on validation (instead of --long-rho)",
+    )
+    p.add_argument(
         "--long-settings",
         type=lambda t: _names(t) if t else [],
         help="settings with a long cell; '' for none",
@@ -429,6 +434,7 @@ SUITE_FLAGS = (
     "pto_settings",
     "long_settings",
     "long_rho",
+    "long_rhos",
 )
 
 
