@@ -44,7 +44,6 @@ import threading
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -56,7 +55,7 @@ import benchkit  # noqa: E402
 from generalization.plan import FULL, QUICK, SETTINGS, RunSpec, plan, run_state, train_config  # noqa: E402
 from generalization.report import load_prior, write_report  # noqa: E402
 
-from friendly_sam.train import Callback, TrainConfig, TrainState, train  # noqa: E402
+from friendly_sam.train import EvaluateEvery, TrainConfig, TrainState, train  # noqa: E402
 from friendly_sam.train import run_dir as rd  # noqa: E402
 
 REPO = benchkit.REPO
@@ -64,28 +63,19 @@ SCRIPT = Path(__file__).resolve()
 
 
 # --------------------------------------------------------------------------- one run (subprocess)
-class SparseTestEvaluation(Callback):
-    """Evaluate the test set only at epoch 1, every ``every`` epochs and the last one.
-
-    The trainer evaluates every split after every epoch; on this CPU the 10,000 test images would cost
-    as much as training on the small subset. Skipped epochs record NaN as test loss/accuracy in
-    ``metrics.jsonl`` (never a stale value); the final test accuracy (the one reported) and the
-    validation accuracy (every epoch, used for selection) are always measured. ``test_subset`` (smoke
-    tests only) evaluates on the first N test images.
-    """
+class SparseTestEvaluation(EvaluateEvery):
+    """The test set only at epoch 1, every ``every`` epochs and the last one (on this CPU the 10,000 test
+    images would cost as much as training on the small subset; validation, used for selection, every
+    epoch). ``test_subset`` (smoke tests only) evaluates on the first N test images."""
 
     def __init__(self, epochs: int, every: int, test_subset: int | None) -> None:
-        self.epochs, self.every, self.test_subset = epochs, every, test_subset
+        super().__init__("test", every, epochs)
+        self.test_subset = test_subset
 
     def on_train_start(self, state: TrainState) -> None:
         if self.test_subset:
             x, y = state.data.eval_sets["test"]
             state.data.eval_sets["test"] = (x[: self.test_subset], y[: self.test_subset])
-
-    def splits_to_evaluate(self, epoch: int, available: Sequence[str]) -> Sequence[str]:
-        if epoch == 1 or epoch % self.every == 0 or epoch == self.epochs:
-            return available
-        return [s for s in available if s != "test"]
 
 
 def pto_optimizer_factory(spec: RunSpec) -> Any:

@@ -1,6 +1,13 @@
 """Training: configuration, the loop and its extension points, evaluation, checkpoints, the run directory."""
 
-from .callbacks import Callback, DecompositionCallback, TensorBoardCallback, TrainState
+from .callbacks import (
+    Callback,
+    DecompositionCallback,
+    EvaluateEvery,
+    NoisyLabelFit,
+    TensorBoardCallback,
+    TrainState,
+)
 from .checkpoint import CheckpointError
 from .config import TrainConfig
 from .run_dir import RunDirectoryError, machine_description
@@ -12,6 +19,8 @@ __all__ = [
     "Callback",
     "CheckpointError",
     "DecompositionCallback",
+    "EvaluateEvery",
+    "NoisyLabelFit",
     "OptimizerFactory",
     "RunData",
     "RunDirectoryError",

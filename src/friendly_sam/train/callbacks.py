@@ -38,6 +38,7 @@ from .step import autocast_context
 __all__ = [
     "Callback",
     "DecompositionCallback",
+    "EvaluateEvery",
     "NoisyLabelFit",
     "TensorBoardCallback",
     "TrainState",
@@ -164,6 +165,22 @@ class DecompositionCallback(Callback):
     def on_epoch_record(self, record: dict[str, Any]) -> None:
         assert self.monitor is not None
         record.update(self.monitor.epoch_record())
+
+
+class EvaluateEvery(Callback):
+    """Evaluate ``split`` only after epoch 1, every ``every``-th epoch and the last of ``epochs`` (the other
+    splits every epoch). Skipped epochs record NaN for that split (never a stale value); the final
+    accuracy is always measured. For splits that cost more to evaluate than the training epoch itself."""
+
+    def __init__(self, split: str, every: int, epochs: int) -> None:
+        if every < 1:
+            raise ValueError(f"evaluation interval must be >= 1 epoch, got {every}")
+        self.split, self.every, self.epochs = split, every, epochs
+
+    def splits_to_evaluate(self, epoch: int, available: Sequence[str]) -> Sequence[str]:
+        if epoch == 1 or epoch % self.every == 0 or epoch == self.epochs:
+            return available
+        return [s for s in available if s != self.split]
 
 
 class NoisyLabelFit(Callback):
