@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Set up a fresh machine: a virtual environment in .venv with friendly-sam (editable), its test extras,
-# and torch pinned by constraints.txt (a CPU build here; the package itself accepts torch>=2.1),
-# plus the real Fashion-MNIST from Debian's dataset-fashion-mnist when it is missing and apt exists.
+# Set up a fresh machine: a virtual environment in .venv with friendly-sam (editable) and the extras named
+# by the first argument (default: test; the demo needs only plot), torch pinned by constraints.txt (a CPU
+# build here; the package itself accepts torch>=2.1), plus the real Fashion-MNIST from Debian's
+# dataset-fashion-mnist when it is missing and apt exists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+EXTRAS=${1:-test}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[$EXTRAS]" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import friendly_sam, torch; print(f'friendly-sam {friendly_sam.__version__}, torch {torch.__version__}')"
 
 FMNIST=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
