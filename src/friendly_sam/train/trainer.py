@@ -125,17 +125,17 @@ def _build(
     """Data, run directory, model, optimizer and schedule; restored from ``ckpt`` when resuming."""
     data = prepare_data(cfg, ctx.device, shard=(ctx.rank, ctx.world_size), log=log)
     ctx.check_batches(data.train_loader.num_samples, cfg.batch_size)
-    if ckpt is None:  # only now: a missing data set or package leaves no run directory behind
-        ctx.main_first(lambda: rd.create(run_dir, cfg))
-    if ctx.is_main and data.noisy_indices is not None and not rd.has_label_noise(run_dir):
-        rd.write_label_noise(run_dir, cfg, data.noisy_indices.tolist(), data.noisy_labels.tolist())
-    if ctx.is_main and data.folder is not None and not rd.has_data_record(run_dir):
-        rd.write_data_record(run_dir, data.folder.record())  # classes in label order, skipped files
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, data.num_classes, data.in_channels)
     if ckpt is None and cfg.pretrained is not None:  # on resume the checkpoint holds the weights
         log(load_pretrained(model, cfg.pretrained, new_head=cfg.new_head).summary())
     model = model.to(ctx.device)
+    if ckpt is None:  # only now: a missing data set, package or weights file leaves no run directory behind
+        ctx.main_first(lambda: rd.create(run_dir, cfg))
+    if ctx.is_main and data.noisy_indices is not None and not rd.has_label_noise(run_dir):
+        rd.write_label_noise(run_dir, cfg, data.noisy_indices.tolist(), data.noisy_labels.tolist())
+    if ctx.is_main and data.folder is not None and not rd.has_data_record(run_dir):
+        rd.write_data_record(run_dir, data.folder.record())  # classes in label order, skipped files
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = optimizer_factory(cfg, model)
