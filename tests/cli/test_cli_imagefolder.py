@@ -168,3 +168,22 @@ def test_image_folder_option_mistakes(tmp_path, folder):
     assert head.returncode == 2 and "--pretrained" in head.stderr
     crop = fsam("train", "--out", str(tmp_path / "d"), *tiny_args(folder, "--resize-size", "20"))
     assert crop.returncode == 2 and "--resize-size" in crop.stderr
+
+
+def test_analyze_and_diagnostics_on_a_streamed_folder(tmp_path, folder):
+    """The fixed training subset of `fsam analyze` and --diagnostics: the same images and values on both
+    paths (a streamed folder decodes just that subset)."""
+    found = {}
+    for storage in ("memory", "streaming"):
+        run = tmp_path / storage
+        args = tiny_args(folder, "--data-storage", storage, "--optimizer", "fsam", "--diagnostics")
+        result = fsam("train", "--out", str(run), *args, "--diagnostics-subset", "64")
+        assert result.returncode == 0, result.stderr
+        result = fsam(
+            "analyze", str(run), "--parts", "sharpness", "--subset", "64", "--sharpness-steps", "2", "--quiet"
+        )
+        assert result.returncode == 0, result.stderr
+        sharpness = json.loads((run / "analysis.json").read_text())["sharpness"]
+        found[storage] = (_metrics(run), {k: v for k, v in sharpness.items() if k not in ("time_s", "cpu_s")})
+    assert "diag_cos_g_m" in found["memory"][0][0]  # the diagnostics are recorded
+    assert found["memory"] == found["streaming"]

@@ -29,10 +29,9 @@ import torch
 from torch import nn
 
 from ..analysis import DecompositionMonitor
-from ..data import subset
 from .config import TrainConfig
 from .run_dir import TENSORBOARD_DIR
-from .setup import RunData, evaluate, evaluate_batches
+from .setup import RunData, clean_training_subset, evaluate, evaluate_batches
 from .step import autocast_context
 
 __all__ = [
@@ -138,15 +137,8 @@ class DecompositionCallback(Callback):
     def on_train_start(self, state: TrainState) -> None:
         cfg, device, loader = state.cfg, state.device, state.data.train_loader
         fixed = None
-        if cfg.diagnostics and getattr(loader, "images", None) is None:
-            raise ValueError(
-                "--diagnostics needs the training images in memory; the image folder is streamed: "
-                "pass --data-storage memory (or a larger --memory-budget), or drop --diagnostics"
-            )
         if cfg.diagnostics:
-            n = min(cfg.diagnostics_subset, loader.num_samples)
-            images, labels = subset(loader.images, loader.labels, n, seed=cfg.seed)
-            fixed = (state.data.eval_transform(images.to(device)), labels.to(device, torch.int64))
+            fixed = clean_training_subset(state.data, cfg.diagnostics_subset, cfg.seed, device)
         self.monitor = DecompositionMonitor(
             state.model,
             state.optimizer,

@@ -191,6 +191,27 @@ def _prepare_folder(
     )
 
 
+def clean_training_subset(
+    data: RunData, n: int, seed: int, device: torch.device, batch_size: int = 256
+) -> tuple[Tensor, Tensor]:
+    """``n`` training images chosen by :func:`~friendly_sam.data.subset` with ``seed`` (the same choice on
+    every data path), without augmentation (``eval_transform``), with their training labels, on ``device``:
+    the fixed data of ``fsam analyze`` and ``--diagnostics``. A streamed image folder decodes just these."""
+    loader = data.train_loader
+    n = min(n, loader.num_samples)
+    images = getattr(loader, "images", None)
+    if images is not None:
+        x, y = subset(images, loader.labels, n, seed=seed)
+        return data.eval_transform(x.to(device)), y.to(device, torch.int64)
+    if data.folder is None:
+        raise ValueError(f"{type(loader).__name__} holds no training images to take a subset of")
+    idx, _ = subset(torch.arange(loader.num_samples), data.folder.splits["train"].labels, n, seed=seed)
+    part = data.folder.take("train", idx, into="subset").loader("subset", batch_size, device=device)
+    part.set_epoch(0)
+    batches = list(part)
+    return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]).to(torch.int64)
+
+
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """``sgd`` is the base optimizer alone; the others wrap it."""
     if cfg.base == "sgd":
