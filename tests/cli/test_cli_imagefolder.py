@@ -183,7 +183,7 @@ def test_analyze_and_diagnostics_on_a_streamed_folder(tmp_path, folder):
             "analyze", str(run), "--parts", "sharpness", "--subset", "64", "--sharpness-steps", "2", "--quiet"
         )
         assert result.returncode == 0, result.stderr
-        sharpness = json.loads((run / "analysis.json").read_text())["sharpness"]
+        sharpness = json.loads((run / "analysis.json").read_text())["results"]["sharpness"]
         found[storage] = (_metrics(run), {k: v for k, v in sharpness.items() if k not in ("time_s", "cpu_s")})
     assert "diag_cos_g_m" in found["memory"][0][0]  # the diagnostics are recorded
     assert found["memory"] == found["streaming"]
