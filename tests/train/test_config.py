@@ -10,14 +10,26 @@ import pytest
 from friendly_sam.train import TrainConfig
 from friendly_sam.train.setup import lr_factor
 
-CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*/*.toml"))
+CONFIGS = sorted(
+    p for p in (Path(__file__).parents[2] / "configs").rglob("*") if p.suffix in (".toml", ".yaml", ".yml")
+)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_shipped_configs_are_valid(path):
-    cfg = TrainConfig.from_file(path).validate()
-    if path.parent.name == "paper":
+    cfg = TrainConfig.from_file(path).validate()  # strict: unknown keys and wrong types are refused
+    if path.parent.name == "paper" and path.stem.startswith("cifar"):
         assert cfg.epochs == 200 and cfg.batch_size == 128
+    if path.stem.startswith("imagenet_resnet50"):
+        assert (cfg.dataset, cfg.model, cfg.image_size, cfg.resize_size) == (
+            "imagefolder",
+            "torchvision:resnet50",
+            224,
+            256,
+        )
+        assert cfg.optimizer == path.stem.rsplit("_", 1)[1] and cfg.epochs == 90
+    if path.stem.startswith("deit"):
+        assert cfg.model.startswith("timm:deit_small") and cfg.pretrained and cfg.new_head
 
 
 def test_official_recipe_file_matches_the_reference():

@@ -46,12 +46,11 @@ from ..analysis import (
     top_eigenvalue,
     worst_case_loss_increase,
 )
-from ..data import subset
 from ..models import build_model
 from ..train import run_dir as rd
 from ..train.progress import ProgressBar
 from ..train.run_dir import ANALYSIS_FILE, machine_description
-from ..train.setup import prepare_data
+from ..train.setup import clean_training_subset, prepare_data
 
 ProgressFactory = Callable[[str], Callable[[int, int, str], None]]
 PARTS = ("eigenvalue", "trace", "sharpness", "landscape1d", "landscape2d")
@@ -161,11 +160,9 @@ def load_run(run_dir: Path, opts: Mapping[str, Any]) -> dict[str, Any]:
     device = torch.device(opts["device"])
     ckpt = rd.read_checkpoint(run_dir, path=Path(opts["checkpoint"]) if opts["checkpoint"] else None)
     data = prepare_data(cfg, device)
-    loader = data.train_loader
-    n = min(opts["subset"], loader.num_samples)
-    images, labels = subset(loader.images, loader.labels, n, seed=opts["seed"])
-    x_all = data.eval_transform(images.to(device))  # clean: normalisation only, no augmentation
-    y_all = labels.to(device, torch.int64)
+    # clean: no augmentation (normalisation; image folders: the centre crop), the run's labels
+    x_all, y_all = clean_training_subset(data, opts["subset"], opts["seed"], device)
+    n = len(y_all)
     model = build_model(cfg.model, data.num_classes, data.in_channels).to(device)
     model.load_state_dict(ckpt["model"])
     if cfg.channels_last:

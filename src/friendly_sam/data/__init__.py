@@ -37,6 +37,7 @@ from .datasets import (
     search_dirs,
 )
 from .folder_data import (
+    IMAGE_FOLDER,
     STORAGE_CHOICES,
     ImageFolderData,
     decode_split,
@@ -116,6 +117,7 @@ __all__ = [
     "train_val_split",
     # image folders (your own images)
     "IMAGE_EXTENSIONS",
+    "IMAGE_FOLDER",
     "SPLIT_NAMES",
     "STORAGE_CHOICES",
     "CropParams",

@@ -45,6 +45,7 @@ from .loader import BatchSchedule, TensorBatchLoader, derive_seed
 from .streaming import StreamingBatchLoader
 
 __all__ = [
+    "IMAGE_FOLDER",
     "STORAGE_CHOICES",
     "ImageFolderData",
     "decode_split",
@@ -52,6 +53,9 @@ __all__ = [
     "default_num_workers",
     "load_image_folder",
 ]
+
+IMAGE_FOLDER = "imagefolder"
+"""The data-set name of your own image folder (``fsam train --dataset imagefolder --data-dir DIR``)."""
 
 STORAGE_CHOICES: tuple[str, ...] = ("auto", "memory", "streaming")
 """``auto``: in memory when the decoded images fit the memory budget, else streaming."""
@@ -102,6 +106,7 @@ def decode_split(
         batch_sampler=chunks,
         num_workers=num_workers,
         collate_fn=collate_decoded,
+        generator=torch.Generator(),  # leaves torch's global RNG alone (see StreamingBatchLoader)
     )
     out = torch.empty((n, channels, size, size), dtype=torch.uint8) if keep_pixels else None
     ok = torch.ones(n, dtype=torch.bool)

@@ -23,9 +23,11 @@ from torch.utils.data import DataLoader
 from .augment import BatchAugment
 from .image_augment import ResizedCropAugment, augment_rows
 from .imagefolder import FolderImages, ImageFileError, ImageFolderSplit, collate_decoded
-from .loader import Augment, BatchSchedule, augment_generator, shard_bounds
+from .loader import Augment, BatchSchedule, augment_generator, derive_seed, shard_bounds
 
 __all__ = ["StreamingBatchLoader"]
+
+_WORKER_STREAM = 0x3E7D
 
 
 class _BatchLists:
@@ -114,6 +116,9 @@ class StreamingBatchLoader(BatchSchedule):
             pin_memory=self.pin_memory,
             prefetch_factor=prefetch_factor if self.num_workers > 0 else None,
             persistent_workers=persistent_workers and self.num_workers > 0,
+            # its own generator: the DataLoader draws the workers' base seed from it, not from torch's
+            # global RNG (which would make training depend on when and how often loaders start)
+            generator=torch.Generator().manual_seed(derive_seed(seed, _WORKER_STREAM)),
         )
 
     def _rows(self, size: int) -> tuple[int, int]:

@@ -29,10 +29,9 @@ import torch
 from torch import nn
 
 from ..analysis import DecompositionMonitor
-from ..data import subset
 from .config import TrainConfig
 from .run_dir import TENSORBOARD_DIR
-from .setup import RunData, evaluate
+from .setup import RunData, clean_training_subset, evaluate, evaluate_batches
 from .step import autocast_context
 
 __all__ = [
@@ -140,9 +139,7 @@ class DecompositionCallback(Callback):
         cfg, device, loader = state.cfg, state.device, state.data.train_loader
         fixed = None
         if cfg.diagnostics:
-            n = min(cfg.diagnostics_subset, loader.num_samples)
-            images, labels = subset(loader.images, loader.labels, n, seed=cfg.seed)
-            fixed = (state.data.eval_transform(images.to(device)), labels.to(device, torch.int64))
+            fixed = clean_training_subset(state.data, cfg.diagnostics_subset, cfg.seed, device)
         self.monitor = DecompositionMonitor(
             state.model,
             state.optimizer,
@@ -201,9 +198,15 @@ class NoisyLabelFit(Callback):
         state = self.state
         assert state is not None
         data, images = state.data, getattr(state.data.train_loader, "images", None)
-        if data.noisy_indices is None or data.noisy_labels is None or images is None:
+        if data.noisy_indices is None or data.noisy_labels is None or len(data.noisy_indices) == 0:
             return
-        if len(data.noisy_indices) == 0:
+        if images is None and data.folder is not None:  # a streamed image folder: decode the noisy ones
+            noisy = data.folder.take("train", data.noisy_indices, into="noisy")
+            loader = noisy.loader("noisy", state.cfg.eval_batch_size, device=state.device)
+            _, correct, seen = evaluate_batches(state.model, loader, state.cfg, state.device)
+            record["noisy_fit"] = 100.0 * correct / max(1, seen)
+            return
+        if images is None:
             return
         _, record["noisy_fit"] = evaluate(
             state.model,

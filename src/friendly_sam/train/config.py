@@ -15,15 +15,16 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..data import DATASET_NAMES, NOISE_KINDS
+from ..data import DATASET_NAMES, IMAGE_FOLDER, NOISE_KINDS, STORAGE_CHOICES
 from ..distributed import PERTURBATION_MODES as PERTURBATIONS  # under torchrun; see docs/distributed.md
-from ..models import available_models
+from ..models import EXTERNAL_PREFIXES, available_models
 from ..optim.fsam import COMPONENTS
 
 OPTIMIZERS = ("sgd", "sam", "asam", "fsam", "afsam")
 BASE_OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 FULL_GRADIENTS = ("ema", "oracle")
+DATASETS = (*DATASET_NAMES, IMAGE_FOLDER)  # the built-in data sets, and your own image folder
 
 
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; refuse anything huge before reading
@@ -69,6 +70,11 @@ IDENTITY_KEYS = (
     "bf16",
     "perturbation",
     "sync_bn",
+    "image_size",
+    "resize_size",
+    "skip_bad_images",
+    "pretrained",
+    "new_head",
 )
 # Safe: where the (MD5-checked) data files are, hardware and speed settings (results equal up to float
 # rounding, as on another machine), evaluation batch size, bookkeeping and the label. Changes are reported.
@@ -83,6 +89,9 @@ SAFE_KEYS = (
     "checkpoint_every",
     "tensorboard",
     "name",
+    "data_storage",
+    "memory_budget",
+    "num_workers",
 )
 # May change on resume, but never below the epochs already done; the schedule then spans the new length.
 EPOCHS_KEY = "epochs"
@@ -101,7 +110,9 @@ class TrainConfig:
     """Everything a run needs. Defaults: a small, quick F-SAM run on Fashion-MNIST."""
 
     # data
-    dataset: str = _opt("fashion-mnist", "data set: fashion-mnist, mnist, cifar10, cifar100")
+    dataset: str = _opt(
+        "fashion-mnist", "data set: fashion-mnist, mnist, cifar10, cifar100, or imagefolder (--data-dir)"
+    )
     data_dir: str | None = _opt(
         None, "directory holding the data set files (else FSAM_DATA_DIR, the cache, ...)"
     )
@@ -116,8 +127,26 @@ class TrainConfig:
     crop: bool = _opt(True, "random crop with padding (4 pixels at 32x32, 3 at 28x28)")
     flip: bool | None = _opt(None, "random horizontal flip (default: on for CIFAR, off for digits/clothes)")
     cutout: bool = _opt(False, "Cutout 16x16 with p=0.5 (the paper's CIFAR recipe; 8x8 at 28x28)")
+    # your own images: --dataset imagefolder --data-dir DIR (docs/own_data.md)
+    image_size: int = _opt(224, "imagefolder: side of the images the model sees")
+    resize_size: int | None = _opt(
+        None, "imagefolder: shorter side resized to this, centre square kept (default: --image-size)"
+    )
+    skip_bad_images: bool = _opt(
+        False, "imagefolder: leave unreadable image files out (listed) instead of stopping"
+    )
+    data_storage: str = _opt(
+        "auto", "imagefolder: auto (in memory if it fits --memory-budget), memory or streaming"
+    )
+    memory_budget: float | None = _opt(
+        None,
+        "imagefolder: GiB of decoded images to hold in memory, per machine (default: half the free memory)",
+    )
+    num_workers: int | None = _opt(None, "imagefolder: decoding processes (default: the CPUs, at most 8)")
     # model
-    model: str = _opt("resnet8", "network; `fsam models` lists them")
+    model: str = _opt("resnet8", "network; `fsam models` lists them; or torchvision:<name>, timm:<name>")
+    pretrained: str | None = _opt(None, "initial weights: a state dict file (torch.save(model.state_dict()))")
+    new_head: bool = _opt(False, "with --pretrained: a new classifier for this data's classes (fine-tuning)")
     # optimizer
     optimizer: str = _opt("fsam", "sgd, sam, asam (adaptive SAM), fsam, afsam (adaptive F-SAM)")
     base: str = _opt("sgd", "base optimizer: sgd or adamw")
@@ -249,8 +278,15 @@ class TrainConfig:
 
         for f in fields(self):  # Python callers and replace() bypass from_dict's checks
             check_option_type(f.name, getattr(self, f.name), "config")
-        choice("dataset", list(DATASET_NAMES))
-        choice("model", list(available_models()))
+        choice("dataset", list(DATASETS))
+        if self.model.partition(":")[0].strip().lower() not in EXTERNAL_PREFIXES:  # torchvision:/timm:
+            choice("model", list(available_models()))
+        choice("data_storage", STORAGE_CHOICES)
+        integer("image_size", 1)
+        integer("resize_size", 1, optional=True)
+        integer("num_workers", 0, optional=True)
+        if self.memory_budget is not None:
+            number("memory_budget", 0.0, open_low=True)
         choice("optimizer", OPTIMIZERS)
         choice("base", BASE_OPTIMIZERS)
         choice("schedule", SCHEDULES)
@@ -297,9 +333,32 @@ class TrainConfig:
             )
         if any(not (0 < m < 1) for m in self.milestones):
             raise ValueError(f"--milestones: {list(self.milestones)} must be fractions of training in (0, 1)")
+        self._check_image_folder()
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"--device: unknown value {self.device!r}; use cpu, cuda, cuda:N or auto")
         return self
+
+    def _check_image_folder(self) -> None:
+        if self.new_head and self.pretrained is None:
+            raise ValueError(
+                "--new-head replaces the classifier of --pretrained weights; give --pretrained PATH"
+            )
+        if self.dataset != IMAGE_FOLDER:
+            return
+        if self.data_dir is None:
+            raise ValueError("--dataset imagefolder needs --data-dir DIR (DIR/train/<class>/<image>)")
+        if self.resize_size is not None and self.resize_size < self.image_size:
+            raise ValueError(
+                f"--resize-size {self.resize_size} is smaller than --image-size {self.image_size}; "
+                "the evaluation crop must fit in the resized image"
+            )
+        if self.cutout:
+            raise ValueError("--cutout is for the built-in data sets; drop it with --dataset imagefolder")
+        if self.label_noise > 0 and self.noise_kind != "symmetric":
+            raise ValueError(
+                "--noise-kind asymmetric maps the classes of the built-in data sets; use symmetric "
+                "with --dataset imagefolder"
+            )
 
 
 # --------------------------------------------------------------------------- strict option types

@@ -7,6 +7,7 @@ A run directory holds::
     summary.json      written at the end (final and best accuracies, wall time, machine)
     checkpoint.pt     model + optimizer + scheduler + RNG state after the last checkpointed epoch
     label_noise.json  with label noise: the corrupted indices and their noisy labels
+    classes.json      --dataset imagefolder: class names in label order, split sizes, skipped files
     analysis.json     written by ``fsam analyze`` (sharpness measures of the checkpoint)
     tensorboard/      with ``--tensorboard``: the per-epoch scalars
 
@@ -32,6 +33,7 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 NOISE_FILE = "label_noise.json"
+DATA_RECORD_FILE = "classes.json"
 ANALYSIS_FILE = "analysis.json"
 TENSORBOARD_DIR = "tensorboard"
 
@@ -125,6 +127,21 @@ def write_label_noise(run_dir: Path, cfg: TrainConfig, indices: list[int], noisy
 def read_label_noise(run_dir: Path) -> dict[str, Any] | None:
     """The ``label_noise.json`` of a run, or None for a run without label noise."""
     path = run_dir / NOISE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def has_data_record(run_dir: Path) -> bool:
+    return (run_dir / DATA_RECORD_FILE).is_file()
+
+
+def write_data_record(run_dir: Path, record: dict[str, Any]) -> None:
+    """``classes.json``: an image folder's record (``ImageFolderData.record()``: classes, skipped files)."""
+    write_text_atomic(run_dir / DATA_RECORD_FILE, json.dumps(record, indent=1) + "\n")
+
+
+def read_data_record(run_dir: Path) -> dict[str, Any] | None:
+    """The ``classes.json`` of an image-folder run, or None for a run on a built-in data set."""
+    path = run_dir / DATA_RECORD_FILE
     return json.loads(path.read_text()) if path.is_file() else None
 
 

@@ -20,14 +20,14 @@ import torch
 from torch import Tensor, nn
 
 from ..distributed import DistributedContext, gather_replica_states, init_from_env, load_replica_state
-from ..models import build_model
+from ..models import build_model, load_pretrained
 from . import run_dir as rd
 from .callbacks import Callback, CallbackList, TrainState, builtin_callbacks
 from .checkpoint import make_checkpoint
 from .config import TrainConfig
 from .progress import ProgressBar, format_seconds
 from .run_dir import RunDirectoryError, machine_description
-from .setup import OptimizerFactory, build_optimizer, evaluate, lr_factor, prepare_data
+from .setup import OptimizerFactory, build_optimizer, evaluate_split, lr_factor, prepare_data
 from .step import ddp_training_step, training_step
 
 __all__ = ["RunDirectoryError", "StepFn", "load_run_config", "summarize", "train"]
@@ -123,14 +123,19 @@ def _build(
     log: Log,
 ) -> TrainState:
     """Data, run directory, model, optimizer and schedule; restored from ``ckpt`` when resuming."""
-    data = prepare_data(cfg, ctx.device, shard=(ctx.rank, ctx.world_size))
+    data = prepare_data(cfg, ctx.device, shard=(ctx.rank, ctx.world_size), log=log)
     ctx.check_batches(data.train_loader.num_samples, cfg.batch_size)
-    if ckpt is None:  # only now: a missing data set or package leaves no run directory behind
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, data.num_classes, data.in_channels)
+    if ckpt is None and cfg.pretrained is not None:  # on resume the checkpoint holds the weights
+        log(load_pretrained(model, cfg.pretrained, new_head=cfg.new_head).summary())
+    model = model.to(ctx.device)
+    if ckpt is None:  # only now: a missing data set, package or weights file leaves no run directory behind
         ctx.main_first(lambda: rd.create(run_dir, cfg))
     if ctx.is_main and data.noisy_indices is not None and not rd.has_label_noise(run_dir):
         rd.write_label_noise(run_dir, cfg, data.noisy_indices.tolist(), data.noisy_labels.tolist())
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, data.num_classes, data.in_channels).to(ctx.device)
+    if ctx.is_main and data.folder is not None and not rd.has_data_record(run_dir):
+        rd.write_data_record(run_dir, data.folder.record())  # classes in label order, skipped files
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = optimizer_factory(cfg, model)
@@ -274,19 +279,20 @@ def _evaluate_splits(
     """Loss and accuracy of the splits the callbacks choose (sharded over ranks); NaN for the others."""
     data, cfg = state.data, state.cfg
     chosen = hooks.splits_to_evaluate(record["epoch"], tuple(data.eval_sets))
-    measure = partial(evaluate, transform=data.eval_transform, cfg=cfg, device=state.device)
-    for split, (xs, ys) in data.eval_sets.items():
+    measure = partial(evaluate_split, transform=data.eval_transform, cfg=cfg, device=state.device, ctx=ctx)
+    for split, source in data.eval_sets.items():
         if split in chosen:
-            record[f"{split}_loss"], record[f"{split}_acc"] = ctx.evaluate(measure, state.model, xs, ys)
+            record[f"{split}_loss"], record[f"{split}_acc"] = measure(state.model, source)
         else:
             record[f"{split}_loss"], record[f"{split}_acc"] = math.nan, math.nan
 
 
 def _epoch_line(cfg: TrainConfig, record: dict[str, Any]) -> str:
     val = f" val {record['val_acc']:.2f}%" if "val_acc" in record else ""
+    test = f" test {record['test_acc']:.2f}%" if "test_acc" in record else ""  # a folder may have no test/
     return (
         f"{cfg.label} epoch {record['epoch']}/{cfg.epochs}: train loss {record['train_loss']:.4f} "
-        f"acc {record['train_acc']:.2f}%{val} test {record['test_acc']:.2f}% "
+        f"acc {record['train_acc']:.2f}%{val}{test} "
         f"({record['images_per_s']:.0f} img/s, {format_seconds(record['elapsed'])})"
     )
 
@@ -325,14 +331,13 @@ def summarize(cfg: TrainConfig, metrics: list[dict[str, Any]]) -> dict[str, Any]
         "epochs": cfg.epochs,
         "label_noise": cfg.label_noise,
         "noise_kind": cfg.noise_kind,
-        "final_test_acc": last["test_acc"],
-        "best_test_acc": max(m["test_acc"] for m in metrics),
         "final_train_loss": last["train_loss"],
         "wall_time": last["elapsed"],
         "mean_images_per_s": sum(m["images_per_s"] for m in metrics) / len(metrics),
         "machine": machine_description(),
     }
-    if "val_acc" in last:
-        summary["final_val_acc"] = last["val_acc"]
-        summary["best_val_acc"] = max(m["val_acc"] for m in metrics)
+    for split in ("test", "val"):  # an image folder may have no test/ (then no test_acc)
+        if f"{split}_acc" in last:
+            summary[f"final_{split}_acc"] = last[f"{split}_acc"]
+            summary[f"best_{split}_acc"] = max(m[f"{split}_acc"] for m in metrics)
     return summary

@@ -1,0 +1,36 @@
+"""Smoke test of benchmarks/streaming.py on a tiny budget: report files and their content (never timings)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "benchmarks" / "streaming.py"
+FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+@pytest.mark.skipif(not FASHION.exists(), reason="real Fashion-MNIST not installed")
+def test_streaming_benchmark_runs_and_reports(tmp_path: Path) -> None:
+    args = ["--images", "48", "--batch-size", "16", "--epochs", "2", "--repeats", "2", "--model", "cnn_small"]
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *args, "--out-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "streaming.json").read_text())
+    assert res["identical_losses"] is True  # the two paths train identically
+    for storage in ("memory", "streaming"):
+        for phase in ("first", "steady"):
+            assert len(res["rates"][storage][phase]) == 2 and all(v > 0 for v in res["rates"][storage][phase])
+    assert len(res["ratios"]["steady"]) == 2
+    assert res["machine"]["load_average"] and res["machine"]["load_average_before"]
+    md = (tmp_path / "streaming.md").read_text()
+    assert "| later epochs |" in md and "streaming / memory" in md and "Target" in md
