@@ -68,7 +68,7 @@ class SparseTestEvaluation(Callback):
     """Evaluate the test set only at epoch 1, every ``every`` epochs and the last one.
 
     The trainer evaluates every split after every epoch; on this CPU the 10,000 test images would cost
-    as much as training on the small subset. Skipped epochs record NaN as test loss/accuracy in
+    as much as training on the small subset. Skipped epochs record null as test loss/accuracy in
     ``metrics.jsonl`` (never a stale value); the final test accuracy (the one reported) and the
     validation accuracy (every epoch, used for selection) are always measured. ``test_subset`` (smoke
     tests only) evaluates on the first N test images.

@@ -10,6 +10,7 @@ from safety_helpers import fsam
 
 from friendly_sam.train import TrainConfig, train
 from friendly_sam.train.checkpoint import CHECKSUM_KEY, load_checkpoint, save_atomic
+from friendly_sam.train.run_dir import LOCK_FILE
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 pytestmark = pytest.mark.skipif(
@@ -44,12 +45,13 @@ def test_trainer_checkpoints_load_weights_only_and_verify(finished_run):
 
 def _resume_is_refused(run: Path, message: str) -> None:
     (run / "summary.json").unlink(missing_ok=True)
-    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != LOCK_FILE}
     result = fsam("train", "--resume", str(run), "--quiet")
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, (
         result.stderr
     )
-    assert before == {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}  # metrics.jsonl intact
+    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != LOCK_FILE}
+    assert before == after  # metrics.jsonl intact (the lock file holds the last holder's pid)
 
 
 def test_resume_refuses_a_flipped_bit_and_a_negative_epoch(finished_run):
