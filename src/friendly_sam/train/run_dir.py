@@ -69,7 +69,8 @@ def dumps(obj: Any, indent: int | None = None, default: Any = None) -> str:
     return json.dumps(finite_or_none(obj), indent=indent, default=default, allow_nan=False)
 
 
-def _read_json(path: Path, what: str) -> Any:
+def read_json(path: Path, what: str) -> Any:
+    """The JSON in ``path``; a damaged file is a :class:`RunDirectoryError` naming ``what`` and the file."""
     try:
         return json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
@@ -90,7 +91,7 @@ def read_config_dict(run_dir: Path) -> dict[str, Any]:
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise RunDirectoryError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
-    config = _read_json(path, "run configuration")
+    config = read_json(path, "run configuration")
     if not isinstance(config, dict):
         raise RunDirectoryError(f"run configuration {path} is damaged: not a JSON object")
     return config
@@ -156,7 +157,7 @@ def has_summary(run_dir: Path) -> bool:
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
-    return _read_json(run_dir / SUMMARY_FILE, "run summary")
+    return read_json(run_dir / SUMMARY_FILE, "run summary")
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
@@ -181,7 +182,7 @@ def write_label_noise(run_dir: Path, cfg: TrainConfig, indices: list[int], noisy
 def read_label_noise(run_dir: Path) -> dict[str, Any] | None:
     """The ``label_noise.json`` of a run, or None for a run without label noise."""
     path = run_dir / NOISE_FILE
-    return _read_json(path, "label noise file") if path.is_file() else None
+    return read_json(path, "label noise file") if path.is_file() else None
 
 
 def has_checkpoint(run_dir: Path) -> bool:
