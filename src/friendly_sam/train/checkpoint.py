@@ -95,9 +95,14 @@ def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
     except BaseException as exc:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        # torch.save reports a failed write as RuntimeError ("file write failed"); both are the disk's fault
-        if isinstance(exc, OSError) or (isinstance(exc, RuntimeError) and "write" in str(exc).lower()):
-            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).split("\n")[0]
+        # torch.save reports a failed write as a RuntimeError ("file write failed", "unexpected pos ...");
+        # what it writes is plain data that was checksummed already, so the disk is to blame
+        if isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, CheckpointError):
+            detail = (
+                exc.strerror
+                if isinstance(exc, OSError) and exc.strerror
+                else "the file system took only part of it: disk full or file-size limit?"
+            )
             raise WriteError(
                 f"cannot write {path} ({detail}); its previous version is unchanged. Free disk space, "
                 "raise the file-size limit or fix the permissions, then resume the run"

@@ -24,7 +24,7 @@ from ..distributed import DistributedContext, gather_replica_states, init_from_e
 from ..models import build_model
 from . import run_dir as rd
 from .callbacks import Callback, CallbackList, TrainState, builtin_callbacks
-from .checkpoint import check_resume_config, load_state_checked, make_checkpoint
+from .checkpoint import CheckpointError, check_resume_config, load_state_checked, make_checkpoint
 from .config import TrainConfig
 from .lock import RunLock, create_run_dir, open_run_dir
 from .progress import ProgressBar, format_seconds
@@ -180,6 +180,8 @@ def _restore(state: TrainState, ckpt: dict[str, Any], ctx: DistributedContext) -
     load_state_checked(state.optimizer, ckpt["optimizer"], path, "optimizer")
     load_state_checked(state.scheduler, ckpt["scheduler"], path, "learning-rate schedule")
     load_replica_state(state.optimizer, ckpt.get("replica_states", []), ctx.rank)  # per-replica F-SAM EMAs
+    if not _all_finite(state):  # the trainer never writes such a file: damaged or tampered with
+        raise CheckpointError(f"checkpoint {path} holds weights or optimizer state that are not finite")
     torch.set_rng_state(ckpt["rng"]["torch"])
     state.start_epoch = state.epoch = state.checkpoint_epoch = ckpt["epoch"]
     state.elapsed_before = ckpt["elapsed"]
@@ -351,12 +353,17 @@ def _check_diverged(state: TrainState, epoch: int, losses: dict[str, float | Non
     )
 
 
-def _check_weights_finite(state: TrainState, epoch: int) -> None:
-    """Never checkpoint a non-finite model or optimizer state (the previous checkpoint stays)."""
+def _all_finite(state: TrainState) -> bool:
+    """Whether every floating-point value of the model and the optimizer state is finite."""
     tensors = [*state.model.state_dict().values()]
     for per_param in state.optimizer.state_dict().get("state", {}).values():
         tensors += [v for v in per_param.values() if isinstance(v, Tensor)]
-    if any(t.is_floating_point() and not bool(torch.isfinite(t).all()) for t in tensors):
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+
+
+def _check_weights_finite(state: TrainState, epoch: int) -> None:
+    """Never checkpoint a non-finite model or optimizer state (the previous checkpoint stays)."""
+    if not _all_finite(state):
         _check_diverged(state, epoch, {"a weight or optimizer state value": math.nan})
 
 
