@@ -47,6 +47,82 @@ TINY += ["--batch-size", "64", "--epochs", "1", "--threads", "1", "--quiet"]
 UNWRITABLE = "/proc/fsam-fault-suite"  # not creatable, even for root
 
 
+BAD_CONFIGS = {
+    "config: YAML syntax error": ("a: [1, 2\nb: 3", ".yaml"),
+    "config: TOML syntax error": ("lr = = 3", ".toml"),
+    "config: JSON syntax error": ('{"lr": 0.1,', ".json"),
+    "config: empty file": ("", ".toml"),
+    "config: not UTF-8": (b"lr = 0.1\nname = '\xe9'\n", ".toml"),
+    "config: over 1 MiB": ("# " + "x" * (1 << 20) + "\n", ".toml"),
+    "config: milestones = 'abc'": ('milestones = "abc"\n', ".toml"),
+    "config: data_dir = 5": ("data_dir = 5\n", ".toml"),
+    "config: epochs = 2.0": ("epochs = 2.0\n", ".toml"),
+    "config: epochs = true": ("epochs = true\n", ".toml"),
+    "config: cutout = 'false' (string boolean)": ('cutout = "false"\n', ".toml"),
+    "config: YAML string boolean": ("cutout: 'no'\n", ".yaml"),
+    "config: unknown key": ("learning_rate = 0.1\n", ".toml"),
+    "config: key twice in two sections": ("[optimizer]\nlr = 0.1\n[schedule]\nlr = 0.2\n", ".toml"),
+    "config: a-b and a_b": ("train-subset = 5\ntrain_subset = 6\n", ".toml"),
+    "config: YAML duplicate key": ("lr: 0.1\nlr: 0.2\n", ".yaml"),
+    "config: JSON duplicate key": ('{"lr": 0.1, "lr": 0.2}', ".json"),
+    "config: top level a list": ("- 1\n- 2\n", ".yaml"),
+    "config: lr = 'fast'": ('lr = "fast"\n', ".toml"),
+    "config: lr = -1": ("lr = -1.0\n", ".toml"),
+    "config: rho = nan": ("rho = nan\n", ".toml"),
+    "config: rho = inf": ("rho = inf\n", ".toml"),
+    "config: batch_size = 0": ("batch_size = 0\n", ".toml"),
+    "config: unknown model": ('model = "resnet9000"\n', ".toml"),
+    "config: unknown optimizer": ('optimizer = "adam7"\n', ".toml"),
+    "config: unknown dataset": ('dataset = "imagenet-22k"\n', ".toml"),
+    "config: label_noise = 2": ("label_noise = 2.0\n", ".toml"),
+    "config: nested table in a section": ("[optimizer]\n[optimizer.inner]\nlr = 1\n", ".toml"),
+    "config: YAML python tag": ("lr: !!python/object/apply:os.system ['touch pwned']\n", ".yaml"),
+}
+
+BAD_FLAGS = {
+    "--lr abc": ["--lr", "abc"],
+    "--lr nan": ["--lr", "nan"],
+    "--lr inf": ["--lr", "inf"],
+    "--lr -1": ["--lr", "-1"],
+    "--epochs 0": ["--epochs", "0"],
+    "--epochs -1": ["--epochs", "-1"],
+    "--epochs 1.5": ["--epochs", "1.5"],
+    "--batch-size 0": ["--batch-size", "0"],
+    "--threads 0": ["--threads", "0"],
+    "--train-subset 0": ["--train-subset", "0"],
+    "--train-subset -5": ["--train-subset", "-5"],
+    "--label-noise 1.5": ["--label-noise", "1.5"],
+    "--label-noise nan": ["--label-noise", "nan"],
+    "--milestones abc": ["--milestones", "abc"],
+    "--milestones 2": ["--schedule", "step", "--milestones", "2"],
+    "--warmup-epochs past the end": ["--warmup-epochs", "5"],
+    "--device cuda:abc": ["--device", "cuda:abc"],
+    "--device tpu": ["--device", "tpu"],
+    "--device cuda without a GPU": ["--device", "cuda"]
+    if not torch.cuda.is_available()
+    else ["--device", "cuda:99"],
+    "--rho -0.1": ["--rho", "-0.1"],
+    "--rho inf": ["--rho", "inf"],
+    "--momentum 2": ["--momentum", "2"],
+    "--optimizer sgd --component minibatch": ["--optimizer", "sgd", "--component", "minibatch"],
+    "--model unknown": ["--model", "nope"],
+    "--dataset unknown": ["--dataset", "nope"],
+    "--seed abc": ["--seed", "abc"],
+    "--max-grad-norm 0": ["--max-grad-norm", "0"],
+    "unknown flag --foo": ["--foo", "1"],
+    "--name ../../../../x": ["--name", "../../../../x"],
+    "--name with a slash": ["--name", "a/b"],
+    "--name empty": ["--name", ""],
+    "--name .hidden": ["--name", ".hidden"],
+    "--name control chars": ["--name", "a\nb"],
+    "--name 300 bytes": ["--name", "n" * 300],
+}
+
+NO_DATA_DIR = TINY[2:]  # the config file's data_dir must not be overridden by the flag
+
+ANALYZE_QUICK = ["--subset", "32", "--parts", "sharpness", "--sharpness-steps", "1", "--quiet"]
+
+
 @dataclass
 class Case:
     """One bad input: ``argv`` for ``fsam`` (``{run}``, ``{ws}`` are substituted), the expected outcome
@@ -226,45 +302,11 @@ def skipped_split_null(ws_root: Path) -> Callable[[Workspace], Path]:
 
 
 # --------------------------------------------------------------------------- the cases
-def cases() -> list[Case]:
-    out: list[Case] = []
-    add = out.append
-    # ---- fsam train: config files
-    bad_configs = {
-        "config: YAML syntax error": ("a: [1, 2\nb: 3", ".yaml"),
-        "config: TOML syntax error": ("lr = = 3", ".toml"),
-        "config: JSON syntax error": ('{"lr": 0.1,', ".json"),
-        "config: empty file": ("", ".toml"),
-        "config: not UTF-8": (b"lr = 0.1\nname = '\xe9'\n", ".toml"),
-        "config: over 1 MiB": ("# " + "x" * (1 << 20) + "\n", ".toml"),
-        "config: milestones = 'abc'": ('milestones = "abc"\n', ".toml"),
-        "config: data_dir = 5": ("data_dir = 5\n", ".toml"),
-        "config: epochs = 2.0": ("epochs = 2.0\n", ".toml"),
-        "config: epochs = true": ("epochs = true\n", ".toml"),
-        "config: cutout = 'false' (string boolean)": ('cutout = "false"\n', ".toml"),
-        "config: YAML string boolean": ("cutout: 'no'\n", ".yaml"),
-        "config: unknown key": ("learning_rate = 0.1\n", ".toml"),
-        "config: key twice in two sections": ("[optimizer]\nlr = 0.1\n[schedule]\nlr = 0.2\n", ".toml"),
-        "config: a-b and a_b": ("train-subset = 5\ntrain_subset = 6\n", ".toml"),
-        "config: YAML duplicate key": ("lr: 0.1\nlr: 0.2\n", ".yaml"),
-        "config: JSON duplicate key": ('{"lr": 0.1, "lr": 0.2}', ".json"),
-        "config: top level a list": ("- 1\n- 2\n", ".yaml"),
-        "config: lr = 'fast'": ('lr = "fast"\n', ".toml"),
-        "config: lr = -1": ("lr = -1.0\n", ".toml"),
-        "config: rho = nan": ("rho = nan\n", ".toml"),
-        "config: rho = inf": ("rho = inf\n", ".toml"),
-        "config: batch_size = 0": ("batch_size = 0\n", ".toml"),
-        "config: unknown model": ('model = "resnet9000"\n', ".toml"),
-        "config: unknown optimizer": ('optimizer = "adam7"\n', ".toml"),
-        "config: unknown dataset": ('dataset = "imagenet-22k"\n', ".toml"),
-        "config: label_noise = 2": ("label_noise = 2.0\n", ".toml"),
-        "config: nested table in a section": ("[optimizer]\n[optimizer.inner]\nlr = 1\n", ".toml"),
-        "config: YAML python tag": ("lr: !!python/object/apply:os.system ['touch pwned']\n", ".yaml"),
-    }
-    no_data_dir = TINY[2:]  # the config file's data_dir must not be overridden by the flag
-    for name, (text, suffix) in bad_configs.items():
-        at = no_data_dir.index("--epochs")  # a config that sets epochs: no --epochs flag overriding it
-        flags = no_data_dir if "epochs" not in str(text) else no_data_dir[:at] + no_data_dir[at + 2 :]
+def _cases_0a(add: Callable[[Case], None]) -> None:
+    """fsam train: config files"""
+    for name, (text, suffix) in BAD_CONFIGS.items():
+        at = NO_DATA_DIR.index("--epochs")  # a config that sets epochs: no --epochs flag overriding it
+        flags = NO_DATA_DIR if "epochs" not in str(text) else NO_DATA_DIR[:at] + NO_DATA_DIR[at + 2 :]
         add(
             Case(
                 f"train {name}",
@@ -276,46 +318,11 @@ def cases() -> list[Case]:
     add(Case("train config: a directory", ["train", "--config", "{ws}", *TINY]))
     add(Case("train config: /dev/null", ["train", "--config", "/dev/null", *TINY]))
     add(Case("train config: a FIFO", ["train", "--config", "{ws}/fifo", *TINY], setup=_fifo))
-    # ---- fsam train: flags
-    bad_flags = {
-        "--lr abc": ["--lr", "abc"],
-        "--lr nan": ["--lr", "nan"],
-        "--lr inf": ["--lr", "inf"],
-        "--lr -1": ["--lr", "-1"],
-        "--epochs 0": ["--epochs", "0"],
-        "--epochs -1": ["--epochs", "-1"],
-        "--epochs 1.5": ["--epochs", "1.5"],
-        "--batch-size 0": ["--batch-size", "0"],
-        "--threads 0": ["--threads", "0"],
-        "--train-subset 0": ["--train-subset", "0"],
-        "--train-subset -5": ["--train-subset", "-5"],
-        "--label-noise 1.5": ["--label-noise", "1.5"],
-        "--label-noise nan": ["--label-noise", "nan"],
-        "--milestones abc": ["--milestones", "abc"],
-        "--milestones 2": ["--schedule", "step", "--milestones", "2"],
-        "--warmup-epochs past the end": ["--warmup-epochs", "5"],
-        "--device cuda:abc": ["--device", "cuda:abc"],
-        "--device tpu": ["--device", "tpu"],
-        "--device cuda without a GPU": ["--device", "cuda"]
-        if not torch.cuda.is_available()
-        else ["--device", "cuda:99"],
-        "--rho -0.1": ["--rho", "-0.1"],
-        "--rho inf": ["--rho", "inf"],
-        "--momentum 2": ["--momentum", "2"],
-        "--optimizer sgd --component minibatch": ["--optimizer", "sgd", "--component", "minibatch"],
-        "--model unknown": ["--model", "nope"],
-        "--dataset unknown": ["--dataset", "nope"],
-        "--seed abc": ["--seed", "abc"],
-        "--max-grad-norm 0": ["--max-grad-norm", "0"],
-        "unknown flag --foo": ["--foo", "1"],
-        "--name ../../../../x": ["--name", "../../../../x"],
-        "--name with a slash": ["--name", "a/b"],
-        "--name empty": ["--name", ""],
-        "--name .hidden": ["--name", ".hidden"],
-        "--name control chars": ["--name", "a\nb"],
-        "--name 300 bytes": ["--name", "n" * 300],
-    }
-    for name, flags in bad_flags.items():
+
+
+def _cases_1a(add: Callable[[Case], None]) -> None:
+    """fsam train: flags"""
+    for name, flags in BAD_FLAGS.items():
         add(Case(f"train {name}", ["train", "--out", "{ws}/never", *TINY, *flags]))
     add(Case("train --name ../x without --out", ["train", *TINY, "--name", "../../../../x"]))
     add(
@@ -381,6 +388,10 @@ def cases() -> list[Case]:
             ["train", "--out", "{ws}/div3", *TINY, "--lr", "1e12", "--optimizer", "sgd"],
         )
     )
+
+
+def _cases_1b(add: Callable[[Case], None]) -> None:
+    """fsam train: flags (continued)"""
     add(
         Case(
             "train --lr 1e12 sam (loss explodes)",
@@ -396,7 +407,10 @@ def cases() -> list[Case]:
             check=lambda run, out: (run / rd.CHECKPOINT_FILE).is_file(),
         )
     )
-    # ---- fsam train --resume
+
+
+def _cases_2a(add: Callable[[Case], None]) -> None:
+    """fsam train --resume"""
     add(Case("resume: missing directory", ["train", "--resume", "{ws}/missing"]))
     add(Case("resume: a file", ["train", "--resume", "/etc/hostname"]))
     add(Case("resume: directory without a run", ["train", "--resume", "{run}"], setup=_mkdir))
@@ -465,6 +479,10 @@ def cases() -> list[Case]:
             check=resumed_with_more_epochs,
         )
     )
+
+
+def _cases_2b(add: Callable[[Case], None]) -> None:
+    """fsam train --resume (continued)"""
     add(
         Case(
             "resume: --device cpu --threads 1 (safe)",
@@ -529,6 +547,10 @@ def cases() -> list[Case]:
             intact=True,
         )
     )
+
+
+def _cases_2c(add: Callable[[Case], None]) -> None:
+    """fsam train --resume (continued)"""
     add(
         Case(
             "resume: checkpoint epoch -3",
@@ -593,6 +615,10 @@ def cases() -> list[Case]:
             intact=True,
         )
     )
+
+
+def _cases_2d(add: Callable[[Case], None]) -> None:
+    """fsam train --resume (continued)"""
     add(
         Case(
             "resume: a foreign run's checkpoint",
@@ -656,8 +682,10 @@ def cases() -> list[Case]:
             setup=edit_checkpoint(nan_weights),
         )
     )
-    # ---- fsam analyze
-    analyze_quick = ["--subset", "32", "--parts", "sharpness", "--sharpness-steps", "1", "--quiet"]
+
+
+def _cases_3a(add: Callable[[Case], None]) -> None:
+    """fsam analyze"""
     add(Case("analyze: missing directory (never created)", ["analyze", "{ws}/missing-run"], check=None))
     add(Case("analyze: a file", ["analyze", "/etc/hostname"]))
     add(Case("analyze: directory without a run", ["analyze", "{run}"], setup=_mkdir))
@@ -686,7 +714,7 @@ def cases() -> list[Case]:
         add(
             Case(
                 f"analyze {flag} {value}",
-                ["analyze", "{run}", *analyze_quick, flag, value],
+                ["analyze", "{run}", *ANALYZE_QUICK, flag, value],
                 setup=lambda ws: ws.copy(False),
                 intact=True,
             )
@@ -695,7 +723,7 @@ def cases() -> list[Case]:
         add(
             Case(
                 "analyze --device cuda without a GPU",
-                ["analyze", "{run}", *analyze_quick, "--device", "cuda"],
+                ["analyze", "{run}", *ANALYZE_QUICK, "--device", "cuda"],
                 setup=lambda ws: ws.copy(False),
                 intact=True,
             )
@@ -703,7 +731,7 @@ def cases() -> list[Case]:
     add(
         Case(
             "analyze: --checkpoint missing",
-            ["analyze", "{run}", *analyze_quick, "--checkpoint", "{ws}/none.pt"],
+            ["analyze", "{run}", *ANALYZE_QUICK, "--checkpoint", "{ws}/none.pt"],
             setup=lambda ws: ws.copy(False),
             intact=True,
         )
@@ -711,7 +739,7 @@ def cases() -> list[Case]:
     add(
         Case(
             "analyze: planted pickle",
-            ["analyze", "{run}", *analyze_quick],
+            ["analyze", "{run}", *ANALYZE_QUICK],
             setup=planted,
             intact=True,
             marker=True,
@@ -720,15 +748,19 @@ def cases() -> list[Case]:
     add(
         Case(
             "analyze: flipped bit",
-            ["analyze", "{run}", *analyze_quick],
+            ["analyze", "{run}", *ANALYZE_QUICK],
             setup=write_checkpoint_bytes(flip_bit),
             intact=True,
         )
     )
+
+
+def _cases_3b(add: Callable[[Case], None]) -> None:
+    """fsam analyze (continued)"""
     add(
         Case(
             "analyze: a foreign run's checkpoint",
-            ["analyze", "{run}", *analyze_quick],
+            ["analyze", "{run}", *ANALYZE_QUICK],
             setup=foreign_run,
             intact=True,
         )
@@ -736,7 +768,7 @@ def cases() -> list[Case]:
     add(
         Case(
             "analyze: checkpoint epoch 6 of a 2-epoch run",
-            ["analyze", "{run}", *analyze_quick],
+            ["analyze", "{run}", *ANALYZE_QUICK],
             setup=edit_checkpoint(lambda c: c.update(epoch=6)),
             intact=True,
         )
@@ -744,7 +776,7 @@ def cases() -> list[Case]:
     add(
         Case(
             "analyze: wrong tensor shape",
-            ["analyze", "{run}", *analyze_quick],
+            ["analyze", "{run}", *ANALYZE_QUICK],
             setup=edit_checkpoint(_wrong_shape),
             intact=True,
         )
@@ -752,27 +784,30 @@ def cases() -> list[Case]:
     add(
         Case(
             "analyze: NaN weights (never a sharpness of 0.0)",
-            ["analyze", "{run}", *analyze_quick],
+            ["analyze", "{run}", *ANALYZE_QUICK],
             setup=edit_checkpoint(nan_weights),
         )
     )
     add(
         Case(
             "analyze: --out not creatable",
-            ["analyze", "{run}", *analyze_quick, "--out", UNWRITABLE + "/a"],
+            ["analyze", "{run}", *ANALYZE_QUICK, "--out", UNWRITABLE + "/a"],
             setup=lambda ws: ws.copy(False),
         )
     )
     add(
         Case(
             "analyze: a good run",
-            ["analyze", "{run}", *analyze_quick],
+            ["analyze", "{run}", *ANALYZE_QUICK],
             expect="ok",
             setup=lambda ws: ws.copy(False),
             check=strict_json_everywhere,
         )
     )
-    # ---- fsam compare
+
+
+def _cases_4a(add: Callable[[Case], None]) -> None:
+    """fsam compare"""
     add(Case("compare: missing directory", ["compare", "{ws}/missing"]))
     add(Case("compare: empty directory", ["compare", "{run}"], setup=_mkdir))
     add(Case("compare: run without metrics", ["compare", "{run}"], setup=_killed_early))
@@ -819,7 +854,10 @@ def cases() -> list[Case]:
             check=lambda run, out: "| fsam | 1 |" in out,
         )
     )
-    # ---- fsam demo, models, no command
+
+
+def _cases_5a(add: Callable[[Case], None]) -> None:
+    """fsam demo, models, no command"""
     add(Case("demo --epochs 0", ["demo", "--out", "{ws}/demo", "--epochs", "0"]))
     add(Case("demo --train-subset -1", ["demo", "--out", "{ws}/demo", "--train-subset", "-1"]))
     add(Case("demo --seed abc", ["demo", "--out", "{ws}/demo", "--seed", "abc"]))
@@ -833,6 +871,22 @@ def cases() -> list[Case]:
     add(Case("models --in-channels abc", ["models", "--in-channels", "abc"]))
     add(Case("no command", []))
     add(Case("unknown command", ["frobnicate"]))
+
+
+def cases() -> list[Case]:
+    """Every in-process case."""
+    out: list[Case] = []
+    _cases_0a(out.append)
+    _cases_1a(out.append)
+    _cases_1b(out.append)
+    _cases_2a(out.append)
+    _cases_2b(out.append)
+    _cases_2c(out.append)
+    _cases_2d(out.append)
+    _cases_3a(out.append)
+    _cases_3b(out.append)
+    _cases_4a(out.append)
+    _cases_5a(out.append)
     return out
 
 
@@ -1047,6 +1101,12 @@ def subprocess_cases(ws: Workspace) -> list[Outcome]:
             f"epochs {epochs} {resumed.stderr[-300:]}",
         )
     )
+    return results + _full_disk_cases(ws, long)
+
+
+def _full_disk_cases(ws: Workspace, long: list[str]) -> list[Outcome]:
+    """A full disk during the checkpoint write, and the run directory deleted mid-run."""
+    results = []
     # a full disk: the checkpoint write fails (RLIMIT_FSIZE); clear message, previous checkpoint intact
     run = ws.copy()
     before = (run / rd.CHECKPOINT_FILE).read_bytes()
