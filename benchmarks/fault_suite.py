@@ -112,13 +112,20 @@ BAD_FLAGS = {
     "unknown flag --foo": ["--foo", "1"],
     "--name ../../../../x": ["--name", "../../../../x"],
     "--name with a slash": ["--name", "a/b"],
-    "--name empty": ["--name", ""],
     "--name .hidden": ["--name", ".hidden"],
     "--name control chars": ["--name", "a\nb"],
     "--name 300 bytes": ["--name", "n" * 300],
 }
 
-NO_DATA_DIR = TINY[2:]  # the config file's data_dir must not be overridden by the flag
+
+def _without_flags_set_by(text: str) -> list[str]:
+    """TINY without the flags for options a config file sets (a flag would override the bad value)."""
+    flags: list[str] = []
+    for flag, value in zip(TINY[::2], TINY[1::2]):
+        if flag[2:].replace("-", "_") not in text:
+            flags += [flag, value]
+    return flags + ["--quiet"]
+
 
 ANALYZE_QUICK = ["--subset", "32", "--parts", "sharpness", "--sharpness-steps", "1", "--quiet"]
 
@@ -305,12 +312,11 @@ def skipped_split_null(ws_root: Path) -> Callable[[Workspace], Path]:
 def _cases_0a(add: Callable[[Case], None]) -> None:
     """fsam train: config files"""
     for name, (text, suffix) in BAD_CONFIGS.items():
-        at = NO_DATA_DIR.index("--epochs")  # a config that sets epochs: no --epochs flag overriding it
-        flags = NO_DATA_DIR if "epochs" not in str(text) else NO_DATA_DIR[:at] + NO_DATA_DIR[at + 2 :]
+        flags = _without_flags_set_by(str(text))
         add(
             Case(
                 f"train {name}",
-                ["train", "--config", "{run}", "--out", "{ws}/never", *flags],
+                ["train", "--config", "{run}", "--out", "{fresh}", *flags],
                 setup=config_file(text, suffix),
             )
         )
@@ -323,24 +329,48 @@ def _cases_0a(add: Callable[[Case], None]) -> None:
 def _cases_1a(add: Callable[[Case], None]) -> None:
     """fsam train: flags"""
     for name, flags in BAD_FLAGS.items():
-        add(Case(f"train {name}", ["train", "--out", "{ws}/never", *TINY, *flags]))
+        add(Case(f"train {name}", ["train", "--out", "{fresh}", *TINY, *flags]))
     add(Case("train --name ../x without --out", ["train", *TINY, "--name", "../../../../x"]))
+
+
+def _cases_1z(add: Callable[[Case], None]) -> None:
+    """fsam train: inputs that must succeed"""
     add(
-        Case("train --data-dir missing", ["train", "--out", "{ws}/never", *TINY, "--data-dir", "{ws}/nodata"])
+        Case(  # an empty name is no name: the label is the optimizer
+            "train --name '' (no name)",
+            ["train", "--out", "{ws}/noname", *TINY, "--name", ""],
+            expect="ok",
+            check=lambda run, out: (run.parent / "noname" / rd.SUMMARY_FILE).is_file(),
+        )
+    )
+    add(
+        Case(  # the documented search goes on to the standard copy (md5-verified): a correct run
+            "train --data-dir missing (the standard copy is found)",
+            ["train", "--out", "{ws}/found", *TINY, "--data-dir", "{ws}/nodata"],
+            expect="ok",
+            check=lambda run, out: (run.parent / "found" / rd.CHECKPOINT_FILE).is_file(),
+        )
     )
     add(
         Case(
-            "train --data-dir a file", ["train", "--out", "{ws}/never", *TINY, "--data-dir", "/etc/hostname"]
+            "train --data-dir a file (the standard copy is found)",
+            ["train", "--out", "{ws}/found2", *TINY, "--data-dir", "/etc/hostname"],
+            expect="ok",
+            check=lambda run, out: (run.parent / "found2" / rd.CHECKPOINT_FILE).is_file(),
         )
     )
     add(
         Case(
             "train --data-dir garbage files",
-            ["train", "--out", "{ws}/never", *TINY, "--data-dir", "{run}"],
+            ["train", "--out", "{fresh}", *TINY, "--data-dir", "{run}"],
             setup=_garbage_data,
         )
     )
     add(Case("train --out is a file", ["train", "--out", "/etc/hostname", *TINY]))
+
+
+def _cases_1y(add: Callable[[Case], None]) -> None:
+    """fsam train: run directories"""
     add(Case("train --out not creatable", ["train", "--out", UNWRITABLE + "/run", *TINY]))
     add(Case("train --out name too long", ["train", "--out", "{ws}/" + "x" * 300, *TINY]))
     add(
@@ -878,6 +908,8 @@ def cases() -> list[Case]:
     out: list[Case] = []
     _cases_0a(out.append)
     _cases_1a(out.append)
+    _cases_1z(out.append)
+    _cases_1y(out.append)
     _cases_1b(out.append)
     _cases_2a(out.append)
     _cases_2b(out.append)
@@ -970,8 +1002,12 @@ def _other_lr(ws: Workspace) -> Path:
 def run_case(case: Case, ws: Workspace) -> Outcome:
     t0 = time.perf_counter()
     run = case.setup(ws) if case.setup else ws.root / "none"
+    fresh = str(ws.fresh())  # a directory of its own: one case's run never blocks the next
     argv = [
-        a.replace("{run}", str(run)).replace("{ws}", str(ws.root)).replace("{runname}", run.name)
+        a.replace("{run}", str(run))
+        .replace("{ws}", str(ws.root))
+        .replace("{runname}", run.name)
+        .replace("{fresh}", fresh)
         for a in case.argv
     ]
     before = snapshot(run) if case.intact else None
