@@ -238,7 +238,9 @@ def load_checkpoint(
 
 def _torch_load(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a damaged file's warnings would only precede our own message
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # the weights-only unpickler refused something
         text = str(exc)
         detail = " ".join(text.split("WeightsUnpickler error:", 1)[-1].split())

@@ -101,7 +101,7 @@ def read_config(run_dir: Path) -> TrainConfig:
     """The validated configuration of the run in ``run_dir`` (to resume or analyse it)."""
     path = run_dir / CONFIG_FILE
     if not run_dir.is_dir():
-        raise RunDirectoryError(f"{run_dir} is not a run directory (it does not exist or is a file)")
+        raise RunDirectoryError(f"{run_dir} holds no run (it does not exist or is not a directory)")
     if not path.is_file():
         raise RunDirectoryError(f"{run_dir} holds no run to resume or analyse (no {CONFIG_FILE}); start one with fsam train")
     return TrainConfig.from_dict(read_config_dict(run_dir), source=str(path)).validate()
@@ -142,6 +142,12 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
+    """Append one epoch's record; refused when the run directory lost its ``config.json`` meanwhile
+    (removed or emptied while the run was writing it: appending would leave a run with a gap)."""
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise RunDirectoryError(
+            f"the run directory {run_dir} was removed or emptied while the run was writing it; start anew"
+        )
     with open(run_dir / METRICS_FILE, "a") as f:
         f.write(dumps(record) + "\n")
 
