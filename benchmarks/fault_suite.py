@@ -1207,7 +1207,9 @@ def run_suite(work: Path, only_inprocess: bool = False) -> dict[str, Any]:
         "survived": sum(o.kind == "survived" for o in outcomes),
         "unhandled": [{"case": o.name, "problem": o.detail} for o in outcomes if not o.handled],
         "wall_time_s": round(time.perf_counter() - t0, 1),
-        "outcomes": [{"case": o.name, "outcome": o.kind, **o.extra} for o in outcomes],
+        "outcomes": [
+            {"case": o.name, "outcome": o.kind, "message": o.detail[-300:], **o.extra} for o in outcomes
+        ],
     }
 
 

@@ -6,13 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from safety_helpers import fsam
+from safety_helpers import FASHION, fsam, tiny_config
 
-from friendly_sam.train import TrainConfig, train
+from friendly_sam.train import train
 from friendly_sam.train.checkpoint import CHECKSUM_KEY, load_checkpoint, save_atomic
 from friendly_sam.train.run_dir import LOCK_FILE
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 pytestmark = pytest.mark.skipif(
     not (FASHION / "t10k-images-idx3-ubyte.gz").exists(), reason="no Fashion-MNIST"
 )
@@ -21,16 +20,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "run"
-    cfg = TrainConfig(
-        data_dir=str(FASHION),
-        model="cnn_small",
-        optimizer="fsam",
-        train_subset=128,
-        test_subset=100,
-        batch_size=64,
-        epochs=1,
-        threads=1,
-    )
+    cfg = tiny_config()
     train(cfg, run, progress=False, log=lambda message: None)
     return run, cfg
 

@@ -7,31 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from safety_helpers import fsam
+from safety_helpers import FASHION, fsam, tiny_config
 
-from friendly_sam.train import Callback, TrainConfig, train
+from friendly_sam.train import Callback, train
 from friendly_sam.train import run_dir as rd
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 pytestmark = pytest.mark.skipif(
     not (FASHION / "t10k-images-idx3-ubyte.gz").exists(), reason="no Fashion-MNIST"
 )
 
 
 def _cfg(**changes):
-    base = dict(
-        data_dir=str(FASHION),
-        model="cnn_small",
-        optimizer="fsam",
-        train_subset=128,
-        test_subset=100,
-        batch_size=64,
-        epochs=2,
-        threads=1,
-        lr=0.05,
-        seed=3,
-    )
-    return TrainConfig(**{**base, **changes})
+    return tiny_config(**{"epochs": 2, "lr": 0.05, "seed": 3, **changes})
 
 
 class _StopIn(Callback):
