@@ -81,7 +81,12 @@ def train(
     the built-in ones (TensorBoard, decomposition monitor), in order. Returns the summary (``summary.json``).
 
     Under ``torchrun`` every process runs this: data-parallel (DDP) over the global batch, rank 0 alone
-    writes files and logs; see docs/distributed.md."""
+    writes files and logs; see docs/distributed.md.
+
+    The run directory is locked for the whole run (:mod:`friendly_sam.train.lock`): a second writer gets
+    :class:`~friendly_sam.train.lock.RunInUseError`. A resume verifies the checkpoint and compares the whole
+    configuration before any file is touched (docs/reliability.md). A diverging run (a loss not finite or
+    above :data:`DIVERGENCE_LOSS`) stops with :class:`FloatingPointError`; nothing non-finite is written."""
     cfg.validate()
     ctx = init_from_env(cfg.device)
     try:
