@@ -27,7 +27,7 @@ def test_every_fault_is_a_clear_error_or_survived(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:]
     # spot checks of the messages a user reads
     messages = {o["case"]: o["message"] for o in report["outcomes"]}
-    assert "nothing in it was run" in messages["resume: planted pickle"]
+    assert "holds Python objects" in messages["resume: planted pickle"]
     assert "does not match its checksum" in messages["resume: one flipped bit"]
     assert "diverged" in messages["train --lr 1e12 (loss explodes)"]
     assert "cannot be a run name" in messages["train --name ../../../../x"]
