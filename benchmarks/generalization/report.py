@@ -558,11 +558,11 @@ def _plot_curves(ax2: Any, res: dict[str, Any]) -> None:
         length = min(len(c) for c in curves)
         epochs = [m["epoch"] for m in curves[0][:length]]
         for key, style in (("test_acc", "o-"), ("train_acc", ":")):
-            # the test set is evaluated on some epochs only (NaN elsewhere): plot the measured ones
+            # the test set is evaluated on some epochs only (null, or NaN in older runs, elsewhere)
             points = [
                 (e, statistics.fmean(c[i][key] for c in curves))
                 for i, e in enumerate(epochs)
-                if all(math.isfinite(c[i][key]) for c in curves)
+                if all(c[i][key] is not None and math.isfinite(c[i][key]) for c in curves)
             ]
             ax2.plot(
                 [p[0] for p in points],

@@ -66,7 +66,8 @@ SCRIPT = Path(__file__).resolve()
 class SparseTestEvaluation(EvaluateEvery):
     """The test set only at epoch 1, every ``every`` epochs and the last one (on this CPU the 10,000 test
     images would cost as much as training on the small subset; validation, used for selection, every
-    epoch). ``test_subset`` (smoke tests only) evaluates on the first N test images."""
+    epoch; skipped epochs record null). ``test_subset`` (smoke tests only) evaluates on the first N test
+    images."""
 
     def __init__(self, epochs: int, every: int, test_subset: int | None) -> None:
         super().__init__("test", every, epochs)

@@ -8,7 +8,7 @@ import sys
 import time
 from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .commands.analyze import DEFAULTS as ANALYZE_DEFAULTS
 from .commands.analyze import PARTS as ANALYZE_PARTS
@@ -19,7 +19,8 @@ from .commands.demo_report import demo_sentence, demo_table
 from .data import DatasetFormatError, DatasetNotFoundError
 from .models import describe_models
 from .train import CheckpointError, RunDirectoryError, load_run_config, train
-from .train.config import TrainConfig, read_config_file
+from .train.config import IDENTITY_KEYS, TrainConfig, read_config_file
+from .train.lock import check_run_name
 
 
 # --------------------------------------------------------------------------- config flags
@@ -44,13 +45,54 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             )
 
 
-def _config_from_args(args: argparse.Namespace) -> TrainConfig:
+def _given_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The training options set on the command line: the config file's, overridden by the flags."""
     values: dict[str, Any] = {}
     if args.config:
         values.update(read_config_file(args.config))
     names = {f.name for f in fields(TrainConfig)}
     values.update({k: v for k, v in vars(args).items() if k in names})
-    return TrainConfig.from_dict(values, source=args.config or "flags").validate()
+    return values
+
+
+def _config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig.from_dict(_given_options(args), source=args.config or "flags").validate()
+
+
+def _resume_config(args: argparse.Namespace, run_dir: Path) -> TrainConfig:
+    """The run's own configuration; options given with --resume apply only where that is safe.
+
+    An option that defines the run (lr, rho, model, ...; ``IDENTITY_KEYS``) that differs from the run's
+    is refused; the others (epochs, device, threads, ...) are applied, and the trainer reports and
+    records each change."""
+    if args.out and Path(args.out).resolve() != run_dir.resolve():
+        raise ValueError(f"--out {args.out} and --resume {run_dir} name different run directories; give one")
+    cfg = load_run_config(run_dir)
+    given = _given_options(args)
+    if not given:
+        return cfg
+    wanted = TrainConfig.from_dict({**cfg.to_dict(), **given}, source=args.config or "flags").validate()
+    old, new = cfg.to_dict(), wanted.to_dict()
+    refused = [
+        f"--{k.replace('_', '-')} {new[k]!r} (the run has {old[k]!r})"
+        for k in sorted(given)
+        if k in IDENTITY_KEYS and new[k] != old[k]
+    ]
+    if refused:
+        raise ValueError(
+            f"--resume continues {run_dir} with the settings it started with; these cannot change: "
+            f"{'; '.join(refused)}. Start a new run (--out) for other settings"
+        )
+    return wanted
+
+
+def _new_run_dir(args: argparse.Namespace, cfg: TrainConfig) -> Path:
+    if cfg.name:
+        check_run_name(cfg.name)
+    if args.out:
+        return Path(args.out)
+    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.label}-{cfg.dataset}-{cfg.model}-s{cfg.seed}"
+    return Path("runs") / check_run_name(name)
 
 
 # --------------------------------------------------------------------------- commands
@@ -58,16 +100,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     is_main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports (and writes files)
     if args.resume:
         run_dir = Path(args.resume)
-        cfg = load_run_config(run_dir)
+        cfg = _resume_config(args, run_dir)
         train(cfg, run_dir, resume=True, progress=not args.quiet)
     else:
         cfg = _config_from_args(args)
-        run_dir = (
-            Path(args.out)
-            if args.out
-            else Path("runs")
-            / (f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.label}-{cfg.dataset}-{cfg.model}-s{cfg.seed}")
-        )
+        run_dir = _new_run_dir(args, cfg)
         if is_main:
             print(f"run directory: {run_dir}")
         train(cfg, run_dir, progress=not args.quiet)
@@ -174,7 +211,7 @@ def _add_analyze_flags(p: argparse.ArgumentParser) -> None:
 
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fsam",
         description="Friendly-SAM experiments: train SGD / SAM / F-SAM on real data, compare runs, analyse them.",
     )
@@ -247,21 +284,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The exceptions that are the user's to fix (a bad option, file, run directory, environment): one line,
+# no traceback. Anything else is a bug of friendly-sam and keeps its traceback.
+USER_ERRORS = (
+    ValueError,  # ConfigError included
+    DatasetNotFoundError,
+    DatasetFormatError,
+    CheckpointError,
+    RunDirectoryError,  # RunInUseError included
+    FloatingPointError,  # a diverging run
+    ModuleNotFoundError,  # an optional package (matplotlib, tensorboard, ...)
+    OSError,  # WriteError included: disk full, permissions, a path too long, a directory deleted
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (``fsam train: error: ...``) instead of the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        text = f"{exc.strerror}: {exc.filename}"  # e.g. "No space left on device: runs/x/metrics.jsonl"
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (
-        ValueError,
-        DatasetNotFoundError,
-        DatasetFormatError,
-        CheckpointError,
-        RunDirectoryError,
-        FloatingPointError,
-        ModuleNotFoundError,
-    ) as exc:
-        print(f"fsam {args.command}: error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        print(f"fsam {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

@@ -13,6 +13,9 @@ import pytest
 import torch
 from cli_helpers import TINY, fsam, needs_fashion_mnist, popen_fsam
 
+from friendly_sam.train.checkpoint import load_checkpoint
+from friendly_sam.train.run_dir import LOCK_FILE
+
 pytestmark = needs_fashion_mnist
 
 
@@ -29,7 +32,7 @@ def test_train_each_optimizer(tmp_path, optimizer):
     assert 0 <= record["test_acc"] <= 100 and record["lr"] == 0.0  # cosine schedule ends at 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["final_test_acc"] == record["test_acc"]
-    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    ckpt = load_checkpoint(run / "checkpoint.pt")
     if optimizer != "sgd":
         assert "base_optimizer" in ckpt["optimizer"]  # the two-pass state dict carries the base state
 
@@ -54,14 +57,19 @@ def test_config_file_with_flag_override_and_label_noise(tmp_path):
 def test_existing_run_directory_is_never_overwritten(tmp_path):
     run = tmp_path / "run"
     assert fsam("train", "--out", str(run), *TINY).returncode == 0
-    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    before = _files(run)
     result = fsam("train", "--out", str(run), *TINY)
-    assert result.returncode == 2 and "already exists" in result.stderr and "--resume" in result.stderr
-    assert before == {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert result.returncode == 2 and "already holds a run" in result.stderr and "--resume" in result.stderr
+    assert before == _files(run)
+
+
+def _files(run):
+    """Every file of the run but the lock file (which names its last holder)."""
+    return {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != LOCK_FILE}
 
 
 def _final_weights(run):
-    return torch.load(run / "checkpoint.pt", weights_only=False)["model"]
+    return load_checkpoint(run / "checkpoint.pt")["model"]
 
 
 def test_kill_and_resume_gives_the_uninterrupted_result(tmp_path):
@@ -112,10 +120,10 @@ def test_corrupt_and_incompatible_checkpoints_are_refused_intact(tmp_path):
     (run / "summary.json").unlink()
     data = ckpt.read_bytes()
     ckpt.write_bytes(data[: len(data) // 3])
-    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    before = _files(run)
     result = fsam("train", "--resume", str(run))
     assert result.returncode == 2 and "corrupt" in result.stderr
-    assert before == {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert before == _files(run)
 
     ckpt.write_bytes(data)
     config = json.loads((run / "config.json").read_text())

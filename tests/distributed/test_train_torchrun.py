@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from friendly_sam.train import run_dir as rd
+
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 pytestmark = [
     pytest.mark.slow,
@@ -85,7 +87,7 @@ def finish(proc: subprocess.Popen[str], timeout: float = 240) -> str:
 
 
 def checkpoint(run: Path) -> dict:
-    return torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)
+    return rd.read_checkpoint(run)
 
 
 def metrics(run: Path) -> list[dict]:

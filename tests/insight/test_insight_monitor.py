@@ -13,6 +13,7 @@ from friendly_sam import FriendlySAM, frozen_bn_stats
 from friendly_sam.analysis.decomposition import DecompositionMonitor, cosine, full_batch_gradient
 from friendly_sam.data import BatchAugment, TensorBatchLoader
 from friendly_sam.models import build_model
+from friendly_sam.train import run_dir as rd
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion_mnist = pytest.mark.skipif(
@@ -156,8 +157,8 @@ def test_trainer_one_batch_oracle_run_equals_sgd(tmp_path):
     )
     train(oracle, tmp_path / "oracle", progress=False, log=lambda s: None)
     train(TrainConfig(**base, optimizer="sgd"), tmp_path / "sgd", progress=False, log=lambda s: None)
-    a = torch.load(tmp_path / "oracle" / "checkpoint.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "sgd" / "checkpoint.pt", weights_only=False)["model"]
+    a = rd.read_checkpoint(tmp_path / "oracle")["model"]
+    b = rd.read_checkpoint(tmp_path / "sgd")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     metrics = [json.loads(line) for line in (tmp_path / "oracle" / "metrics.jsonl").read_text().splitlines()]
     for m in metrics:

@@ -5,6 +5,27 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
+
+from friendly_sam.train import TrainConfig
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def tiny_config(**changes: Any) -> TrainConfig:
+    """A run of a few seconds: 128 Fashion-MNIST images, cnn_small, F-SAM, one thread."""
+    base: dict[str, Any] = dict(
+        data_dir=str(FASHION),
+        model="cnn_small",
+        optimizer="fsam",
+        train_subset=128,
+        test_subset=100,
+        batch_size=64,
+        epochs=1,
+        threads=1,
+    )
+    return TrainConfig(**{**base, **changes})
 
 
 def run_python(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -13,10 +13,6 @@ import pytest
 from safety_helpers import run_python
 
 from friendly_sam.train.lock import (
-    CHECKPOINT_FILE,
-    CONFIG_FILE,
-    LOCK_FILE,
-    METRICS_FILE,
     RunDirectoryError,
     RunInUseError,
     RunLock,
@@ -24,6 +20,7 @@ from friendly_sam.train.lock import (
     create_run_dir,
     open_run_dir,
 )
+from friendly_sam.train.run_dir import CHECKPOINT_FILE, CONFIG_FILE, LOCK_FILE, METRICS_FILE
 
 FORK = multiprocessing.get_context("fork")  # cheap children: torch is imported already
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from safety_helpers import fsam
+from safety_helpers import FASHION, fsam, tiny_config
 
-from friendly_sam.train import TrainConfig, train
+from friendly_sam.train import train
 from friendly_sam.train.checkpoint import CHECKSUM_KEY, load_checkpoint, save_atomic
+from friendly_sam.train.run_dir import LOCK_FILE
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 pytestmark = pytest.mark.skipif(
     not (FASHION / "t10k-images-idx3-ubyte.gz").exists(), reason="no Fashion-MNIST"
 )
@@ -20,16 +20,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "run"
-    cfg = TrainConfig(
-        data_dir=str(FASHION),
-        model="cnn_small",
-        optimizer="fsam",
-        train_subset=128,
-        test_subset=100,
-        batch_size=64,
-        epochs=1,
-        threads=1,
-    )
+    cfg = tiny_config()
     train(cfg, run, progress=False, log=lambda message: None)
     return run, cfg
 
@@ -44,12 +35,13 @@ def test_trainer_checkpoints_load_weights_only_and_verify(finished_run):
 
 def _resume_is_refused(run: Path, message: str) -> None:
     (run / "summary.json").unlink(missing_ok=True)
-    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != LOCK_FILE}
     result = fsam("train", "--resume", str(run), "--quiet")
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, (
         result.stderr
     )
-    assert before == {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}  # metrics.jsonl intact
+    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != LOCK_FILE}
+    assert before == after  # metrics.jsonl intact (the lock file holds the last holder's pid)
 
 
 def test_resume_refuses_a_flipped_bit_and_a_negative_epoch(finished_run):

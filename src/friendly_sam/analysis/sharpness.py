@@ -84,7 +84,11 @@ def _ascend_(u: list[torch.Tensor], gu: list[torch.Tensor], rho: float, gnorm: f
 
 
 def _best(history: list[float]) -> tuple[int, float]:
-    """The first ascent step with the largest positive increase, and that increase (``(0, 0.0)`` if none)."""
+    """The first ascent step with the largest positive increase, and that increase (``(0, 0.0)`` if none).
+
+    A step whose loss was not finite makes the increase NaN: undefined, never a 0.0 that hides it."""
+    if any(not math.isfinite(inc) for inc in history):
+        return 0, math.nan
     best_step, increase = 0, 0.0
     for k, inc in enumerate(history, start=1):
         if inc > increase:
@@ -135,6 +139,8 @@ def worst_case_loss_increase(
                 gu = grad if scale is None else [g * s for g, s in zip(grad, scale, strict=True)]
                 gnorm = _norm(gu)
                 if gnorm == 0.0 or not math.isfinite(gnorm):
+                    if not math.isfinite(gnorm) or not math.isfinite(loss0):
+                        history.append(math.nan)  # the ascent is undefined: the result is NaN, not 0
                     report(total, total, f"stopped after {k - 1} steps: gradient norm {gnorm}")
                     break
                 _ascend_(u, gu, rho, gnorm)

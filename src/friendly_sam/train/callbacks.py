@@ -67,6 +67,7 @@ class TrainState:
     start_epoch: int = 0
     epoch: int = 0
     elapsed_before: float = 0.0  # wall time of the epochs before a resume
+    checkpoint_epoch: int = 0  # the epoch of the last checkpoint written (or resumed from)
     metrics: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -85,7 +86,7 @@ class Callback:
     def splits_to_evaluate(self, epoch: int, available: Sequence[str]) -> Sequence[str]:
         """Which of ``available`` splits (e.g. ``("val", "test")``) to evaluate after the 1-based ``epoch``.
 
-        A split left out records NaN loss and accuracy for this epoch (never a stale value). With several
+        A split left out records None (``null``) as loss and accuracy for this epoch (never a stale value). With several
         callbacks each narrows the previous choice."""
         return available
 
@@ -166,7 +167,7 @@ class DecompositionCallback(Callback):
 
 class EvaluateEvery(Callback):
     """Evaluate ``split`` only after epoch 1, every ``every``-th epoch and the last of ``epochs`` (the other
-    splits every epoch). Skipped epochs record NaN for that split (never a stale value); the final
+    splits every epoch). Skipped epochs record null for that split (never a stale value); the final
     accuracy is always measured. For splits that cost more to evaluate than the training epoch itself."""
 
     def __init__(self, split: str, every: int, epochs: int) -> None:

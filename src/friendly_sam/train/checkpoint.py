@@ -55,6 +55,7 @@ __all__ = [
     "IDENTITY_KEYS",
     "VERSION",
     "CheckpointError",
+    "WriteError",
     "ResumeCheck",
     "check_resume_config",
     "checkpoint_digest",
@@ -72,18 +73,40 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: missing, corrupt, foreign or from an incompatible run."""
 
 
+class WriteError(OSError):
+    """A file of a run could not be written (disk full, file too large, no permission, directory gone);
+    the previous version of the file is unchanged."""
+
+
 # --------------------------------------------------------------------------- writing
 def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
-    """Write through ``write(file)`` into a temporary file beside ``path``, fsync, rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    """Write through ``write(file)`` into a temporary file beside ``path``, fsync, rename over ``path``.
+
+    A failed write (disk full, file-size limit, permissions, directory removed) raises :class:`WriteError`
+    with the reason; the temporary file is removed and ``path`` keeps its previous content."""
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        # torch.save reports a failed write as a RuntimeError ("file write failed", "unexpected pos ...");
+        # what it writes is plain data that was checksummed already, so the disk is to blame
+        if isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, CheckpointError):
+            detail = (
+                exc.strerror
+                if isinstance(exc, OSError) and exc.strerror
+                else "the file system took only part of it: disk full or file-size limit?"
+            )
+            raise WriteError(
+                f"cannot write {path} ({detail}); its previous version is unchanged. Free disk space, "
+                "raise the file-size limit or fix the permissions, then resume the run"
+            ) from exc
         raise
     _fsync_directory(path.parent)  # the rename itself survives a power cut
 
@@ -215,7 +238,9 @@ def load_checkpoint(
 
 def _torch_load(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a damaged file's warnings would only precede our own message
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # the weights-only unpickler refused something
         text = str(exc)
         detail = " ".join(text.split("WeightsUnpickler error:", 1)[-1].split())

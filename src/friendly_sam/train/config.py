@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import stat
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -334,7 +335,7 @@ class TrainConfig:
         if any(not (0 < m < 1) for m in self.milestones):
             raise ValueError(f"--milestones: {list(self.milestones)} must be fractions of training in (0, 1)")
         self._check_image_folder()
-        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"--device: unknown value {self.device!r}; use cpu, cuda, cuda:N or auto")
         return self
 

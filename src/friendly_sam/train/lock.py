@@ -26,28 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import remove_stale_temp_files
+from .run_dir import CHECKPOINT_FILE, LEFTOVER_ENTRIES, LOCK_FILE, RUN_ENTRIES, RunDirectoryError
 
-# The run directory's vocabulary (the trainer should import these from here).
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-CHECKPOINT_FILE = "checkpoint.pt"
-NOISE_FILE = "label_noise.json"
-TENSORBOARD_DIR = "tensorboard"
-LOCK_FILE = ".fsam.lock"
-# What a run writes before its first checkpoint: replaced when a fresh start reuses the directory.
-LEFTOVER_ENTRIES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, NOISE_FILE, TENSORBOARD_DIR)
-RUN_ENTRIES = (*LEFTOVER_ENTRIES, CHECKPOINT_FILE, LOCK_FILE)
 MAX_NAME_BYTES = 200
 
 __all__ = [
-    "CHECKPOINT_FILE",
-    "CONFIG_FILE",
-    "LOCK_FILE",
-    "METRICS_FILE",
-    "NOISE_FILE",
-    "SUMMARY_FILE",
-    "TENSORBOARD_DIR",
     "RunDirectoryError",
     "RunInUseError",
     "RunLock",
@@ -55,10 +38,6 @@ __all__ = [
     "create_run_dir",
     "open_run_dir",
 ]
-
-
-class RunDirectoryError(RuntimeError):
-    """The run directory cannot be used as asked (holds a run already, holds no run, is not ours, ...)."""
 
 
 class RunInUseError(RunDirectoryError):

@@ -9,7 +9,12 @@ A run directory holds::
     label_noise.json  with label noise: the corrupted indices and their noisy labels
     classes.json      --dataset imagefolder: class names in label order, split sizes, skipped files
     analysis.json     written by ``fsam analyze`` (sharpness measures of the checkpoint)
+    resumes.jsonl     one JSON object per resume that changed options (--epochs, --device, ...)
     tensorboard/      with ``--tensorboard``: the per-epoch scalars
+    .fsam.lock        the lock of the process writing the run (:mod:`friendly_sam.train.lock`)
+
+Every JSON file is strict JSON: a value that is not a finite number (a split not evaluated in an epoch)
+is written as ``null``, never as ``NaN``; readers treat ``null`` as "not measured".
 
 Everything that reads or writes these files (the trainer, the commands, the benchmarks) goes through
 this module; the checkpoint format itself is :mod:`friendly_sam.train.checkpoint`'s.
@@ -18,8 +23,10 @@ this module; the checkpoint format itself is :mod:`friendly_sam.train.checkpoint
 from __future__ import annotations
 
 import json
+import math
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,26 +43,48 @@ NOISE_FILE = "label_noise.json"
 DATA_RECORD_FILE = "classes.json"
 ANALYSIS_FILE = "analysis.json"
 TENSORBOARD_DIR = "tensorboard"
+RESUMES_FILE = "resumes.jsonl"
+LOCK_FILE = ".fsam.lock"
+# What a run writes before its first checkpoint: replaced when a fresh start reuses the directory.
+LEFTOVER_ENTRIES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, NOISE_FILE, TENSORBOARD_DIR, RESUMES_FILE)
+RUN_ENTRIES = (*LEFTOVER_ENTRIES, CHECKPOINT_FILE, LOCK_FILE, ANALYSIS_FILE)
 
 
 class RunDirectoryError(RuntimeError):
-    """The run directory cannot be used as asked (exists already, or holds no run to resume)."""
+    """The run directory cannot be used as asked (holds a run already, holds no run, is not ours, ...)."""
+
+
+# --------------------------------------------------------------------------- strict JSON
+def finite_or_none(obj: Any) -> Any:
+    """``obj`` with every float that is not finite (NaN, inf) replaced by None, recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any, indent: int | None = None, default: Any = None) -> str:
+    """Strict JSON (RFC 8259): non-finite numbers become ``null``; never ``NaN`` or ``Infinity``."""
+    return json.dumps(finite_or_none(obj), indent=indent, default=default, allow_nan=False)
+
+
+def read_json(path: Path, what: str) -> Any:
+    """The JSON in ``path``; a damaged file is a :class:`RunDirectoryError` naming ``what`` and the file."""
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RunDirectoryError(f"{what} {path} is damaged ({exc}); it is not valid JSON") from None
 
 
 # --------------------------------------------------------------------------- config
-def check_free(run_dir: Path) -> None:
-    """Refuse a run directory that holds files: it is never silently overwritten."""
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise RunDirectoryError(
-            f"run directory {run_dir} already exists and is not empty; continue it with "
-            f"`fsam train --resume {run_dir}`, or choose another --out"
-        )
+def write_config(run_dir: Path, cfg: TrainConfig) -> None:
+    """Write (or, on a resume with changed options, rewrite) the run's ``config.json`` atomically.
 
-
-def create(run_dir: Path, cfg: TrainConfig) -> None:
-    """Create a fresh run directory holding ``config.json``; never reuse one that holds files."""
-    check_free(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    Creating the directory and deciding that it is free is :func:`friendly_sam.train.lock.create_run_dir`'s
+    job (under the run's lock)."""
     write_text_atomic(run_dir / CONFIG_FILE, cfg.to_json() + "\n")
 
 
@@ -64,36 +93,72 @@ def read_config_dict(run_dir: Path) -> dict[str, Any]:
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise RunDirectoryError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
-    return json.loads(path.read_text())
+    config = read_json(path, "run configuration")
+    if not isinstance(config, dict):
+        raise RunDirectoryError(f"run configuration {path} is damaged: not a JSON object")
+    return config
 
 
 def read_config(run_dir: Path) -> TrainConfig:
     """The validated configuration of the run in ``run_dir`` (to resume or analyse it)."""
     path = run_dir / CONFIG_FILE
+    if not run_dir.is_dir():
+        raise RunDirectoryError(f"{run_dir} holds no run (it does not exist or is not a directory)")
     if not path.is_file():
         raise RunDirectoryError(
-            f"{run_dir} holds no run to resume (no {CONFIG_FILE}); start one with fsam train"
+            f"{run_dir} holds no run to resume or analyse (no {CONFIG_FILE}); start one with fsam train"
         )
-    return TrainConfig.from_dict(json.loads(path.read_text()), source=str(path)).validate()
+    return TrainConfig.from_dict(read_config_dict(run_dir), source=str(path)).validate()
+
+
+def record_resume(run_dir: Path, entry: dict[str, Any]) -> None:
+    """Append what a resume changed (epoch, changed options) to ``resumes.jsonl``."""
+    with open(run_dir / RESUMES_FILE, "a") as f:
+        f.write(dumps(entry) + "\n")
 
 
 # --------------------------------------------------------------------------- metrics
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The per-epoch records in ``metrics.jsonl``, in order; ``[]`` when there are none yet."""
+    """The per-epoch records in ``metrics.jsonl``, in order; ``[]`` when there are none yet.
+
+    ``null`` values (splits not evaluated that epoch) stay None; a damaged line is a
+    :class:`RunDirectoryError` naming the file and line (except a torn last line without its newline:
+    an append cut short by a kill, ignored)."""
     path = run_dir / METRICS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text(errors="replace")
+    lines = text.splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+            if number == len(lines) and not text.endswith("\n"):
+                break  # the torn end of an append cut short by a kill: that epoch was never completed
+            raise RunDirectoryError(f"{path} line {number} is damaged (not a per-epoch JSON record)")
+        records.append(record)
+    return records
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
+    """Append one epoch's record; refused when the run directory lost its ``config.json`` meanwhile
+    (removed or emptied while the run was writing it: appending would leave a run with a gap)."""
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise RunDirectoryError(
+            f"the run directory {run_dir} was removed or emptied while the run was writing it; start anew"
+        )
     with open(run_dir / METRICS_FILE, "a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(dumps(record) + "\n")
 
 
 def rewrite_metrics(run_dir: Path, records: list[dict[str, Any]]) -> None:
     """Replace ``metrics.jsonl`` atomically (on resume: drop epochs after the checkpoint)."""
-    write_text_atomic(run_dir / METRICS_FILE, "".join(json.dumps(m) + "\n" for m in records))
+    write_text_atomic(run_dir / METRICS_FILE, "".join(dumps(m) + "\n" for m in records))
 
 
 # --------------------------------------------------------------------------- summary, noise, checkpoint
@@ -102,11 +167,11 @@ def has_summary(run_dir: Path) -> bool:
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
-    return json.loads((run_dir / SUMMARY_FILE).read_text())
+    return read_json(run_dir / SUMMARY_FILE, "run summary")
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    write_text_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(run_dir / SUMMARY_FILE, dumps(summary, indent=2) + "\n")
 
 
 def has_label_noise(run_dir: Path) -> bool:
@@ -121,13 +186,13 @@ def write_label_noise(run_dir: Path, cfg: TrainConfig, indices: list[int], noisy
         "indices": indices,
         "noisy_labels": noisy_labels,
     }
-    write_text_atomic(run_dir / NOISE_FILE, json.dumps(payload))
+    write_text_atomic(run_dir / NOISE_FILE, dumps(payload))
 
 
 def read_label_noise(run_dir: Path) -> dict[str, Any] | None:
     """The ``label_noise.json`` of a run, or None for a run without label noise."""
     path = run_dir / NOISE_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path, "label noise file") if path.is_file() else None
 
 
 def has_data_record(run_dir: Path) -> bool:
@@ -150,11 +215,14 @@ def has_checkpoint(run_dir: Path) -> bool:
 
 
 def read_checkpoint(
-    run_dir: Path, config: dict[str, Any] | None = None, path: Path | None = None
+    run_dir: Path,
+    config: dict[str, Any] | None = None,
+    path: Path | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """The run's checkpoint (``path`` instead of ``checkpoint.pt`` if given), checked as
     :func:`~friendly_sam.train.checkpoint.load_checkpoint` documents."""
-    return load_checkpoint(path or run_dir / CHECKPOINT_FILE, config)
+    return load_checkpoint(path or run_dir / CHECKPOINT_FILE, config, note=note)
 
 
 def write_checkpoint(run_dir: Path, checkpoint: dict[str, Any]) -> None:
@@ -163,7 +231,7 @@ def write_checkpoint(run_dir: Path, checkpoint: dict[str, Any]) -> None:
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     """An extra JSON file in a run directory (e.g. ``analysis.json``), written atomically."""
-    write_text_atomic(path, json.dumps(payload, indent=1, default=str) + "\n")
+    write_text_atomic(path, dumps(payload, indent=1, default=str) + "\n")
 
 
 # --------------------------------------------------------------------------- machine

@@ -8,6 +8,7 @@ extension points: ``optimizer_factory`` (build another optimizer), ``step_fn`` (
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -23,16 +24,21 @@ from ..distributed import DistributedContext, gather_replica_states, init_from_e
 from ..models import build_model, load_pretrained
 from . import run_dir as rd
 from .callbacks import Callback, CallbackList, TrainState, builtin_callbacks
-from .checkpoint import make_checkpoint
+from .checkpoint import CheckpointError, check_resume_config, load_state_checked, make_checkpoint
 from .config import TrainConfig
+from .lock import RunLock, create_run_dir, open_run_dir
 from .progress import ProgressBar, format_seconds
 from .run_dir import RunDirectoryError, machine_description
 from .setup import OptimizerFactory, build_optimizer, evaluate_split, lr_factor, prepare_data
 from .step import ddp_training_step, training_step
 
-__all__ = ["RunDirectoryError", "StepFn", "load_run_config", "summarize", "train"]
+__all__ = ["DIVERGENCE_LOSS", "RunDirectoryError", "StepFn", "load_run_config", "summarize", "train"]
 
 Log = Callable[[str], None]
+# A run has diverged when an epoch's mean training loss (or any loss) is not finite or exceeds this: a
+# classifier guessing uniformly scores ln(classes) (2.3 for 10), so 1e6 is far outside any learning run.
+DIVERGENCE_LOSS = 1e6
+_CHECK_EVERY = 20  # steps between the in-epoch checks for a non-finite loss (each one is a device sync)
 
 
 class StepFn(Protocol):
@@ -75,7 +81,12 @@ def train(
     the built-in ones (TensorBoard, decomposition monitor), in order. Returns the summary (``summary.json``).
 
     Under ``torchrun`` every process runs this: data-parallel (DDP) over the global batch, rank 0 alone
-    writes files and logs; see docs/distributed.md."""
+    writes files and logs; see docs/distributed.md.
+
+    The run directory is locked for the whole run (:mod:`friendly_sam.train.lock`): a second writer gets
+    :class:`~friendly_sam.train.lock.RunInUseError`. A resume verifies the checkpoint and compares the whole
+    configuration before any file is touched (docs/reliability.md). A diverging run (a loss not finite or
+    above :data:`DIVERGENCE_LOSS`) stops with :class:`FloatingPointError`; nothing non-finite is written."""
     cfg.validate()
     ctx = init_from_env(cfg.device)
     try:
@@ -86,24 +97,41 @@ def train(
         if ctx.enabled and step_fn is not None:
             raise ValueError("step_fn replaces the single-process step; under torchrun the DDP step is used")
         run_dir = Path(run_dir)
-        ckpt = _check_start(cfg, run_dir, ctx, resume)
-        if resume and rd.has_summary(run_dir) and ckpt["epoch"] >= cfg.epochs:
-            log(f"{run_dir}: already finished")
-            return rd.read_summary(run_dir)
-        hooks = CallbackList([*builtin_callbacks(cfg, ctx.is_main), *callbacks])
-        _configure_torch(cfg)
-        state = _build(cfg, run_dir, ctx, ckpt, optimizer_factory or build_optimizer, log)
-        return _run(state, ctx, hooks, _choose_step(cfg, ctx, state, step_fn), progress, log)
+        hooks = CallbackList(
+            [*builtin_callbacks(cfg, ctx.is_main), *callbacks]
+        )  # a missing package: stop now
+        lock = ctx.main_first(lambda: _lock_run_dir(run_dir, resume, log))  # rank 0 alone holds it
+        with lock if lock is not None else contextlib.nullcontext():
+            ckpt = _checkpoint_to_resume(cfg, run_dir, log) if resume else None
+            if resume and rd.has_summary(run_dir) and ckpt["epoch"] >= cfg.epochs:
+                log(f"{run_dir}: already finished")
+                return rd.read_summary(run_dir)
+            _configure_torch(cfg)
+            state = _build(cfg, run_dir, ctx, ckpt, optimizer_factory or build_optimizer, log, lock)
+            return _run(state, ctx, hooks, _choose_step(cfg, ctx, state, step_fn), progress, log)
     finally:
         ctx.close()
 
 
-def _check_start(cfg: TrainConfig, run_dir: Path, ctx: DistributedContext, resume: bool) -> Any:
-    """The checkpoint to resume from (refused before anything is touched), or None for a fresh run."""
-    if resume:
-        return rd.read_checkpoint(run_dir, cfg.to_dict())
-    ctx.main_first(lambda: rd.check_free(run_dir))
-    return None
+def _lock_run_dir(run_dir: Path, resume: bool, log: Log) -> RunLock:
+    """The run directory's lock, held for the whole run: claimed fresh (refused when it holds a run or
+    another process writes it) or, to resume, opened (refused while another process writes it)."""
+    lock = open_run_dir(run_dir) if resume else create_run_dir(run_dir)
+    for note in lock.notes:
+        log(note)
+    if lock.removed_temp_files:
+        log(f"{run_dir}: removed {len(lock.removed_temp_files)} temporary file(s) of interrupted writes")
+    return lock
+
+
+def _checkpoint_to_resume(cfg: TrainConfig, run_dir: Path, log: Log) -> dict[str, Any]:
+    """The checkpoint of ``run_dir``, verified and checked against ``cfg`` (read under the run's lock)."""
+    if not rd.has_checkpoint(run_dir) and not (run_dir / rd.CHECKPOINT_FILE).exists():
+        raise RunDirectoryError(
+            f"{run_dir} has no checkpoint yet (the run stopped before its first checkpoint): start it anew "
+            f"with `fsam train --config {run_dir / rd.CONFIG_FILE} --out {run_dir}`"
+        )
+    return rd.read_checkpoint(run_dir, cfg.to_dict(), note=log)
 
 
 def _configure_torch(cfg: TrainConfig) -> None:
@@ -121,17 +149,23 @@ def _build(
     ckpt: dict[str, Any] | None,
     optimizer_factory: OptimizerFactory,
     log: Log,
+    lock: RunLock | None,
 ) -> TrainState:
     """Data, run directory, model, optimizer and schedule; restored from ``ckpt`` when resuming."""
-    data = prepare_data(cfg, ctx.device, shard=(ctx.rank, ctx.world_size), log=log)
-    ctx.check_batches(data.train_loader.num_samples, cfg.batch_size)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, data.num_classes, data.in_channels)
-    if ckpt is None and cfg.pretrained is not None:  # on resume the checkpoint holds the weights
-        log(load_pretrained(model, cfg.pretrained, new_head=cfg.new_head).summary())
+    try:  # a missing data set, package or weights file leaves no run directory behind
+        data = prepare_data(cfg, ctx.device, shard=(ctx.rank, ctx.world_size), log=log)
+        ctx.check_batches(data.train_loader.num_samples, cfg.batch_size)
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model, data.num_classes, data.in_channels)
+        if ckpt is None and cfg.pretrained is not None:  # on resume the checkpoint holds the weights
+            log(load_pretrained(model, cfg.pretrained, new_head=cfg.new_head).summary())
+    except BaseException:
+        if ckpt is None and lock is not None:
+            lock.discard()
+        raise
     model = model.to(ctx.device)
-    if ckpt is None:  # only now: a missing data set, package or weights file leaves no run directory behind
-        ctx.main_first(lambda: rd.create(run_dir, cfg))
+    if ckpt is None and ctx.is_main:
+        rd.write_config(run_dir, cfg)
     if ctx.is_main and data.noisy_indices is not None and not rd.has_label_noise(run_dir):
         rd.write_label_noise(run_dir, cfg, data.noisy_indices.tolist(), data.noisy_labels.tolist())
     if ctx.is_main and data.folder is not None and not rd.has_data_record(run_dir):
@@ -151,16 +185,34 @@ def _build(
 
 
 def _restore(state: TrainState, ckpt: dict[str, Any], ctx: DistributedContext) -> None:
-    state.model.load_state_dict(ckpt["model"])
-    state.optimizer.load_state_dict(ckpt["optimizer"])
-    state.scheduler.load_state_dict(ckpt["scheduler"])
+    """Load the checkpoint into model, optimizer, schedule and RNG; only then touch the run's files:
+    drop the metrics of epochs after the checkpoint, record changed options (config.json, resumes.jsonl)."""
+    path = state.run_dir / rd.CHECKPOINT_FILE
+    load_state_checked(state.model, ckpt["model"], path, "model")
+    load_state_checked(state.optimizer, ckpt["optimizer"], path, "optimizer")
+    load_state_checked(state.scheduler, ckpt["scheduler"], path, "learning-rate schedule")
     load_replica_state(state.optimizer, ckpt.get("replica_states", []), ctx.rank)  # per-replica F-SAM EMAs
+    if not _all_finite(state):  # the trainer never writes such a file: damaged or tampered with
+        raise CheckpointError(f"checkpoint {path} holds weights or optimizer state that are not finite")
     torch.set_rng_state(ckpt["rng"]["torch"])
-    state.start_epoch = state.epoch = ckpt["epoch"]
+    state.start_epoch = state.epoch = state.checkpoint_epoch = ckpt["epoch"]
     state.elapsed_before = ckpt["elapsed"]
-    state.metrics = [m for m in rd.read_metrics(state.run_dir) if m["epoch"] <= state.start_epoch]
-    if ctx.is_main:
-        rd.rewrite_metrics(state.run_dir, state.metrics)
+    metrics = [m for m in rd.read_metrics(state.run_dir) if m["epoch"] <= state.start_epoch]
+    state.metrics = metrics
+    if not ctx.is_main:
+        return
+    rd.rewrite_metrics(state.run_dir, metrics)
+    changes = check_resume_config(ckpt["config"], state.cfg.to_dict(), ckpt["epoch"]).changes
+    if changes:  # safe options changed on this resume (more epochs, another device, ...): record them
+        rd.write_config(state.run_dir, state.cfg)
+        rd.record_resume(
+            state.run_dir,
+            {
+                "after_epoch": ckpt["epoch"],
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "changes": {k: {"checkpoint": old, "now": new} for k, (old, new) in changes.items()},
+            },
+        )
 
 
 def _choose_step(
@@ -206,13 +258,13 @@ def _run(
     run_start = time.perf_counter()
     for epoch in range(state.start_epoch, cfg.epochs):
         record = _train_epoch(state, ctx, hooks, net, step, epoch, progress)
+        _check_diverged(state, epoch, {"training loss": record["train_loss"]})
         hooks.on_epoch_record(record)
-        if not math.isfinite(record["train_loss"]):
-            raise FloatingPointError(
-                f"training loss became {record['train_loss']} in epoch {epoch + 1}; lower --lr"
-            )
         ctx.broadcast_buffers(state.model)  # rank 0's BatchNorm statistics: those it checkpoints
         _evaluate_splits(state, ctx, hooks, record)
+        _check_diverged(
+            state, epoch, {f"{k.replace('_', ' ')}": v for k, v in record.items() if k[-4:] == "loss"}
+        )
         record["elapsed"] = state.elapsed_before + time.perf_counter() - run_start
         state.metrics.append(record)
         state.epoch = epoch + 1
@@ -221,7 +273,9 @@ def _run(
         hooks.on_epoch_end(record)
         log(_epoch_line(cfg, record))
         if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+            _check_weights_finite(state, epoch)
             _save_checkpoint(state, ctx, record["elapsed"])
+            state.checkpoint_epoch = epoch + 1
     summary = summarize(cfg, state.metrics)
     summary["world_size"] = ctx.world_size
     hooks.on_train_end(summary)
@@ -257,6 +311,8 @@ def _train_epoch(
         loss_sum += loss.float() * len(y)
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
+        if not ctx.enabled and (i + 1) % _CHECK_EVERY == 0:  # stop early; under DDP at the epoch's end
+            _check_diverged(state, epoch, {"training loss": float(loss_sum) / seen})
         if progress:
             rate = seen / (time.perf_counter() - t0)
             bar.update(i + 1, loss=float(loss_sum) / seen, acc=100.0 * int(correct) / seen, **{"img/s": rate})
@@ -276,7 +332,8 @@ def _train_epoch(
 def _evaluate_splits(
     state: TrainState, ctx: DistributedContext, hooks: CallbackList, record: dict[str, Any]
 ) -> None:
-    """Loss and accuracy of the splits the callbacks choose (sharded over ranks); NaN for the others."""
+    """Loss and accuracy of the splits the callbacks choose (sharded over ranks); None for the others
+    (``null`` in metrics.jsonl: not measured)."""
     data, cfg = state.data, state.cfg
     chosen = hooks.splits_to_evaluate(record["epoch"], tuple(data.eval_sets))
     measure = partial(evaluate_split, transform=data.eval_transform, cfg=cfg, device=state.device, ctx=ctx)
@@ -284,12 +341,53 @@ def _evaluate_splits(
         if split in chosen:
             record[f"{split}_loss"], record[f"{split}_acc"] = measure(state.model, source)
         else:
-            record[f"{split}_loss"], record[f"{split}_acc"] = math.nan, math.nan
+            record[f"{split}_loss"], record[f"{split}_acc"] = None, None
+
+
+def _check_diverged(state: TrainState, epoch: int, losses: dict[str, float | None]) -> None:
+    """Stop a diverging run: any loss not finite or above :data:`DIVERGENCE_LOSS` is a FloatingPointError
+    that says what was kept (nothing of this epoch is written)."""
+    bad = [
+        f"{name} {value:.4g}"
+        for name, value in losses.items()
+        if value is not None and not (math.isfinite(value) and value <= DIVERGENCE_LOSS)
+    ]
+    if not bad:
+        return
+    saved = state.checkpoint_epoch
+    kept = (
+        f"the last good checkpoint (epoch {saved}) is kept" if saved else "no checkpoint had been written yet"
+    )
+    raise FloatingPointError(
+        f"training diverged in epoch {epoch + 1}/{state.cfg.epochs}: {', '.join(bad)} (a run stops when a "
+        f"loss is not finite or above {DIVERGENCE_LOSS:g}); nothing of this epoch was written and {kept}. "
+        "Lower --lr or --rho (or set --max-grad-norm) and start the run anew"
+    )
+
+
+def _all_finite(state: TrainState) -> bool:
+    """Whether every floating-point value of the model and the optimizer state is finite."""
+    tensors = [*state.model.state_dict().values()]
+    for per_param in state.optimizer.state_dict().get("state", {}).values():
+        tensors += [v for v in per_param.values() if isinstance(v, Tensor)]
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+
+
+def _check_weights_finite(state: TrainState, epoch: int) -> None:
+    """Never checkpoint a non-finite model or optimizer state (the previous checkpoint stays)."""
+    if not _all_finite(state):
+        _check_diverged(state, epoch, {"a weight or optimizer state value": math.nan})
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}%"
 
 
 def _epoch_line(cfg: TrainConfig, record: dict[str, Any]) -> str:
-    val = f" val {record['val_acc']:.2f}%" if "val_acc" in record else ""
-    test = f" test {record['test_acc']:.2f}%" if "test_acc" in record else ""  # a folder may have no test/
+    val = f" val {_percent(record['val_acc'])}" if "val_acc" in record else ""
+    test = (
+        f" test {_percent(record['test_acc'])}" if "test_acc" in record else ""
+    )  # a folder may have no test/
     return (
         f"{cfg.label} epoch {record['epoch']}/{cfg.epochs}: train loss {record['train_loss']:.4f} "
         f"acc {record['train_acc']:.2f}%{val}{test} "
@@ -339,5 +437,11 @@ def summarize(cfg: TrainConfig, metrics: list[dict[str, Any]]) -> dict[str, Any]
     for split in ("test", "val"):  # an image folder may have no test/ (then no test_acc)
         if f"{split}_acc" in last:
             summary[f"final_{split}_acc"] = last[f"{split}_acc"]
-            summary[f"best_{split}_acc"] = max(m[f"{split}_acc"] for m in metrics)
+            summary[f"best_{split}_acc"] = _best(metrics, f"{split}_acc")
     return summary
+
+
+def _best(metrics: list[dict[str, Any]], key: str) -> float | None:
+    """The largest measured value of ``key`` (epochs that skipped the split hold None)."""
+    values = [m[key] for m in metrics if m.get(key) is not None]
+    return max(values) if values else None
