@@ -237,7 +237,7 @@ def test_step_with_closure_calls_it_once_on_unperturbed_steps(between):
     calls = []
     for t, (x, y) in enumerate(make_batches(6)):
 
-        def closure(x=x, y=y):
+        def closure(x=x, y=y, t=t):
             opt.zero_grad()
             with frozen_bn_stats(model) if opt.is_perturbed else contextlib.nullcontext():
                 loss = nn.functional.cross_entropy(model(x), y)
