@@ -36,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: benchkit and the suites
 import benchkit  # noqa: E402
-from efficient.plan import CELLS, SEEDS, VARIANTS, VariantSpec, plan  # noqa: E402
+from efficient.plan import CELL_RHOS, CELLS, SEEDS, VARIANTS, VariantSpec, plan  # noqa: E402
 from efficient.report import write_report  # noqa: E402
 from generalization.plan import FULL, QUICK, run_state  # noqa: E402
 from generalization.run import _die_with_parent  # noqa: E402
@@ -146,8 +146,11 @@ def report_command(args: argparse.Namespace) -> list[str]:
         "--out-dir",
         args.out_dir,
     ]
-    for key in ("baseline_dir", "clean_baseline", "timing", "prefix"):
+    for key in ("baseline_dir", "clean_baseline", "timing", "prefix", "cells", "variants", "seeds"):
         cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    for key in ("noisy_rhos", "clean_rhos", "model", "epochs", "train_subset", "val_size", "test_subset"):
+        if getattr(args, key) is not None:
+            cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
     if args.quick:
         cmd.append("--quick")
     return cmd
@@ -172,7 +175,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cells", default=",".join(CELLS))
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    p.add_argument("--noisy-rhos", help="comma-separated rho grid of the noisy cell (default 0.4,0.2)")
+    p.add_argument("--clean-rhos", help="comma-separated rho grid of the clean cell (default 0.05)")
     p.add_argument("--quick", action="store_true", help="smoke test: the suite's QUICK budget")
+    p.add_argument("--model", help="smoke tests: override the model")
     p.add_argument("--epochs", type=int, help="smoke tests: override the epochs")
     p.add_argument("--test-subset", type=int, help="smoke tests: evaluate on the first N test images")
     p.add_argument("--train-subset", type=int, help="smoke tests: override the training subset")
@@ -185,7 +191,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def suite_from_args(args: argparse.Namespace) -> dict[str, Any]:
     suite = dict(QUICK if args.quick else FULL)
-    for key in ("epochs", "test_subset", "train_subset", "val_size"):
+    for key in ("epochs", "test_subset", "train_subset", "val_size", "model"):
         if getattr(args, key) is not None:
             suite[key] = getattr(args, key)
     return suite
@@ -197,7 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     cells = tuple(c for c in args.cells.split(",") if c)
     variants = tuple(v for v in args.variants.split(",") if v)
     seeds = tuple(int(s) for s in args.seeds.split(",") if s)
-    specs = plan(cells, variants, seeds)
+    rhos = dict(CELL_RHOS)
+    for cell, text in (("sym40-long", args.noisy_rhos), ("clean", args.clean_rhos)):
+        if text:
+            rhos[cell] = [float(r) for r in text.split(",") if r]
+    specs = plan(cells, variants, seeds, rhos)
     if args.report_only:
         write_report(args, suite, specs)
         return 0
