@@ -135,6 +135,8 @@ def ddp_training_step(
 
     An unperturbed step of ``perturb_every > 1`` (``next_step_perturbs`` False) is an ordinary DDP step
     in both modes: its clean gradient is the one the base optimizer applies, so it must be all-reduced.
+    ``between="looksam"`` is refused in per-replica mode (each replica would measure its own component
+    from its own clean gradient, and the replicas would drift apart); use synchronized mode.
     ``ascent_fraction``: as in :func:`training_step` (each replica's first samples).
 
     Plain optimizers (SGD, AdamW) and models not wrapped in DDP take the ordinary step in both modes.
@@ -149,6 +151,13 @@ def ddp_training_step(
     is_ddp = isinstance(model, DistributedDataParallel)
     context: Any = None
     perturbs = getattr(optimizer, "next_step_perturbs", True)
+    looksam = getattr(optimizer, "between", None) == "looksam" and getattr(optimizer, "perturb_every", 1) > 1
+    if is_ddp and mode == PER_REPLICA and looksam:
+        raise ValueError(
+            "between='looksam' under DDP needs the perturbation mode 'synchronized': in 'per-replica' mode each "
+            "replica's own clean gradient would give it its own LookSAM component, and the replicas would "
+            "drift apart on the unperturbed steps; use --perturbation synchronized or --between base"
+        )
     if is_ddp and mode == PER_REPLICA and is_two_pass(optimizer) and perturbs:
         context = model.no_sync()
     weight = 1.0
