@@ -341,7 +341,8 @@ class TwoPassOptimizer(Optimizer):
             FloatingPointError: the clean gradient holds inf/nan and no scaler was given, or the
                 perturbation ``rho / ||d||`` overflows a parameter's dtype.
             Any exception leaves the weights as they were (the step is transactional) and, short of
-            ASAM's second norm, the optimizer state too.
+            ASAM's second norm, the optimizer state too (``between="looksam"``: the stored component is
+            dropped on a perturbed step that raises; the next off-steps are plain base steps).
         """
         if self._perturbed is not None or self._off_step_open:
             raise RuntimeError("first_step() called twice: call second_step() to finish the step first")
