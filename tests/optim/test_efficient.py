@@ -382,3 +382,36 @@ def test_buffers_are_accounted():
 def test_invalid_options_are_refused(kw, match):
     with pytest.raises(ValueError, match=match):
         FriendlySAM(make_model().parameters(), torch.optim.SGD, rho=0.1, **kw)
+
+
+def test_grad_scaler_step_with_closure_equals_the_manual_loop_with_periodic_steps():
+    kw = dict(rho=0.2, perturb_every=2, between="looksam", **SGD_KW)
+    batches = make_batches(5)
+    manual = make_model()
+    manual_opt = FriendlySAM(manual.parameters(), torch.optim.SGD, **kw)
+    manual_scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    for x, y in batches:
+        efficient_iteration(manual, manual_opt, x, y, scaler=manual_scaler)
+        manual_scaler.update()
+    model = make_model()
+    opt = FriendlySAM(model.parameters(), torch.optim.SGD, **kw)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    scaler.scale(torch.ones(()))  # GradScaler creates its scale at the first scale()
+    calls = []
+    for x, y in batches:
+
+        def closure(x=x, y=y):
+            opt.zero_grad()
+            with frozen_bn_stats(model) if opt.is_perturbed else contextlib.nullcontext():
+                loss = nn.functional.cross_entropy(model(x), y)
+            scaler.scale(loss).backward()
+            calls.append(1)
+            return loss
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch's notice about the grad_scaler kwarg
+            scaler.step(opt, closure)
+        scaler.update()
+    assert len(calls) == 8  # 3 perturbed steps x 2 + 2 unperturbed x 1
+    for p, q in zip(params_of(manual), params_of(model)):
+        assert torch.allclose(p, q, atol=1e-6, rtol=0)
