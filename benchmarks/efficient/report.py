@@ -135,12 +135,8 @@ def cell_report(args: Any, suite: dict[str, Any], specs: list[VariantSpec], cell
     methods.update(variant_entries(Path(args.work_dir), cell, specs, seeds))
     for name, entry in methods.items():
         entry["time_ratio_to_sgd"] = timing.get(name, {}).get("time_ratio_to_sgd")
-    sgd, fsam = methods["sgd"]["test_acc_mean"], methods["fsam"]["test_acc_mean"]
     for entry in methods.values():
-        acc = entry["test_acc_mean"]
-        ok = None not in (acc, sgd, fsam) and fsam != sgd
-        entry["fsam_gain_kept"] = (acc - sgd) / (fsam - sgd) if ok else None
-        entry["minus_sgd"] = acc - sgd if None not in (acc, sgd) else None
+        paired_comparisons(entry, methods["sgd"], methods["fsam"])
     noise = 0.4 if cell.startswith("sym40") else 0.0
     setting = {
         "cell": cell,
@@ -160,6 +156,24 @@ def cell_report(args: Any, suite: dict[str, Any], specs: list[VariantSpec], cell
         "complete": all(e["complete"] for e in methods.values()),
     }
     return {"setting": setting, "methods": methods}
+
+
+def _by_seed(entry: dict) -> dict[int, float]:
+    return dict(zip(entry["seeds"], entry["test_acc"]))
+
+
+def paired_comparisons(entry: dict, sgd: dict, fsam: dict) -> None:
+    """``minus_sgd``: mean test accuracy minus SGD's over the seeds both have (same seed: same data, noise,
+    initialisation and batch order); ``fsam_gain_kept``: (acc - SGD) / (F-SAM - SGD), means over the
+    seeds all three have. None where no seed is shared."""
+    mine, base, ref = _by_seed(entry), _by_seed(sgd), _by_seed(fsam)
+    both = [s for s in mine if s in base]
+    entry["minus_sgd"] = statistics.fmean(mine[s] - base[s] for s in both) if both else None
+    entry["minus_sgd_seeds"] = both
+    common = [s for s in both if s in ref]
+    gain = statistics.fmean(ref[s] - base[s] for s in common) if common else 0.0
+    kept = statistics.fmean(mine[s] - base[s] for s in common) / gain if common and gain else None
+    entry["fsam_gain_kept"], entry["fsam_gain_kept_seeds"] = kept, common
 
 
 def target_check(noisy: dict, clean: dict) -> dict[str, Any]:
