@@ -261,6 +261,20 @@ def markdown(noisy: dict, clean: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pareto_front(methods: dict[str, dict]) -> list[tuple[float, float]]:
+    """(time ratio, mean accuracy) of the methods no other method beats in both (faster and better)."""
+    points = sorted(
+        (m["time_ratio_to_sgd"], m["test_acc_mean"])
+        for m in methods.values()
+        if m["time_ratio_to_sgd"] is not None and m["test_acc_mean"] is not None
+    )
+    front: list[tuple[float, float]] = []
+    for t, acc in points:
+        if not front or acc > front[-1][1]:
+            front.append((t, acc))
+    return front
+
+
 def plot(noisy: dict, clean: dict, path: Path) -> None:
     try:
         import matplotlib
@@ -287,7 +301,12 @@ def plot(noisy: dict, clean: dict, path: Path) -> None:
                 xytext=(4, 3),
                 textcoords="offset points",
             )
-        ax.axvline(MAX_TIME_RATIO, color="grey", ls=":", lw=1)
+        front = pareto_front(cell["methods"])
+        ax.plot(
+            [p[0] for p in front], [p[1] for p in front], color="grey", ls="--", lw=1, label="Pareto front"
+        )
+        ax.axvline(MAX_TIME_RATIO, color="grey", ls=":", lw=1, label="1.3x SGD")
+        ax.legend(fontsize=7, loc="lower right")
         ax.set_xlabel("wall time per step / SGD")
         ax.set_ylabel("test accuracy % (mean ± std over seeds)")
         ax.set_title(cell["setting"]["title"], fontsize=10)
