@@ -306,7 +306,7 @@ def plot(noisy: dict, clean: dict, path: Path) -> None:
             [p[0] for p in front], [p[1] for p in front], color="grey", ls="--", lw=1, label="Pareto front"
         )
         ax.axvline(MAX_TIME_RATIO, color="grey", ls=":", lw=1, label="1.3x SGD")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")
         ax.set_xlabel("wall time per step / SGD")
         ax.set_ylabel("test accuracy % (mean ± std over seeds)")
         ax.set_title(cell["setting"]["title"], fontsize=10)
