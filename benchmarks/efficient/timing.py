@@ -78,6 +78,10 @@ class Contender:
         return (time.perf_counter() - t0) / PERIOD
 
 
+def _quartiles(values: list[float]) -> list[float] | None:
+    return statistics.quantiles(values, n=4) if len(values) >= 2 else None
+
+
 def measure(model_name: str, batch: int, repeats: int, warmup: int) -> dict[str, Any]:
     runners = {name: Contender(cfg, model_name, batch) for name, cfg in contenders().items()}
     names = list(runners)
@@ -91,18 +95,23 @@ def measure(model_name: str, batch: int, repeats: int, warmup: int) -> dict[str,
     results: dict[str, Any] = {}
     for name in names:
         ts = times[name]
-        q = statistics.quantiles(ts, n=4) if len(ts) >= 2 else [ts[0]] * 3
+        q = _quartiles(ts) or [ts[0]] * 3
         ratios = [t / s for t, s in zip(ts, times["sgd"])]
         results[name] = {
             "step_s_median": statistics.median(ts),
             "step_s_iqr": [q[0], q[2]],
             "time_ratio_to_sgd": statistics.median(ratios),
+            "time_ratio_iqr": [rq[0], rq[2]] if (rq := _quartiles(ratios)) else None,
             "options": {
                 k: getattr(runners[name].cfg, k)
                 for k in ("optimizer", "perturb_every", "between", "ascent_fraction")
             },
         }
     return results
+
+
+def _span(iqr: list[float] | None) -> str:
+    return "-" if iqr is None else f"{iqr[0]:.2f}-{iqr[1]:.2f}"
 
 
 def markdown(payload: dict[str, Any]) -> str:
@@ -113,14 +122,14 @@ def markdown(payload: dict[str, Any]) -> str:
         f"{payload['setting']['threads']} torch thread(s), {payload['setting']['repeats']} interleaved repeats "
         f"of a {PERIOD}-step period. Load average at start: {payload['machine']['load_average']}.",
         "",
-        "| method | step (ms, median) | IQR (ms) | time / SGD |",
-        "|---|---|---|---|",
+        "| method | step (ms, median) | IQR (ms) | time / SGD (median of per-repeat ratios) | its IQR |",
+        "|---|---|---|---|---|",
     ]
     for name, r in payload["methods"].items():
         lo, hi = r["step_s_iqr"]
         lines.append(
             f"| {name} | {1e3 * r['step_s_median']:.1f} | {1e3 * lo:.1f}-{1e3 * hi:.1f} | "
-            f"{r['time_ratio_to_sgd']:.2f} |"
+            f"{r['time_ratio_to_sgd']:.2f} | {_span(r['time_ratio_iqr'])} |"
         )
     return "\n".join(lines) + "\n"
 
