@@ -190,7 +190,19 @@ def target_check(noisy: dict, clean: dict) -> dict[str, Any]:
             if None in (ratio, kept, clean_diff)
             else (ratio <= MAX_TIME_RATIO and kept >= MIN_GAIN_KEPT and clean_diff >= 0)
         )
-        out[name] = {"time_ratio": ratio, "gain_kept": kept, "clean_minus_sgd": clean_diff, "meets": meets}
+        complete = all(
+            cell["methods"][m]["complete"]
+            for cell in (noisy, clean)
+            for m in (name, "sgd", "fsam")
+            if m in cell["methods"]
+        )
+        out[name] = {
+            "time_ratio": ratio,
+            "gain_kept": kept,
+            "clean_minus_sgd": clean_diff,
+            "meets": meets,
+            "complete": complete,  # False: a verdict on the seeds finished so far
+        }
     return out
 
 
@@ -253,6 +265,8 @@ def markdown(noisy: dict, clean: dict) -> str:
     lines.append("")
     for name, t in noisy["target"].items():
         verdict = {True: "meets", False: "misses", None: "not yet measured"}[t["meets"]]
+        if t["meets"] is not None and not t["complete"]:
+            verdict += " so far (runs missing)"
         kept = "-" if t["gain_kept"] is None else f"{100 * t['gain_kept']:.0f} %"
         lines.append(
             f"- {TITLES.get(name, name)}: {verdict} (time {_fmt(t['time_ratio'])}x, gain kept {kept}, clean vs SGD "
