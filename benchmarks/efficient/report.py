@@ -168,7 +168,9 @@ def paired_comparisons(entry: dict, sgd: dict, fsam: dict) -> None:
     seeds all three have. None where no seed is shared."""
     mine, base, ref = _by_seed(entry), _by_seed(sgd), _by_seed(fsam)
     both = [s for s in mine if s in base]
-    entry["minus_sgd"] = statistics.fmean(mine[s] - base[s] for s in both) if both else None
+    diffs = [mine[s] - base[s] for s in both]
+    entry["minus_sgd"] = statistics.fmean(diffs) if diffs else None
+    entry["minus_sgd_std"] = statistics.stdev(diffs) if len(diffs) > 1 else None
     entry["minus_sgd_seeds"] = both
     common = [s for s in both if s in ref]
     gain = statistics.fmean(ref[s] - base[s] for s in common) if common else 0.0
@@ -184,7 +186,7 @@ def target_check(noisy: dict, clean: dict) -> dict[str, Any]:
             continue
         n, c = noisy["methods"][name], clean["methods"].get(name, {})
         ratio, kept = n.get("time_ratio_to_sgd"), n.get("fsam_gain_kept")
-        clean_diff = c.get("minus_sgd")
+        clean_diff, clean_std = c.get("minus_sgd"), c.get("minus_sgd_std")
         meets = (
             None
             if None in (ratio, kept, clean_diff)
@@ -200,6 +202,7 @@ def target_check(noisy: dict, clean: dict) -> dict[str, Any]:
             "time_ratio": ratio,
             "gain_kept": kept,
             "clean_minus_sgd": clean_diff,
+            "clean_minus_sgd_std": clean_std,
             "meets": meets,
             "complete": complete,  # False: a verdict on the seeds finished so far
         }
@@ -237,7 +240,7 @@ def table(cell: dict, gain: bool) -> list[str]:
         f"**{cell['setting']['title']}** ({cell['setting']['epochs']} epochs"
         f"{'' if cell['setting']['complete'] else '; INCOMPLETE: some runs still missing'})",
         "",
-        "| method | time / SGD | test acc % (mean ± std) | seeds | vs SGD | F-SAM gain kept | config |",
+        "| method | time / SGD | test acc % (mean ± std) | seeds | vs SGD (paired, mean ± std) | F-SAM gain kept | config |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, m in cell["methods"].items():
@@ -250,7 +253,7 @@ def table(cell: dict, gain: bool) -> list[str]:
         )
         lines.append(
             f"| {TITLES.get(name, name)} | {_fmt(m['time_ratio_to_sgd'])} | {acc} | {seeds} | "
-            f"{_fmt(m['minus_sgd'], '+.2f')} | {kept} | {m.get('config') or '-'} |"
+            f"{_fmt(m['minus_sgd'], '+.2f')} ± {_fmt(m['minus_sgd_std'])} | {kept} | {m.get('config') or '-'} |"
         )
     return lines
 
@@ -270,8 +273,13 @@ def markdown(noisy: dict, clean: dict) -> str:
         kept = "-" if t["gain_kept"] is None else f"{100 * t['gain_kept']:.0f} %"
         lines.append(
             f"- {TITLES.get(name, name)}: {verdict} (time {_fmt(t['time_ratio'])}x, gain kept {kept}, clean vs SGD "
-            f"{_fmt(t['clean_minus_sgd'], '+.2f')})"
+            f"{_fmt(t['clean_minus_sgd'], '+.2f')} ± {_fmt(t['clean_minus_sgd_std'])} paired over seeds)"
         )
+    refs = [
+        f"{TITLES[m]} {_fmt(clean['methods'][m]['minus_sgd'], '+.2f')} ± {_fmt(clean['methods'][m]['minus_sgd_std'])}"
+        for m in ("sam", "fsam")
+    ]
+    lines.append(f"- for reference, clean cell vs SGD (paired): {', '.join(refs)}")
     return "\n".join(lines) + "\n"
 
 
