@@ -20,12 +20,14 @@ VARIANTS: dict[str, tuple[int, str, float]] = {
     "fsam-ls4": (4, "looksam", 1.0),  # perturb every 4th step, LookSAM reuse between
     "fsam-sb25": (1, "base", 0.25),  # every step, clean pass on 25 % of the batch
     "fsam-sb12": (1, "base", 0.125),  # every step, clean pass on 12.5 % of the batch (16 of 128)
+    "fsam-sb06": (1, "base", 0.0625),  # every step, clean pass on 8 of 128 samples
 }
 VARIANT_TITLES = {
     "fsam-p4": "F-SAM, perturb every 4th step",
     "fsam-ls4": "F-SAM + LookSAM reuse, k=4",
     "fsam-sb25": "F-SAM, sub-batch ascent f=0.25",
     "fsam-sb12": "F-SAM, sub-batch ascent f=0.125",
+    "fsam-sb06": "F-SAM, sub-batch ascent f=0.0625",
 }
 LMBDA = 0.6
 # rho grid per cell, selected on validation; rho 0.4 first in the noisy cell (where F-SAM selected it)
