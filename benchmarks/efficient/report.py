@@ -19,6 +19,14 @@ from friendly_sam.train import run_dir as rd
 
 BASELINES = ("sgd", "sam", "fsam")
 TITLES = {"sgd": "SGD", "sam": "SAM", "fsam": "F-SAM", **VARIANT_TITLES}
+# plot annotations (the legend carries the full titles)
+SHORT = {
+    "fsam-p4": "k=4",
+    "fsam-ls4": "LookSAM k=4",
+    "fsam-sb25": "f=1/4",
+    "fsam-sb12": "f=1/8",
+    "fsam-sb06": "f=1/16",
+}
 # The target: a variant at <= 1.3x SGD's time keeping >= 80 % of F-SAM's noisy-cell gain over SGD
 # (means over seeds), and no worse than SGD on the clean cell.
 MAX_TIME_RATIO, MIN_GAIN_KEPT = 1.3, 0.8
@@ -307,17 +315,24 @@ def plot(noisy: dict, clean: dict, path: Path) -> None:
         print("matplotlib is not installed: no plot", flush=True)
         return
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    colors = {name: f"C{i}" for i, name in enumerate(noisy["methods"])}
     for ax, cell in zip(axes, (noisy, clean)):
         for name, m in cell["methods"].items():
             if m["test_acc_mean"] is None or m["time_ratio_to_sgd"] is None:
                 continue
             marker = "o" if name in BASELINES else "s"
-            ax.errorbar(
-                m["time_ratio_to_sgd"], m["test_acc_mean"], yerr=m["test_acc_std"] or 0, fmt=marker, capsize=3
-            )
             label = TITLES.get(name, name) + ("" if m["complete"] else " (incomplete)")
+            ax.errorbar(
+                m["time_ratio_to_sgd"],
+                m["test_acc_mean"],
+                yerr=m["test_acc_std"] or 0,
+                fmt=marker,
+                capsize=3,
+                color=colors.get(name),
+                label=label,
+            )
             ax.annotate(
-                label,
+                SHORT.get(name, TITLES.get(name, name)),
                 (m["time_ratio_to_sgd"], m["test_acc_mean"]),
                 fontsize=7,
                 xytext=(4, 3),
@@ -328,7 +343,7 @@ def plot(noisy: dict, clean: dict, path: Path) -> None:
             [p[0] for p in front], [p[1] for p in front], color="grey", ls="--", lw=1, label="Pareto front"
         )
         ax.axvline(MAX_TIME_RATIO, color="grey", ls=":", lw=1, label="1.3x SGD")
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=6.5, loc="best")
         ax.set_xlabel("wall time per step / SGD")
         ax.set_ylabel("test accuracy % (mean ± std over seeds)")
         ax.set_title(cell["setting"]["title"], fontsize=10)
