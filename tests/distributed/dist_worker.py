@@ -319,7 +319,29 @@ def fp16_overflow_per_replica() -> dict:
     return out
 
 
+def periodic() -> dict:
+    """perturb_every=2 with sub-batch ascent under DDP: the unperturbed steps' clean gradient is the applied
+    one, so it must be all-reduced (in per-replica mode too); the replicas stay identical only then. LookSAM
+    in synchronized mode (its component comes from all-reduced gradients); refused in per-replica mode."""
+    out: dict = {}
+    for mode, between in (("per-replica", "base"), ("synchronized", "looksam"), ("per-replica", "looksam")):
+        net = DDP(mlp())
+        opt = FriendlySAM(net.parameters(), torch.optim.SGD, perturb_every=2, between=between, **HP)
+        spreads, kinds = [], []
+        try:
+            for x, y in batches([16, 16, 16, 16], seed=3):
+                kinds.append(opt.next_step_perturbs)
+                ddp_training_step(net, opt, my_part(x), my_part(y), mode=mode, ascent_fraction=0.5)
+                spreads.append(rank_spread(flat(net.module)))
+        except ValueError as error:
+            out[f"{mode}/{between}"] = {"refused": str(error)}
+            continue
+        out[f"{mode}/{between}"] = {"spreads": spreads, "kinds": kinds, "steps": opt.steps_taken}
+    return out
+
+
 SCENARIOS: dict[str, Callable[[], dict]] = {
+    "periodic": periodic,
     "synchronized": synchronized,
     "per_replica": per_replica,
     "batchnorm_buffers": batchnorm_buffers,

@@ -92,3 +92,12 @@ def test_fp16_overflow_on_one_replica_is_skipped_by_all_with_replica_group(dist_
         assert min(agree["moved"][i] for i in (0, 1, 3)) > 0.0  # the other steps are taken
         assert agree["ema_moved"][1] > 0.0 and agree["ema_moved"][3] > 0.0
         assert agree["final_scale"] == 2.0**9, rank
+
+
+def test_periodic_perturbation_keeps_ddp_replicas_identical(dist_results):
+    for res in scenario(dist_results, "periodic"):
+        for key in ("per-replica/base", "synchronized/looksam"):
+            assert res[key]["kinds"] == [True, False, True, False] and res[key]["steps"] == 4
+            assert res[key]["spreads"] == [0.0] * 4  # unperturbed steps all-reduce their applied gradient
+        # each replica's own clean gradient would give each its own LookSAM component: refused, not diverged
+        assert "synchronized" in res["per-replica/looksam"]["refused"]

@@ -3,6 +3,14 @@
 from .batchnorm import frozen_bn_stats
 from .fsam import COMPONENTS, FriendlySAM
 from .sam import SAM
-from .two_pass import NORM_EPS, TwoPassOptimizer
+from .two_pass import BETWEEN_MODES, NORM_EPS, TwoPassOptimizer
 
-__all__ = ["COMPONENTS", "NORM_EPS", "FriendlySAM", "SAM", "TwoPassOptimizer", "frozen_bn_stats"]
+__all__ = [
+    "BETWEEN_MODES",
+    "COMPONENTS",
+    "NORM_EPS",
+    "FriendlySAM",
+    "SAM",
+    "TwoPassOptimizer",
+    "frozen_bn_stats",
+]

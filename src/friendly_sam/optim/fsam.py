@@ -76,11 +76,24 @@ class FriendlySAM(TwoPassOptimizer):
         component: ``"noise"`` (F-SAM, default), ``"full"`` or ``"minibatch"`` (see above).
         max_grad_norm: if set, clip the perturbed gradient to this global norm before the base step.
         foreach: ``None`` (multi-tensor ops on accelerators, per-tensor on CPU), ``True`` or ``False``.
+        perturb_every: perturb only every k-th step (steps 0, k, 2k, ...); 1 (default) is F-SAM itself.
+            On the other steps :meth:`first_step` takes the base step on the clean gradient and leaves
+            :attr:`is_perturbed` False: skip the second pass, still call :meth:`second_step`.
+        between: what those other steps do: ``"base"`` (the clean gradient) or ``"looksam"`` (the clean
+            gradient plus the part of the last perturbed gradient orthogonal to its clean gradient, scaled
+            to ``looksam_alpha * ||g||``; LookSAM, Liu et al., CVPR 2022; one extra parameter-sized buffer).
+        looksam_alpha: LookSAM's weight of the reused component (>= 0, default 0.7).
         track_diagnostics: record ``cos(g, m)`` and the noise/full norm ratio (see above).
         process_group, replica_group: distributed training (keywords): the group the parameters are
             sharded over, and the DDP replicas that agree on skipping an fp16 overflow; see
             :class:`TwoPassOptimizer` and ``docs/distributed.md``.
         **base_kwargs: arguments of the base optimizer (``lr``, ``momentum``, ``weight_decay``, ...).
+
+    **What m averages with** ``perturb_every > 1``: every clean minibatch gradient, unperturbed steps
+    included (each step has one, so ``m <- lmbda m + (1 - lmbda) g`` runs on every step; ``lmbda`` keeps its
+    per-step meaning). With sub-batch ascent (``training_step(ascent_fraction=f)``) the clean gradient of a
+    perturbed step is that of the sub-batch, so m averages sub-batch gradients there (and whole-batch ones
+    on unperturbed steps). See ``docs/efficient.md``.
 
     State: one EMA buffer per parameter (in ``state_dict()``) and one buffer holding the unperturbed
     weights between the two steps, beyond the base optimizer's own state.
@@ -100,6 +113,9 @@ class FriendlySAM(TwoPassOptimizer):
         *,
         max_grad_norm: float | None = None,
         foreach: bool | None = None,
+        perturb_every: int = 1,
+        between: str = "base",
+        looksam_alpha: float = 0.7,
         track_diagnostics: bool = False,
         **base_kwargs: Any,
     ) -> None:
@@ -108,6 +124,9 @@ class FriendlySAM(TwoPassOptimizer):
             base_optimizer,
             max_grad_norm=max_grad_norm,
             foreach=foreach,
+            perturb_every=perturb_every,
+            between=between,
+            looksam_alpha=looksam_alpha,
             rho=rho,
             sigma=sigma,
             lmbda=lmbda,
@@ -265,6 +284,22 @@ class FriendlySAM(TwoPassOptimizer):
             if noise and oracle is not None and g is not self._grad_copy.get(p):
                 m.add_(oracle, alpha=sigma)  # g = d + sigma * o
             self.state[p]["ema"] = m
+
+    def _observe_(self, bucket: Bucket, ops: TensorOps, grads: list[Tensor]) -> None:
+        """Unperturbed step (``perturb_every > 1``): ``m <- lmbda m + (1 - lmbda) g`` (``m = g`` on a
+        parameter's first step), so that m averages every clean minibatch gradient."""
+        lmbda = bucket.group["lmbda"]
+        emas, gs = [], []
+        for p, g in zip(bucket.params, grads):
+            ema = self.state[p].get("ema")
+            if ema is None:
+                self.state[p]["ema"] = g.clone(memory_format=torch.preserve_format)
+            else:
+                emas.append(ema)
+                gs.append(g)
+        if emas:
+            ops.scale_(emas, lmbda)
+            ops.add_(emas, gs, 1.0 - lmbda)
 
     def buffer_tensors(self) -> dict[str, list[Tensor]]:
         buffers = super().buffer_tensors()

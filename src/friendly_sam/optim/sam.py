@@ -32,12 +32,22 @@ class SAM(TwoPassOptimizer):
         adaptive: ASAM's weight-scaled neighbourhood.
         max_grad_norm: if set, clip the perturbed gradient to this global norm before the base step.
         foreach: ``None`` (multi-tensor ops on accelerators, per-tensor on CPU), ``True`` or ``False``.
+        perturb_every: perturb only every k-th step (steps 0, k, 2k, ...); 1 (default) is SAM itself. On
+            the other steps :meth:`first_step` takes the base step on the clean gradient and leaves
+            :attr:`is_perturbed` False: skip the second pass, still call :meth:`second_step`
+            (``docs/efficient.md``).
+        between: what those other steps do: ``"base"`` (the clean gradient) or ``"looksam"`` (LookSAM,
+            Liu et al., CVPR 2022: the clean gradient plus the last measured sharpness component, the part
+            of the perturbed gradient orthogonal to its clean gradient, scaled to ``looksam_alpha * ||g||``;
+            one extra parameter-sized buffer).
+        looksam_alpha: LookSAM's weight of the reused component (>= 0, default 0.7).
         process_group, replica_group: distributed training (keywords): the group the parameters are
             sharded over, and the DDP replicas that agree on skipping an fp16 overflow; see
             :class:`TwoPassOptimizer` and ``docs/distributed.md``.
         **base_kwargs: arguments of the base optimizer (``lr``, ``momentum``, ``weight_decay``, ...).
 
     Use ``first_step()`` / ``second_step()`` around your two forward/backward passes, or ``step(closure)``.
+    With ``perturb_every > 1`` run the second pass only ``if opt.is_perturbed``.
     """
 
     HYPERPARAMETERS = ("rho", "adaptive")
@@ -51,6 +61,9 @@ class SAM(TwoPassOptimizer):
         *,
         max_grad_norm: float | None = None,
         foreach: bool | None = None,
+        perturb_every: int = 1,
+        between: str = "base",
+        looksam_alpha: float = 0.7,
         **base_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -58,6 +71,9 @@ class SAM(TwoPassOptimizer):
             base_optimizer,
             max_grad_norm=max_grad_norm,
             foreach=foreach,
+            perturb_every=perturb_every,
+            between=between,
+            looksam_alpha=looksam_alpha,
             rho=rho,
             adaptive=adaptive,
             **base_kwargs,

@@ -17,6 +17,14 @@ direction keeps (F-SAM: its EMA). The direction is computed in the gradient tens
 ``first_step(zero_grad=True)`` (the clean gradient is not needed afterwards), so no per-step allocation
 happens after the first step; ``zero_grad=False`` keeps the clean gradient intact by working on a copy.
 
+Efficient variants (``perturb_every=k``, ``between=``; see ``docs/efficient.md``): only every k-th step
+(steps 0, k, 2k, ... of the optimizer's own counter) is a perturbed two-pass step. On the other steps
+:meth:`first_step` applies the base step itself on the clean gradient (``between="base"``), or on the clean
+gradient plus LookSAM's stored sharpness component (``between="looksam"``), and leaves
+:attr:`is_perturbed` False: the loop skips the second pass and still calls :meth:`second_step`, which
+then only finishes the step. A loop that runs the second pass anyway stays correct (the gradient of that
+pass is ignored), only slower.
+
 Protocols kept by the wrapper (so that torch and the frameworks treat it as an ordinary optimizer):
 step hooks (``register_step_pre_hook``/``post_hook`` and torch's global ones) fire once per full step,
 pre at :meth:`first_step`, post after :meth:`second_step`; ``defaults`` holds the base optimizer's
@@ -44,10 +52,14 @@ from .collectives import clip_sharded_, is_process_group, sharded_norm, share_ov
 from .tensor_ops import FOREACH, PER_TENSOR, TensorOps
 from .validation import check_lr, check_number
 
-__all__ = ["NORM_EPS", "Bucket", "TwoPassOptimizer"]
+__all__ = ["BETWEEN_MODES", "NORM_EPS", "Bucket", "TwoPassOptimizer"]
 
 # Norm floor of the official implementation: a zero direction gives a zero perturbation, never nan.
 NORM_EPS = 1e-12
+
+# What the optimizer does on the steps between perturbed ones (perturb_every > 1): a plain base step on the
+# clean gradient, or LookSAM's (Liu et al., CVPR 2022) reuse of the last measured sharpness component.
+BETWEEN_MODES = ("base", "looksam")
 
 # Attributes that never travel with a copy of the optimizer: hooks (often closures over other objects)
 # and the bound ``step`` wrapper an LR scheduler installs on the instance (it would step the original).
@@ -128,11 +140,15 @@ class TwoPassOptimizer(Optimizer):
         *,
         max_grad_norm: float | None = None,
         foreach: bool | None = None,
+        perturb_every: int = 1,
+        between: str = "base",
+        looksam_alpha: float = 0.7,
         process_group: Any = None,
         replica_group: Any = None,
         **kwargs: Any,
     ) -> None:
         _check_base_class(base_optimizer, type(self).__name__)
+        _check_schedule(perturb_every, between, looksam_alpha, process_group)
         if max_grad_norm is not None:
             check_number("max_grad_norm", max_grad_norm, low=0.0)
             if max_grad_norm == 0:
@@ -175,6 +191,10 @@ class TwoPassOptimizer(Optimizer):
         self._skip_base_step = False  # first pass had inf/nan under a GradScaler
         self._in_step = False  # inside step(closure): torch's step wrapper runs the hooks
         self._grads_from_step = False  # the gradients in p.grad were left by our last step(closure)
+        self.perturb_every, self.between, self.looksam_alpha = perturb_every, between, float(looksam_alpha)
+        self._steps = 0  # full steps finished (perturbed or not): decides which steps perturb
+        self._off_step_open = False  # first_step() took an unperturbed step; second_step() closes it
+        self._component_valid = False  # LookSAM: the "looksam" buffers hold a measured component
 
     # ----------------------------------------------------------------- hyperparameters and groups
     @classmethod
@@ -249,14 +269,34 @@ class TwoPassOptimizer(Optimizer):
 
     @property
     def is_perturbed(self) -> bool:
-        """True between :meth:`first_step` and :meth:`second_step` (the weights are ``w + e``)."""
+        """True between :meth:`first_step` and :meth:`second_step` of a perturbed step (the weights are
+        ``w + e``): the loop must run the second (perturbed) pass. False after the :meth:`first_step` of an
+        unperturbed step (``perturb_every > 1``), which has already stepped: skip the second pass and call
+        :meth:`second_step` to finish the step."""
         return self._perturbed is not None
+
+    @property
+    def next_step_perturbs(self) -> bool:
+        """Whether the next :meth:`first_step` perturbs (step ``t`` perturbs when ``t % perturb_every ==
+        0``, ``t`` counting finished steps from 0). Loops that prepare the clean pass differently for the
+        two kinds (sub-batch ascent, per-replica DDP's ``no_sync``) read it before the clean pass."""
+        return self._steps % self.perturb_every == 0
+
+    @property
+    def steps_taken(self) -> int:
+        """Full steps finished (each first_step/second_step pair; part of ``state_dict()``)."""
+        return self._steps
 
     def buffer_tensors(self) -> dict[str, list[Tensor]]:
         """Parameter-sized tensors this wrapper holds beyond the base optimizer's state, by role
-        (``"saved_weights"``; F-SAM adds ``"ema"`` and, with ``component="full"``, ``"grad_copy"``).
-        For memory accounting; the tensors are live: do not modify them."""
-        return {"saved_weights": list(self._saved.values())}
+        (``"saved_weights"``; ``between="looksam"`` adds ``"looksam_component"``; F-SAM adds ``"ema"`` and,
+        with ``component="full"``, ``"grad_copy"``). For memory accounting; the tensors are live: do not
+        modify them."""
+        buffers = {"saved_weights": list(self._saved.values())}
+        looksam = [s["looksam"] for s in self.state.values() if "looksam" in s]
+        if looksam:
+            buffers["looksam_component"] = looksam
+        return buffers
 
     def _run_step_hooks(self, pre: bool) -> None:
         """torch's step hooks (this optimizer's and the global ones), as ``Optimizer.step`` runs them; not
@@ -280,6 +320,12 @@ class TwoPassOptimizer(Optimizer):
     def first_step(self, zero_grad: bool = True, scaler: torch.amp.GradScaler | None = None) -> None:
         """Perturb the weights ``w <- w + e`` along the direction built from the clean gradient in ``p.grad``.
 
+        On an unperturbed step (``perturb_every > 1``, :attr:`next_step_perturbs` False) it takes the base
+        step itself instead, on the clean gradient (``between="base"``) or on the clean gradient plus the
+        stored LookSAM component (``between="looksam"``), clipped to ``max_grad_norm`` if set, and leaves
+        :attr:`is_perturbed` False; F-SAM's EMA takes the clean gradient there too. ``zero_grad=False``
+        then leaves the gradient the base optimizer applied in ``p.grad``.
+
         Runs the step pre-hooks (``register_step_pre_hook`` and torch's global ones).
 
         Args:
@@ -295,14 +341,22 @@ class TwoPassOptimizer(Optimizer):
             FloatingPointError: the clean gradient holds inf/nan and no scaler was given, or the
                 perturbation ``rho / ||d||`` overflows a parameter's dtype.
             Any exception leaves the weights as they were (the step is transactional) and, short of
-            ASAM's second norm, the optimizer state too.
+            ASAM's second norm, the optimizer state too (``between="looksam"``: the stored component is
+            dropped on a perturbed step that raises; the next off-steps are plain base steps).
         """
-        if self._perturbed is not None:
-            raise RuntimeError("first_step() called twice: call second_step() to restore the weights first")
+        if self._perturbed is not None or self._off_step_open:
+            raise RuntimeError("first_step() called twice: call second_step() to finish the step first")
         self._run_step_hooks(pre=True)
         if scaler is not None:
             self._unscale_clean(scaler)
         buckets = self._buckets()
+        if not self.next_step_perturbs:
+            self._unperturbed_step(buckets, zero_grad, skip=scaler is not None)
+            return
+        if self.between == "looksam":  # keep g: second_step measures the component against it
+            for bucket, ops in buckets:
+                ops.copy_([self._looksam_buffer(p) for p in bucket.params], bucket.grads)
+            self._component_valid = False
         directions = [
             bucket.grads if zero_grad else [g.clone() for g in bucket.grads] for bucket, _ in buckets
         ]
@@ -380,6 +434,9 @@ class TwoPassOptimizer(Optimizer):
     def second_step(self, zero_grad: bool = True, scaler: torch.amp.GradScaler | None = None) -> None:
         """Restore the weights exactly, then let the base optimizer step with the perturbed gradient.
 
+        After the :meth:`first_step` of an unperturbed step it only finishes the step (counter, hooks,
+        ``zero_grad``): the gradient then in ``p.grad`` is ignored.
+
         The perturbed gradient is checked like the clean one; with ``max_grad_norm`` set it is clipped
         (after unscaling, with a scaler) right before the base step: this is the gradient the base
         optimizer applies. Runs the step post-hooks at the end.
@@ -394,25 +451,114 @@ class TwoPassOptimizer(Optimizer):
                 are restored and the base optimizer has not stepped (F-SAM's EMA has already taken this
                 step's clean gradient, which was finite).
         """
+        if self._off_step_open:  # first_step() already took this unperturbed step: only finish it
+            self._off_step_open = False
+            self._finish_step(zero_grad)
+            return
         if self._perturbed is None:
             raise RuntimeError(
                 "second_step() called without first_step(): compute the clean gradient, call first_step(), "
                 "then the perturbed gradient, then second_step()"
             )
-        self._restore()
         skip, self._skip_base_step = self._skip_base_step, False
+        if self.between == "looksam" and not skip:
+            self._measure_component()
+        self._restore()
         if not skip:
             self._clip_and_check(scaler)
             if scaler is not None:
                 scaler.step(self.base_optimizer)
             else:
                 self.base_optimizer.step()
+        self._finish_step(zero_grad)
+
+    def _finish_step(self, zero_grad: bool) -> None:
+        self._steps += 1
         # LR schedulers warn unless the optimizer's (patched) step() ran; our step is second_step.
         self._opt_called = True
         self._grads_from_step = False  # step(closure) sets it again when it called us
         if zero_grad:
             self.zero_grad(set_to_none=True)
         self._run_step_hooks(pre=False)
+
+    # ----------------------------------------------------------------- unperturbed steps (perturb_every > 1)
+    @torch.no_grad()
+    def _unperturbed_step(self, buckets: list[tuple[Bucket, TensorOps]], zero_grad: bool, skip: bool) -> None:
+        """The base step on the clean gradient (+ the LookSAM component), taken inside first_step().
+        ``skip``: a GradScaler unscaled the gradient, so an inf/nan skips the step (recorded) instead of
+        raising."""
+        norms = [n for bucket, ops in buckets for n in ops.norms(bucket.grads)]
+        total = self._global_norm(norms)
+        if not math.isfinite(total):
+            if not skip:
+                raise FloatingPointError(
+                    f"{type(self).__name__}.first_step (unperturbed step): the clean gradient holds inf or "
+                    f"nan (norm {total}); weights and optimizer state are unchanged. Check the loss, lower "
+                    "the learning rate, or for fp16 pass the GradScaler to both steps"
+                )
+        else:
+            for bucket, ops in buckets:
+                self._observe_(bucket, ops, bucket.grads)
+            if self.between == "looksam":
+                self._add_component(buckets, total)
+            if self.max_grad_norm is not None:
+                self._clip([p for bucket, _ in buckets for p in bucket.params])
+            self.base_optimizer.step()  # gradients already unscaled (first_step's scaler)
+        if zero_grad:
+            self.zero_grad(set_to_none=True)
+        self._off_step_open = True
+
+    def _add_component(self, buckets: list[tuple[Bucket, TensorOps]], grad_norm: float) -> None:
+        """LookSAM: ``g <- g + alpha * ||g|| / ||v|| * v`` with ``v`` the stored sharpness component."""
+        if not self._component_valid:
+            return  # none measured yet (or the last measurement overflowed): a plain base step
+        parts = []
+        for bucket, ops in buckets:
+            kept = [
+                (g, self.state[p]["looksam"])
+                for p, g in zip(bucket.params, bucket.grads)
+                if "looksam" in self.state[p]
+            ]
+            parts.append(([g for g, _ in kept], [v for _, v in kept], ops))
+        v_norm = self._global_norm([n for _, vs, ops in parts for n in ops.norms(vs)])
+        if v_norm == 0.0 or grad_norm == 0.0:
+            return
+        for grads, vs, ops in parts:
+            ops.add_(grads, vs, self.looksam_alpha * grad_norm / v_norm)
+
+    @torch.no_grad()
+    def _measure_component(self) -> None:
+        """LookSAM: ``v <- g_s - (<g_s, g> / ||g||^2) g``, the part of the perturbed gradient ``g_s``
+        orthogonal to the clean ``g`` (equally, of ``g_s - g``), computed in the buffer holding ``g``. The
+        off-steps use only its direction, so an unscaled (GradScaler) ``g_s`` gives the same result; an
+        inf/nan one leaves no component (the next off-steps are plain base steps)."""
+        pairs = [
+            (p.grad, self.state[p]["looksam"])
+            for p in self._params()
+            if p.grad is not None and "looksam" in self.state[p]
+        ]
+        if not pairs:
+            return
+        device = pairs[0][1].device
+        sums = torch.stack(
+            [torch.stack([(gs * g).sum(), (g * g).sum()]).to(device, torch.float64) for gs, g in pairs]
+        ).sum(0)
+        dot, gg = (float(x) for x in sums)  # one host sync per perturbed step
+        if not (math.isfinite(dot) and math.isfinite(gg)) or gg == 0.0:
+            return
+        for gs, g in pairs:
+            g.mul_(-dot / gg).add_(gs)
+        self._component_valid = True
+
+    def _looksam_buffer(self, p: Tensor) -> Tensor:
+        buf = self.state[p].get("looksam")
+        if buf is None:
+            buf = self.state[p]["looksam"] = torch.empty_like(p, memory_format=torch.preserve_format)
+        return buf
+
+    def _observe_(self, bucket: Bucket, ops: TensorOps, grads: list[Tensor]) -> None:
+        """What the method learns from the clean gradient of an unperturbed step (F-SAM: its EMA). Must not
+        modify ``grads``. Nothing by default."""
 
     @torch.no_grad()
     def _restore(self) -> None:
@@ -432,11 +578,7 @@ class TwoPassOptimizer(Optimizer):
         if self.max_grad_norm is not None:
             if scaler is not None:
                 scaler.unscale_(self.base_optimizer)
-            if self.process_group is None:
-                norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=self.foreach)
-                total = float(norm) if scaler is None else 0.0
-            else:  # the norm of the whole (sharded) gradient, as clip_grad_norm_ computes it
-                total = clip_sharded_(grads, self.max_grad_norm, self.process_group)
+            total = self._clip(params, sync=scaler is None)
         else:
             plain = grads and self._use_foreach(grads) and not hasattr(grads[0], "to_local")
             ops = FOREACH if plain else PER_TENSOR
@@ -448,6 +590,17 @@ class TwoPassOptimizer(Optimizer):
                 "lower rho or the learning rate, or for fp16 pass the GradScaler to both steps"
             )
 
+    def _clip(self, params: list[Tensor], sync: bool = True) -> float:
+        """Clip the gradients of ``params`` to ``max_grad_norm``; their global norm before clipping (0.0
+        unless ``sync``, to spare a host sync, or under sharding, where it is always known)."""
+        assert self.max_grad_norm is not None
+        params = [p for p in params if p.grad is not None]
+        if self.process_group is None:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=self.foreach)
+            return float(norm) if sync else 0.0
+        # the norm of the whole (sharded) gradient, as clip_grad_norm_ computes it
+        return clip_sharded_([p.grad for p in params], self.max_grad_norm, self.process_group)
+
     # ----------------------------------------------------------------- one call for both passes
     def step(  # type: ignore[override]
         self,
@@ -456,7 +609,8 @@ class TwoPassOptimizer(Optimizer):
         grad_scaler: torch.amp.GradScaler | None = None,
     ) -> Any:
         """One full step with a closure that zeroes the gradients, computes the loss and calls
-        ``backward()``. It is called twice: at ``w`` (the clean pass), then at ``w + e``.
+        ``backward()``. It is called twice: at ``w`` (the clean pass), then at ``w + e``; once on the
+        unperturbed steps of ``perturb_every > 1`` (whose applied gradient it leaves in ``p.grad``).
 
         Returns the loss of the first (clean) pass. The gradients of the second pass are left in
         ``p.grad``, as with any torch optimizer. Step hooks run once.
@@ -482,9 +636,12 @@ class TwoPassOptimizer(Optimizer):
         try:
             with torch.enable_grad():
                 loss = closure()
-            self.first_step(zero_grad=True, scaler=scaler)
-            with torch.enable_grad():
-                closure()
+            perturbs = self.next_step_perturbs
+            # unperturbed step: one closure call; the gradient the base step applied stays in p.grad
+            self.first_step(zero_grad=perturbs, scaler=scaler)
+            if self.is_perturbed:
+                with torch.enable_grad():
+                    closure()
             self.second_step(zero_grad=False, scaler=scaler)
         except BaseException:
             if self._perturbed is not None:  # the second closure raised: never leave w + e behind
@@ -553,7 +710,7 @@ class TwoPassOptimizer(Optimizer):
         """Everything (base optimizer, buffers, hyperparameters) but hooks: ``copy.deepcopy``, ``pickle``
         and ``torch.save`` give a working optimizer. Copy the model and the optimizer in ONE call
         (``copy.deepcopy((model, opt))``) so that the copy's parameters are the copied model's."""
-        if self._perturbed is not None:
+        if self._perturbed is not None or self._off_step_open:
             raise RuntimeError("cannot copy the optimizer between first_step() and second_step()")
         if self.process_group is not None or self.replica_group is not None:
             raise TypeError(
@@ -568,18 +725,23 @@ class TwoPassOptimizer(Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume bit-exactly: own state, base optimizer state, hyperparameters."""
-        if self._perturbed is not None:
+        if self._perturbed is not None or self._off_step_open:
             raise RuntimeError(
-                "state_dict() between first_step() and second_step(): the weights are perturbed right now; "
-                "save after second_step()"
+                "state_dict() between first_step() and second_step(): the step is not finished (the weights "
+                "may be perturbed right now); save after second_step()"
             )
         state = super().state_dict()
         state["base_optimizer"] = self.base_optimizer.state_dict()
         state["two_pass"] = {
             "class": type(self).__name__,
             "base_class": type(self.base_optimizer).__name__,
-            "format": 2,
+            "format": 3,
             "max_grad_norm": self.max_grad_norm,
+            # the period's position (format 3): resuming mid-period perturbs on the same steps
+            "steps": self._steps,
+            "perturb_every": self.perturb_every,
+            "between": self.between,
+            "component_valid": self._component_valid,
         }
         return state
 
@@ -594,7 +756,7 @@ class TwoPassOptimizer(Optimizer):
             raise ValueError(
                 f"state dict was saved from {meta['class']}, cannot load it into {type(self).__name__}"
             )
-        if self._perturbed is not None:
+        if self._perturbed is not None or self._off_step_open:
             raise RuntimeError("load_state_dict() between first_step() and second_step()")
         self._check_base_state(meta, state_dict["base_optimizer"])
         own = {k: v for k, v in state_dict.items() if k not in ("base_optimizer", "two_pass")}
@@ -602,6 +764,10 @@ class TwoPassOptimizer(Optimizer):
         super().load_state_dict(own)
         self.base_optimizer.param_groups = self.param_groups
         self.max_grad_norm = meta["max_grad_norm"]
+        # perturb_every/between/looksam_alpha are this optimizer's construction arguments; the counter and
+        # the LookSAM component's validity travel (format < 3: saved before they existed, every step perturbed)
+        self._steps = int(meta.get("steps", 0))
+        self._component_valid = bool(meta.get("component_valid", False)) and self.between == "looksam"
         for group in self.param_groups:  # state dicts saved before a hyperparameter existed
             for key, value in self.hyperparameter_defaults().items():
                 group.setdefault(key, value)
@@ -621,6 +787,24 @@ class TwoPassOptimizer(Optimizer):
                 f"state dict was saved with base optimizer {saved}, this {type(self).__name__} wraps {ours}: "
                 f"build the optimizer with the base optimizer it was trained with"
             )
+
+
+def _check_schedule(perturb_every: Any, between: Any, looksam_alpha: Any, process_group: Any) -> None:
+    if isinstance(perturb_every, bool) or not isinstance(perturb_every, int) or perturb_every < 1:
+        raise ValueError(
+            f"invalid perturb_every={perturb_every!r}: it must be an integer >= 1 (1: every step perturbs)"
+        )
+    if between not in BETWEEN_MODES:
+        raise ValueError(
+            f"invalid between={between!r}: use 'base' (plain base steps between perturbed ones) or "
+            "'looksam' (reuse the last measured sharpness component)"
+        )
+    check_number("looksam_alpha", looksam_alpha, low=0.0)
+    if between == "looksam" and process_group is not None:
+        raise ValueError(
+            "between='looksam' is not supported with a sharded process_group (its projection needs a "
+            "global dot product); use between='base'"
+        )
 
 
 def _torch_optimizer_arguments() -> set[str]:

@@ -19,6 +19,7 @@ from typing import Any
 from ..data import DATASET_NAMES, IMAGE_FOLDER, NOISE_KINDS, STORAGE_CHOICES
 from ..distributed import PERTURBATION_MODES as PERTURBATIONS  # under torchrun; see docs/distributed.md
 from ..models import EXTERNAL_PREFIXES, available_models
+from ..optim import BETWEEN_MODES
 from ..optim.fsam import COMPONENTS
 
 OPTIMIZERS = ("sgd", "sam", "asam", "fsam", "afsam")
@@ -76,6 +77,10 @@ IDENTITY_KEYS = (
     "skip_bad_images",
     "pretrained",
     "new_head",
+    "perturb_every",
+    "between",
+    "looksam_alpha",
+    "ascent_fraction",
 )
 # Safe: where the (MD5-checked) data files are, hardware and speed settings (results equal up to float
 # rounding, as on another machine), evaluation batch size, bookkeeping and the label. Changes are reported.
@@ -169,6 +174,15 @@ class TrainConfig:
         "ema", "F-SAM full-gradient estimate m: ema, or oracle (true full-batch gradient every N steps)"
     )
     oracle_every: int = _opt(10, "--full-gradient oracle: recompute it every N steps (1 full F+B pass)")
+    perturb_every: int = _opt(1, "SAM/F-SAM: perturb every N-th step only (1: every step); docs/efficient.md")
+    between: str = _opt(
+        "base",
+        "--perturb-every > 1: the other steps use the clean gradient (base) or LookSAM's reuse (looksam)",
+    )
+    looksam_alpha: float = _opt(0.7, "--between looksam: weight of the reused sharpness component")
+    ascent_fraction: float = _opt(
+        1.0, "SAM/F-SAM: the clean (ascent) pass uses this fraction of each batch, in (0, 1]"
+    )
     diagnostics: bool = _opt(
         False, "log cos(g, m), ||g - sigma m||/||sigma m|| and the EMA-vs-full-gradient cosine per epoch"
     )
@@ -312,6 +326,15 @@ class TrainConfig:
         integer("checkpoint_every", 1)
         integer("seed", 0)
         choice("component", COMPONENTS)
+        choice("between", BETWEEN_MODES)
+        integer("perturb_every", 1)
+        number("looksam_alpha", 0.0)
+        number("ascent_fraction", 0.0, 1.0, open_low=True)
+        if self.optimizer == "sgd" and (self.perturb_every != 1 or self.ascent_fraction != 1.0):
+            raise ValueError(
+                "--perturb-every and --ascent-fraction apply to sam, asam, fsam and afsam, not to "
+                "--optimizer sgd (which never perturbs); remove them or choose a sharpness-aware optimizer"
+            )
         choice("full_gradient", FULL_GRADIENTS)
         integer("oracle_every", 1)
         integer("diagnostics_every", 1)

@@ -227,7 +227,14 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
     params = model.parameters()
     if cfg.optimizer == "sgd":
         return base_cls(params, **base_kw)
-    common = {"rho": cfg.rho, "max_grad_norm": cfg.max_grad_norm, **base_kw}
+    common = {
+        "rho": cfg.rho,
+        "max_grad_norm": cfg.max_grad_norm,
+        "perturb_every": cfg.perturb_every,
+        "between": cfg.between,
+        "looksam_alpha": cfg.looksam_alpha,
+        **base_kw,
+    }
     if cfg.optimizer in ("sam", "asam"):
         return SAM(params, base_cls, adaptive=cfg.optimizer == "asam", **common)
     return FriendlySAM(

@@ -24,6 +24,7 @@ that package holds the process-group runtime and sits below ``train`` (it never 
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any
 
 import torch
@@ -62,6 +63,7 @@ def training_step(
     bf16: bool = False,
     max_grad_norm: float | None = None,
     first_pass_context: contextlib.AbstractContextManager[Any] | None = None,
+    ascent_fraction: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """Forward/backward (twice for two-pass optimizers) and the optimizer step; returns (loss, logits).
 
@@ -72,18 +74,35 @@ def training_step(
     ``first_pass_context`` wraps the first forward/backward (the DDP step passes ``model.no_sync()``
     there for per-replica perturbations). ``max_grad_norm`` clips plain optimizers; two-pass optimizers
     clip themselves (their own ``max_grad_norm``).
+
+    Periodic perturbation (``perturb_every > 1`` on our optimizers): on an unperturbed step
+    ``first_step`` takes the base step itself and the second pass is skipped (``is_perturbed`` False).
+
+    ``ascent_fraction`` ``f`` in (0, 1] (sub-batch ascent): on a perturbed step the clean pass runs on the
+    first ``ceil(f * len(y))`` samples only (the ascent direction and F-SAM's EMA come from them; BatchNorm
+    statistics are updated by that pass only) and the perturbed pass on the whole batch; the returned
+    loss and logits are then the sub-batch's (``len(logits) <= len(y)``: compare with ``y[:len(logits)]``).
+    Unperturbed steps and plain optimizers use the whole batch. ``f = 1`` is the ordinary step exactly.
     """
     device = x.device
+    two_pass = is_two_pass(optimizer)
+    if not 0.0 < ascent_fraction <= 1.0:
+        raise ValueError(f"ascent_fraction={ascent_fraction!r}: it must be in (0, 1]")
+    xa, ya = x, y
+    if two_pass and ascent_fraction < 1.0 and getattr(optimizer, "next_step_perturbs", True):
+        n = max(1, math.ceil(ascent_fraction * len(y)))
+        xa, ya = x[:n], y[:n]
     with first_pass_context or contextlib.nullcontext():
         with autocast_context(device, bf16):
-            logits = model(x)
-            loss = loss_fn(logits, y)
+            logits = model(xa)
+            loss = loss_fn(logits, ya)
         loss.backward()
-    if is_two_pass(optimizer):
+    if two_pass:
         optimizer.first_step(zero_grad=True)  # type: ignore[attr-defined]
-        with frozen_bn_stats(model), autocast_context(device, bf16):
-            perturbed_loss = loss_fn(model(x), y)
-        perturbed_loss.backward()
+        if getattr(optimizer, "is_perturbed", True):  # other libraries' optimizers always perturb
+            with frozen_bn_stats(model), autocast_context(device, bf16):
+                perturbed_loss = loss_fn(model(x), y)
+            perturbed_loss.backward()
         optimizer.second_step(zero_grad=True)  # type: ignore[attr-defined]
     else:
         if max_grad_norm is not None:
@@ -104,6 +123,7 @@ def ddp_training_step(
     global_batch_size: int | None = None,
     bf16: bool = False,
     max_grad_norm: float | None = None,
+    ascent_fraction: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """One training iteration of a DDP-wrapped model; returns the local clean-pass ``(loss, logits)``.
 
@@ -112,6 +132,12 @@ def ddp_training_step(
 
     * ``mode="per-replica"``: the first forward and backward (each replica's own perturbation and EMA);
     * ``mode="synchronized"``: nothing (both gradients are all-reduced).
+
+    An unperturbed step of ``perturb_every > 1`` (``next_step_perturbs`` False) is an ordinary DDP step
+    in both modes: its clean gradient is the one the base optimizer applies, so it must be all-reduced.
+    ``between="looksam"`` is refused in per-replica mode (each replica would measure its own component
+    from its own clean gradient, and the replicas would drift apart); use synchronized mode.
+    ``ascent_fraction``: as in :func:`training_step` (each replica's first samples).
 
     Plain optimizers (SGD, AdamW) and models not wrapped in DDP take the ordinary step in both modes.
 
@@ -124,7 +150,15 @@ def ddp_training_step(
     check_mode(mode)
     is_ddp = isinstance(model, DistributedDataParallel)
     context: Any = None
-    if is_ddp and mode == PER_REPLICA and is_two_pass(optimizer):
+    perturbs = getattr(optimizer, "next_step_perturbs", True)
+    looksam = getattr(optimizer, "between", None) == "looksam" and getattr(optimizer, "perturb_every", 1) > 1
+    if is_ddp and mode == PER_REPLICA and looksam:
+        raise ValueError(
+            "between='looksam' under DDP needs the perturbation mode 'synchronized': in 'per-replica' mode each "
+            "replica's own clean gradient would give it its own LookSAM component, and the replicas would "
+            "drift apart on the unperturbed steps; use --perturbation synchronized or --between base"
+        )
+    if is_ddp and mode == PER_REPLICA and is_two_pass(optimizer) and perturbs:
         context = model.no_sync()
     weight = 1.0
     if is_ddp and global_batch_size is not None:
@@ -145,5 +179,6 @@ def ddp_training_step(
         bf16=bf16,
         max_grad_norm=max_grad_norm,
         first_pass_context=context,
+        ascent_fraction=ascent_fraction,
     )
     return (loss / weight if weight != 1.0 else loss), logits

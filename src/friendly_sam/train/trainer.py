@@ -234,11 +234,16 @@ def _choose_step(
                 global_batch_size=size,
                 bf16=cfg.bf16,
                 max_grad_norm=cfg.max_grad_norm,
+                ascent_fraction=cfg.ascent_fraction,
             )
 
         return ddp_step
     fn = step_fn or training_step
-    return lambda net, x, y, i: fn(net, optimizer, x, y, bf16=cfg.bf16, max_grad_norm=cfg.max_grad_norm)
+    # ascent_fraction only when set: a custom step_fn without the argument then fails loudly, never ignores it
+    extra = {"ascent_fraction": cfg.ascent_fraction} if cfg.ascent_fraction != 1.0 else {}
+    return lambda net, x, y, i: fn(
+        net, optimizer, x, y, bf16=cfg.bf16, max_grad_norm=cfg.max_grad_norm, **extra
+    )
 
 
 def _run(
@@ -300,7 +305,7 @@ def _train_epoch(
     bar = ProgressBar(state.steps_per_epoch, f"{cfg.label} epoch {epoch + 1}/{cfg.epochs}", enabled=progress)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen = 0
+    seen = scored = 0
     t0 = time.perf_counter()
     for i, (x, y) in enumerate(loader):
         if cfg.channels_last:
@@ -308,21 +313,25 @@ def _train_epoch(
         hooks.before_step(epoch * state.steps_per_epoch + i, epoch)
         loss, logits = step(net, x, y, i)
         state.scheduler.step()
-        loss_sum += loss.float() * len(y)
-        correct += (logits.argmax(1) == y).sum()
+        # the clean pass's samples: a sub-batch on perturbed steps with --ascent-fraction < 1
+        loss_sum += loss.float() * len(logits)
+        correct += (logits.argmax(1) == y[: len(logits)]).sum()
+        scored += len(logits)
         seen += len(y)
         if not ctx.enabled and (i + 1) % _CHECK_EVERY == 0:  # stop early; under DDP at the epoch's end
             _check_diverged(state, epoch, {"training loss": float(loss_sum) / seen})
         if progress:
             rate = seen / (time.perf_counter() - t0)
-            bar.update(i + 1, loss=float(loss_sum) / seen, acc=100.0 * int(correct) / seen, **{"img/s": rate})
+            bar.update(
+                i + 1, loss=float(loss_sum) / scored, acc=100.0 * int(correct) / scored, **{"img/s": rate}
+            )
     train_time = time.perf_counter() - t0
     bar.close()
-    total_loss, total_correct, seen = ctx.all_sum([float(loss_sum), int(correct), seen])  # over ranks
+    total_loss, total_correct, scored, seen = ctx.all_sum([float(loss_sum), int(correct), scored, seen])
     return {
         "epoch": epoch + 1,
-        "train_loss": total_loss / seen,
-        "train_acc": 100.0 * int(total_correct) / seen,
+        "train_loss": total_loss / scored,
+        "train_acc": 100.0 * int(total_correct) / scored,
         "lr": state.optimizer.param_groups[0]["lr"],
         "train_time": train_time,
         "images_per_s": seen / train_time,
