@@ -225,7 +225,7 @@ def write_report(args: Any, suite: dict[str, Any], specs: list[VariantSpec]) -> 
     noisy["target"] = target_check(noisy, clean)
     meta = {
         "commit": benchkit.git_commit(),
-        "timing_file": str(timing_path),
+        "timing_file": timing_path.name,
         "written_by": "benchmarks/efficient/run.py",
     }
     noisy["meta"] = clean["meta"] = meta

@@ -167,8 +167,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data-dir")
     p.add_argument(
         "--baseline-dir",
-        default=str(REPO.parents[1] / "main" / "benchmarks" / "_work" / "demo-suite" / "runs"),
-        help="generalization-suite runs/ holding the noisy cell's SGD, SAM and F-SAM runs",
+        default=str(REPO / "benchmarks" / "_work" / "demo-suite" / "runs"),
+        help="generalization-suite runs/ holding the noisy cell's SGD, SAM and F-SAM runs (the demo suite's: "
+        "python benchmarks/generalization/run.py --settings '' --pto-settings '' --long-settings sym40 "
+        "--long-rhos 0.2,0.4 --work-dir benchmarks/_work/demo-suite --prefix demo_suite)",
     )
     p.add_argument("--clean-baseline", default=str(REPO / "docs" / "results" / "generalization.json"))
     p.add_argument("--timing", default=str(REPO / "docs" / "results" / "efficient_timing.json"))
