@@ -47,4 +47,5 @@ def dist_results(tmp_path_factory) -> list[dict]:
                 p.kill()
     for r, (p, log) in enumerate(zip(procs, logs)):
         assert p.returncode == 0, f"rank {r} failed:\n{log}"
+        assert (out / f"rank{r}.json").exists(), f"rank {r} exited 0 without writing its results:\n{log}"
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
