@@ -7,6 +7,7 @@ Launching ``fsam train`` with ``torchrun --nproc-per-node N`` sets ``WORLD_SIZE`
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -135,6 +136,9 @@ class DistributedContext:
 
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():
+            # DDP wrappers left in reference cycles would otherwise be freed at interpreter exit, after the
+            # group is gone, where torch/gloo can abort (exit 134); free them while the group lives.
+            gc.collect()
             dist.destroy_process_group()
             self.owns_group = False
 
