@@ -5,7 +5,7 @@ Trains the variants (plan.py: F-SAM with ``perturb_every=4``, LookSAM ``k=4``, s
 epochs) and clean cell (15 epochs), rho selected on validation. SGD, SAM and F-SAM are NOT retrained:
 the noisy cell's come from a generalization-suite work directory (``--baseline-dir``, the runs of
 ``benchmarks/generalization/run.py --long-settings sym40 --long-rhos 0.2,0.4``), the clean cell's from
-that suite's report (``--clean-baseline``, docs/results/generalization.json). Time ratios come from
+the clean suite run here (``--clean-baseline``, docs/results/clean_suite.json). Time ratios come from
 timing.py (``--timing``, docs/results/efficient_timing.json).
 
 Every run is an ordinary trainer run directory under ``<work-dir>/runs/<cell>/<variant>_rho<r>_lmbda0.6/
@@ -172,7 +172,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "python benchmarks/generalization/run.py --settings '' --pto-settings '' --long-settings sym40 "
         "--long-rhos 0.2,0.4 --work-dir benchmarks/_work/demo-suite --prefix demo_suite)",
     )
-    p.add_argument("--clean-baseline", default=str(REPO / "docs" / "results" / "generalization.json"))
+    p.add_argument(
+        "--clean-baseline",
+        default=str(REPO / "docs" / "results" / "clean_suite.json"),
+        help="generalization-suite report holding the clean cell's SGD, SAM and F-SAM (the clean suite run here: "
+        "python benchmarks/generalization/run.py --workers 2 --settings clean --sam-rhos 0.05 --fsam-rhos 0.05 "
+        "--lmbdas 0.6 --pto-settings '' --long-settings '' --work-dir benchmarks/_work/clean-suite --prefix clean_suite)",
+    )
     p.add_argument("--timing", default=str(REPO / "docs" / "results" / "efficient_timing.json"))
     p.add_argument("--cells", default=",".join(CELLS))
     p.add_argument("--variants", default=",".join(VARIANTS))
