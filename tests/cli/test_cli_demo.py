@@ -75,7 +75,7 @@ def test_demo_command_two_workers(tmp_path):
     """What a user runs (one epoch instead of 30): table, sentence, summary and plot; a rerun with
     other settings is refused with a message naming the fix."""
     out = tmp_path / "demo"
-    result = fsam("demo", "--out", str(out), "--epochs", "1", "--quiet", timeout=900)
+    result = fsam("demo", "--out", str(out), "--epochs", "1", "--workers", "2", "--quiet", timeout=900)
     assert result.returncode == 0, result.stderr
     assert "| F-SAM | 0.4 |" in result.stdout and "wrong labels" in result.stdout
     summary = json.loads((out / "summary.json").read_text())
