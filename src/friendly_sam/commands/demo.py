@@ -48,12 +48,12 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "noisy": {
         "config": {**_COMMON, "label_noise": 0.4, "noise_kind": "symmetric", "epochs": 30},
         "rho": {"sgd": None, "sam": 0.2, "fsam": 0.4},
-        "test_every": 1,
+        "test_every": 2,
     },
     "clean": {
         "config": {**_COMMON, "label_noise": 0.0, "epochs": 15},
         "rho": {"sgd": None, "sam": 0.05, "fsam": 0.05},
-        "test_every": 1,
+        "test_every": 2,
     },
 }
 DEMO_SETTINGS = tuple(SETTINGS)
