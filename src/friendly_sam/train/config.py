@@ -330,11 +330,6 @@ class TrainConfig:
         integer("perturb_every", 1)
         number("looksam_alpha", 0.0)
         number("ascent_fraction", 0.0, 1.0, open_low=True)
-        if self.optimizer == "sgd" and (self.perturb_every != 1 or self.ascent_fraction != 1.0):
-            raise ValueError(
-                "--perturb-every and --ascent-fraction apply to sam, asam, fsam and afsam, not to "
-                "--optimizer sgd (which never perturbs); remove them or choose a sharpness-aware optimizer"
-            )
         choice("full_gradient", FULL_GRADIENTS)
         integer("oracle_every", 1)
         integer("diagnostics_every", 1)
@@ -350,6 +345,11 @@ class TrainConfig:
             raise ValueError(
                 f"--component/--full-gradient/--diagnostics need --optimizer fsam or afsam, not "
                 f"{self.optimizer!r} (SAM is --optimizer fsam --component minibatch)"
+            )
+        if self.optimizer == "sgd" and (self.perturb_every != 1 or self.ascent_fraction != 1.0):
+            raise ValueError(
+                "--perturb-every and --ascent-fraction apply to sam, asam, fsam and afsam, not to "
+                "--optimizer sgd (which never perturbs); remove them or choose a sharpness-aware optimizer"
             )
         if self.warmup_epochs >= self.epochs:
             raise ValueError(
