@@ -55,6 +55,27 @@ def _manual_amp(batches, inject):
     return trace
 
 
+def _scaled_closure(model, zero_grad, opt, scaler, x, y, inject_here):
+    """The two-pass closure under fp16 loss scaling: BatchNorm frozen in the perturbed pass; ``inject_here``
+    ("clean" / "perturbed" / None) poisons that pass's gradient with inf."""
+
+    def closure():
+        zero_grad()
+        second = opt.is_perturbed
+        with frozen_bn_stats(model) if second else contextlib.nullcontext():
+            loss = _loss(model, x, y)
+        scaler.scale(loss).backward()
+        if inject_here == ("perturbed" if second else "clean"):
+            _poison(model)
+        return loss
+
+    return closure
+
+
+def _where(inject, i):
+    return inject[1] if inject is not None and inject[0] == i else None
+
+
 def _closure_amp(batches, inject, unscale_first=False):
     model = make_model()
     opt = FriendlySAM(model.parameters(), torch.optim.SGD, rho=0.2, **SGD_KW)
@@ -63,17 +84,7 @@ def _closure_amp(batches, inject, unscale_first=False):
     scaler.scale(torch.ones(()))
     trace = []
     for i, (x, y) in enumerate(batches):
-
-        def closure(i=i, x=x, y=y):
-            opt.zero_grad()
-            second = opt.is_perturbed
-            with frozen_bn_stats(model) if second else contextlib.nullcontext():
-                loss = _loss(model, x, y)
-            scaler.scale(loss).backward()
-            if inject == (i, "perturbed" if second else "clean"):
-                _poison(model)
-            return loss
-
+        closure = _scaled_closure(model, opt.zero_grad, opt, scaler, x, y, _where(inject, i))
         if unscale_first:
             closure()
             scaler.unscale_(opt)
@@ -138,17 +149,7 @@ def test_accelerate_fp16_step_with_closure_equals_the_manual_loop(inject):
     scaler.scale(torch.ones(()))
     trace = []
     for i, (x, y) in enumerate(batches):
-
-        def closure(i=i, x=x, y=y):
-            wrapped.zero_grad()
-            second = opt.is_perturbed
-            with frozen_bn_stats(model) if second else contextlib.nullcontext():
-                loss = _loss(model, x, y)
-            scaler.scale(loss).backward()
-            if inject == (i, "perturbed" if second else "clean"):
-                _poison(model)
-            return loss
-
+        closure = _scaled_closure(model, wrapped.zero_grad, opt, scaler, x, y, _where(inject, i))
         wrapped.step(closure)  # GradScaler.step(opt, closure); scaler.update()
         trace.append((params_of(model), [s["ema"].clone() for s in opt.state.values()], scaler.get_scale()))
     for (pm, em, sm), (pc, ec, sc) in zip(_manual_amp(batches, inject), trace):
