@@ -29,7 +29,11 @@ METHODS = {
     "fsam": (FriendlySAM, {"rho": 0.2, "sigma": 1.0, "lmbda": 0.6}),
     "fsam-adaptive": (FriendlySAM, {"rho": 0.5, "sigma": 0.5, "lmbda": 0.9, "adaptive": True}),
 }
-SCHEDULES = {"every": {}, "k2-base": {"perturb_every": 2}, "k3-looksam": {"perturb_every": 3, "between": "looksam"}}
+SCHEDULES = {
+    "every": {},
+    "k2-base": {"perturb_every": 2},
+    "k3-looksam": {"perturb_every": 3, "between": "looksam"},
+}
 VARIANTS = ("plain", "clip", "scaler", "keep-grad", "groups", "closure", "adamw", "inf")
 EXTRA = {  # F-SAM research options, on the plain loop
     "component-full": {"component": "full"},
@@ -45,10 +49,20 @@ def cases() -> list[dict[str, Any]]:
     for (method, schedule, variant), foreach in itertools.product(
         itertools.product(METHODS, SCHEDULES, VARIANTS), (False, True)
     ):
-        out.append({"method": method, "schedule": schedule, "variant": variant, "foreach": foreach, "extra": None})
+        out.append(
+            {"method": method, "schedule": schedule, "variant": variant, "foreach": foreach, "extra": None}
+        )
     for extra, foreach in itertools.product(EXTRA, (False, True)):
         for variant in ("plain", "scaler"):
-            out.append({"method": "fsam", "schedule": "every", "variant": variant, "foreach": foreach, "extra": extra})
+            out.append(
+                {
+                    "method": "fsam",
+                    "schedule": "every",
+                    "variant": variant,
+                    "foreach": foreach,
+                    "extra": extra,
+                }
+            )
     return out
 
 
@@ -64,12 +78,19 @@ def _model() -> nn.Module:
 
 def _batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     gen = torch.Generator().manual_seed(1)
-    return [(torch.randn(8, 6, generator=gen), torch.randint(0, 3, (8,), generator=gen)) for _ in range(STEPS)]
+    return [
+        (torch.randn(8, 6, generator=gen), torch.randint(0, 3, (8,), generator=gen)) for _ in range(STEPS)
+    ]
 
 
 def _optimizer(case: dict[str, Any], model: nn.Module):
     cls, kw = METHODS[case["method"]]
-    kw = {**kw, **SCHEDULES[case["schedule"]], **EXTRA.get(case["extra"] or "", {}), "foreach": case["foreach"]}
+    kw = {
+        **kw,
+        **SCHEDULES[case["schedule"]],
+        **EXTRA.get(case["extra"] or "", {}),
+        "foreach": case["foreach"],
+    }
     base, base_kw = torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3}
     if case["variant"] == "adamw":
         base, base_kw = torch.optim.AdamW, {"lr": 0.01, "weight_decay": 1e-2}
@@ -78,7 +99,10 @@ def _optimizer(case: dict[str, Any], model: nn.Module):
     params: Any = model.parameters()
     if case["variant"] == "groups":
         first, second = model[0], model[2]
-        params = [{"params": first.parameters(), "rho": kw["rho"] * 2, "lr": 0.05}, {"params": second.parameters()}]
+        params = [
+            {"params": first.parameters(), "rho": kw["rho"] * 2, "lr": 0.05},
+            {"params": second.parameters()},
+        ]
     return cls(params, base, **kw, **base_kw)
 
 
@@ -98,7 +122,9 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     params, errors = [], []
     for t, (x, y) in enumerate(_batches()):
         if case["extra"] == "oracle" and t == 2:
-            opt.set_full_gradient([torch.full_like(p, 0.01 * (i + 1)) for i, p in enumerate(model.parameters())])
+            opt.set_full_gradient(
+                [torch.full_like(p, 0.01 * (i + 1)) for i, p in enumerate(model.parameters())]
+            )
         try:
             if case["variant"] == "closure":
                 _closure_step(model, opt, x, y)
@@ -112,7 +138,11 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         params.append(torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()]))
     state = opt.state_dict()["state"]
     tensors = [(f"{i}.{k}", v) for i, s in state.items() for k, v in sorted(s.items()) if torch.is_tensor(v)]
-    flat = torch.cat([v.detach().reshape(-1).to(torch.float32) for _, v in tensors]) if tensors else torch.zeros(0)
+    flat = (
+        torch.cat([v.detach().reshape(-1).to(torch.float32) for _, v in tensors])
+        if tensors
+        else torch.zeros(0)
+    )
     out = {
         "params": torch.stack(params),
         "state": flat,
