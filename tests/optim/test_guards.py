@@ -77,7 +77,7 @@ def _closure_run(zeroes: bool, steps: int = 4, **kw):
     opt = FriendlySAM(model.parameters(), lr=0.1, momentum=0.9, rho=0.2, **kw)
     for x, y in make_batches(steps):
 
-        def closure():
+        def closure(x=x, y=y):
             if zeroes:
                 opt.zero_grad()
             loss = _loss(model, x, y)

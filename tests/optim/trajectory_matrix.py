@@ -115,7 +115,6 @@ def _poison(model: nn.Module, step: int, clean: bool) -> None:
 def run_case(case: dict[str, Any]) -> dict[str, Any]:
     model = _model()
     opt = _optimizer(case, model)
-    loss_fn = nn.functional.cross_entropy
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10) if case["variant"] == "scaler" else None
     scale = scaler.scale if scaler is not None else (lambda v: v)
     poison = case["variant"] in ("inf", "scaler")
