@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -80,15 +81,18 @@ def unwrap_two_pass(optimizer: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- the model an optimizer knows
-def bind_model(optimizer: Any, model: nn.Module | None) -> Any:
+def bind_model(optimizer: Any, model: nn.Module | None, rng: str | None = None) -> Any:
     """Tell a two-pass optimizer which model its parameters belong to: ``step(closure)`` then runs the
     perturbed closure call with that model's BatchNorm running statistics frozen (what Composer, skorch,
     ignite and Lightning without the mixin need: they call ``step(closure)`` and know nothing of BatchNorm).
-    Same as the optimizer's ``model=`` argument. Returns the optimizer."""
+    Same as the optimizer's ``model=`` argument. ``rng="replay"``: the perturbed closure call replays the
+    clean call's random draws (module docstring). Returns the optimizer."""
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module (or None), got {type(model).__name__}")
     target = unwrap_two_pass(optimizer) or optimizer
     target.model = model
+    if rng is not None:
+        target.rng = check_rng_mode(rng)
     return optimizer
 
 
@@ -170,7 +174,8 @@ class ClosurePasses:
     captures the generators for ``rng="replay"``. :meth:`perturbed` is the context of the second call:
     BatchNorm of the bound model frozen, or, with no model bound, of every BatchNorm that runs."""
 
-    def __init__(self, optimizer: Any) -> None:
+    def __init__(self, optimizer: Any, closure: Callable[[], Any] | None = None) -> None:
+        _refuse_clipping_between_calls(closure)
         if ascent_fraction_of(optimizer) < 1.0:
             raise ValueError(
                 f"{type(optimizer).__name__}.step(closure) cannot run sub-batch ascent (ascent_fraction < 1): the "
@@ -202,6 +207,25 @@ def _stacked(*contexts: contextlib.AbstractContextManager[Any]) -> Iterator[None
 
 def _params(optimizer: Any) -> list[Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def _refuse_clipping_between_calls(closure: Any) -> None:
+    """Lightning's automatic optimisation without :class:`SAMLightningMixin` wraps the closure in its
+    precision plugin's ``_wrap_closure``, which clips after *each* call: the clean gradient too, which the
+    direction (F-SAM: its EMA) must see unclipped. Refuse it (recognised without importing Lightning)."""
+    if not isinstance(closure, functools.partial) or getattr(closure.func, "__name__", "") != "_wrap_closure":
+        return
+    module = closure.args[0] if closure.args else None
+    trainer = getattr(module, "_trainer", None)
+    if trainer is None or not getattr(module, "automatic_optimization", False):
+        return
+    if getattr(trainer, "gradient_clip_val", None):
+        raise ValueError(
+            "Lightning's gradient_clip_val without SAMLightningMixin clips the clean gradient as well as the "
+            "applied one (the sharpness direction would be computed from a clipped gradient): add "
+            "friendly_sam.integrations.lightning.SAMLightningMixin to the LightningModule's bases, or pass "
+            "max_grad_norm= to the optimizer instead of gradient_clip_val"
+        )
 
 
 def _refuse_accumulated_gradient(optimizer: Any) -> None:

@@ -640,7 +640,7 @@ class TwoPassOptimizer(Optimizer):
                 "and second_step() around your own two passes"
             )
         self._refuse_foreign_gradient()
-        passes = ClosurePasses(self)  # BatchNorm frozen and RNG replayed in the perturbed call (engine)
+        passes = ClosurePasses(self, closure)  # BatchNorm frozen and RNG replayed in the perturbed call (engine)
         self._in_step = True
         try:
             with torch.enable_grad():

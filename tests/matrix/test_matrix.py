@@ -1,0 +1,53 @@
+"""The generated matrix: every entry point (matrix_entries.ENTRIES) x every feature combination
+(matrix_setup.COLUMNS). Each cell equals the reference loop to 1e-6 (parameters and BatchNorm buffers) or
+raises the clear error docs/integrations.md lists; a cell whose entry point has no such option is not
+generated (the table shows why)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+
+import pytest
+from matrix_entries import ENTRIES, Entry
+from matrix_setup import COLUMNS, assert_same_state, reference
+
+# rows of a framework that is not installed are missing from the run (the test extra installs them all)
+FRAMEWORK_ROWS = ("matrix_lightning", "matrix_hf")
+
+
+def all_entries() -> list[Entry]:
+    entries = list(ENTRIES)
+    for name in FRAMEWORK_ROWS:
+        try:
+            entries += importlib.import_module(name).ENTRIES
+        except ImportError as err:
+            if (err.name or "").startswith(("friendly_sam", "matrix_")):
+                raise
+    return entries
+
+
+CELLS = [
+    pytest.param(entry, column, id=f"{entry.name} | {column}")
+    for entry in all_entries()
+    for column, features in COLUMNS.items()
+    if entry.has(features) is None
+]
+
+
+@pytest.mark.parametrize(("entry", "column"), CELLS)
+def test_cell_equals_the_reference_or_refuses_clearly(entry: Entry, column: str) -> None:
+    features = COLUMNS[column]
+    refusal = entry.refuses(features)
+    if refusal is not None:
+        kind, match = refusal
+        with pytest.raises(kind, match=match):
+            entry.run(features)
+        return
+    trained = entry.run(features)
+    expected = reference(
+        dataclasses.replace(features, resume=False),
+        fp16_autocast=entry.fp16_autocast,
+        steps=entry.reference_steps(features),
+    )
+    assert_same_state(trained, expected)
