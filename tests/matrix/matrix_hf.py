@@ -11,7 +11,16 @@ import torch
 import transformers
 from accelerate.state import AcceleratorState, GradientState
 from matrix_entries import Entry
-from matrix_setup import SEED, Features, autocast, make_data, make_net, make_optimizer, make_scaler, micro_batches
+from matrix_setup import (
+    SEED,
+    Features,
+    autocast,
+    make_data,
+    make_net,
+    make_optimizer,
+    make_scaler,
+    micro_batches,
+)
 from torch import nn
 
 from friendly_sam.integrations.accelerate import AcceleratedSAM

@@ -7,14 +7,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
 from matrix_entries import Entry, loader_of
 from matrix_setup import SEED, Batch, Features, make_net, make_optimizer, make_scaler, micro_batches
+from pytorch_lightning.plugins.precision import MixedPrecision
 from torch import nn
 
-import pytorch_lightning as pl
 from friendly_sam.integrations.lightning import SAMLightningMixin, sam_manual_step
-from pytorch_lightning.plugins.precision import MixedPrecision
 
 QUIET = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "enable_model_summary": False}
 

@@ -6,26 +6,10 @@ generated (the table shows why)."""
 from __future__ import annotations
 
 import dataclasses
-import importlib
 
 import pytest
-from matrix_entries import ENTRIES, Entry
+from matrix_entries import Entry, all_entries
 from matrix_setup import COLUMNS, assert_same_state, reference
-
-# rows of a framework that is not installed are missing from the run (the test extra installs them all)
-FRAMEWORK_ROWS = ("matrix_lightning", "matrix_hf")
-
-
-def all_entries() -> list[Entry]:
-    entries = list(ENTRIES)
-    for name in FRAMEWORK_ROWS:
-        try:
-            entries += importlib.import_module(name).ENTRIES
-        except ImportError as err:
-            if (err.name or "").startswith(("friendly_sam", "matrix_")):
-                raise
-    return entries
-
 
 CELLS = [
     pytest.param(entry, column, id=f"{entry.name} | {column}")

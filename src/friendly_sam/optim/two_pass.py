@@ -48,8 +48,8 @@ from torch.optim import Optimizer
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from .amp import calling_grad_scaler, unscale_once
-from .engine import ClosurePasses, bind_model
 from .collectives import clip_sharded_, is_process_group, sharded_norm, share_overflow
+from .engine import ClosurePasses, bind_model
 from .tensor_ops import FOREACH, PER_TENSOR, TensorOps
 from .validation import check_lr, check_number
 
