@@ -15,6 +15,7 @@ import torch
 from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
 from .amp import calling_grad_scaler
+from .engine import ClosurePasses
 
 __all__ = ["StepProtocol"]
 
@@ -125,6 +126,7 @@ class StepProtocol:
                 "and second_step() around your own two passes"
             )
         self._refuse_foreign_gradient()
+        passes = ClosurePasses(self, closure)  # BatchNorm frozen and RNG replayed in the perturbed call (engine)
         self.zero_grad(set_to_none=True)  # what our last step left: a closure that does not zero stays right
         try:
             with torch.enable_grad():
@@ -133,7 +135,7 @@ class StepProtocol:
             # unperturbed step: one closure call; the gradient the base step applied stays in p.grad
             self._first_step(zero_grad=perturbs, scaler=scaler)
             if self.is_perturbed:
-                with torch.enable_grad():
+                with torch.enable_grad(), passes.perturbed():
                     closure()
             self._second_step(zero_grad=False, scaler=scaler)
         except BaseException:
@@ -141,6 +143,7 @@ class StepProtocol:
                 self._restore()
             raise
         self._grads_from_step = True
+        passes.finished(self)
         return loss
 
     def _refuse_foreign_gradient(self) -> None:

@@ -43,12 +43,20 @@ from torch.optim import Optimizer
 from . import functional as F
 from .amp import unscale_once
 from .collectives import clip_sharded_, sharded_norm, share_overflow
+from .engine import bind_model
 from .migration import check_base_class, take_migration_kwargs
 from .periodic import BETWEEN_MODES, PeriodicSteps
 from .state_dict import StateDictMixin
 from .steps import StepProtocol
 from .tensor_ops import FOREACH, PER_TENSOR, TensorOps
-from .validation import check_fraction, check_lr, check_new_params, check_options, check_schedule
+from .validation import (
+    check_base_kwargs,
+    check_fraction,
+    check_lr,
+    check_new_params,
+    check_options,
+    check_schedule,
+)
 
 __all__ = ["BETWEEN_MODES", "NORM_EPS", "Bucket", "Phase", "TwoPassOptimizer"]
 
@@ -104,6 +112,9 @@ class TwoPassOptimizer(PeriodicSteps, StepProtocol, StateDictMixin, Optimizer):
     (FSDP2, ZeRO): the global norms sum the local squared norms with one all-reduce. ``None`` (default) for
     one process and DDP. ``replica_group`` (keyword): per-replica DDP with a ``GradScaler``: the replicas
     agree on skipping an overflowing step (one 1-element all-reduce per step). See ``docs/distributed.md``.
+    ``model`` (keyword): the model the parameters belong to; ``step(closure)`` then keeps its BatchNorm
+    running statistics out of the perturbed closure call (without it, every BatchNorm layer that runs in that
+    call is frozen). See :func:`friendly_sam.optim.engine.bind_model` and docs/integrations.md.
     """
 
     HYPERPARAMETERS: tuple[str, ...] = ()
@@ -122,6 +133,7 @@ class TwoPassOptimizer(PeriodicSteps, StepProtocol, StateDictMixin, Optimizer):
         ascent_fraction: float = 1.0,
         process_group: Any = None,
         replica_group: Any = None,
+        model: torch.nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
         check_base_class(base_optimizer, type(self).__name__)
@@ -134,6 +146,7 @@ class TwoPassOptimizer(PeriodicSteps, StepProtocol, StateDictMixin, Optimizer):
         self._validate_group(defaults, where="")
         self.max_grad_norm, self.foreach = max_grad_norm, foreach
         self.process_group, self.replica_group = process_group, replica_group
+        bind_model(self, model)  # step(closure) freezes its BatchNorm statistics in the perturbed call
         if "lr" in kwargs:  # before the base optimizer, which may accept nan or word it its own way
             check_lr(kwargs["lr"])
         self._saved: dict[Tensor, Tensor] = {}
@@ -141,7 +154,7 @@ class TwoPassOptimizer(PeriodicSteps, StepProtocol, StateDictMixin, Optimizer):
         self._init_periodic(perturb_every, between, looksam_alpha)
         self._init_step_protocol()
         super().__init__(params, defaults)
-        self._check_base_kwargs(base_optimizer, kwargs)
+        check_base_kwargs(type(self).__name__, self.own_arguments(), base_optimizer, kwargs)
         self.base_optimizer = base_optimizer(self.param_groups, **kwargs)
         # One list of group dicts shared by both: schedulers, add_param_group and state_dict see one truth.
         self.param_groups = self.base_optimizer.param_groups
@@ -162,21 +175,7 @@ class TwoPassOptimizer(PeriodicSteps, StepProtocol, StateDictMixin, Optimizer):
         """Keyword arguments the wrapper itself takes (everything else goes to the base optimizer)."""
         skip = {"self", "params", "base_optimizer"}
         names = [n for n, p in inspect.signature(cls.__init__).parameters.items() if p.kind != p.VAR_KEYWORD]
-        return [n for n in names if n not in skip] + ["process_group", "replica_group"]
-
-    def _check_base_kwargs(self, base_optimizer: type[Optimizer], kwargs: dict[str, Any]) -> None:
-        parameters = inspect.signature(base_optimizer.__init__).parameters
-        if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
-            return  # the base optimizer takes anything: it checks its own arguments
-        unknown = [k for k in kwargs if k not in parameters or k in ("self", "params")]
-        if unknown:
-            theirs = [n for n in parameters if n not in ("self", "params")]
-            raise TypeError(
-                f"{type(self).__name__}: unknown argument(s) {', '.join(unknown)}. "
-                f"{type(self).__name__}'s own arguments: {', '.join(dict.fromkeys(self.own_arguments()))}; "
-                f"every other keyword goes to the base optimizer {base_optimizer.__name__}, whose "
-                f"arguments are: {', '.join(theirs)}"
-            )
+        return [n for n in names if n not in skip] + ["process_group", "replica_group", "model"]
 
     def _validate_group(self, group: dict[str, Any], where: str) -> None:
         raise NotImplementedError

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -115,3 +116,18 @@ def check_options(max_grad_norm: Any, foreach: Any, process_group: Any, replica_
                 f"{name} must be a torch.distributed ProcessGroup (e.g. dist.group.WORLD) {role}, "
                 f"or None; got {group!r}"
             )
+
+
+def check_base_kwargs(name: str, own: list[str], base_optimizer: type, kwargs: dict[str, Any]) -> None:
+    """Every keyword the wrapper does not take must be one of the base optimizer's arguments."""
+    parameters = inspect.signature(base_optimizer.__init__).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+        return  # the base optimizer takes anything: it checks its own arguments
+    unknown = [k for k in kwargs if k not in parameters or k in ("self", "params")]
+    if unknown:
+        theirs = [n for n in parameters if n not in ("self", "params")]
+        raise TypeError(
+            f"{name}: unknown argument(s) {', '.join(unknown)}. {name}'s own arguments: "
+            f"{', '.join(dict.fromkeys(own))}; every other keyword goes to the base optimizer "
+            f"{base_optimizer.__name__}, whose arguments are: {', '.join(theirs)}"
+        )
