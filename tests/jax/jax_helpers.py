@@ -24,14 +24,30 @@ def mlp_loss(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
-def torch_like_base(name: str, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+def torch_like_base(
+    name: str, lr: float, momentum: float = 0.0, weight_decay: float = 0.0, max_grad_norm: float | None = None
+):
     """optax equivalents of ``torch.optim.SGD`` (coupled weight decay, momentum without dampening) and
-    ``torch.optim.AdamW`` (defaults betas (0.9, 0.999), eps 1e-8, decoupled weight decay)."""
+    ``torch.optim.AdamW`` (defaults betas (0.9, 0.999), eps 1e-8, decoupled weight decay), after clipping
+    the (perturbed) gradient to ``max_grad_norm`` as our torch optimizers do (``torch_clip_grad_norm``)."""
     if name == "SGD":
-        return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(lr, momentum=momentum or None))
-    if name == "AdamW":
-        return optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=weight_decay)
-    raise ValueError(name)
+        base = optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(lr, momentum=momentum or None))
+    elif name == "AdamW":
+        base = optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=weight_decay)
+    else:
+        raise ValueError(name)
+    return base if max_grad_norm is None else optax.chain(torch_clip_grad_norm(max_grad_norm), base)
+
+
+def torch_clip_grad_norm(max_norm: float) -> optax.GradientTransformation:
+    """``torch.nn.utils.clip_grad_norm_``: scale by ``min(1, max_norm / (norm + 1e-6))``. (optax's
+    ``clip_by_global_norm`` divides by the norm itself: the same up to that 1e-6.)"""
+
+    def update_fn(updates, state, params=None):
+        scale = jnp.minimum(1.0, max_norm / (fsam_jax.global_norm(updates) + 1e-6))
+        return jax.tree.map(lambda g: g * scale, updates), state
+
+    return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
 def perturbation_of(cls: str, opt_kw: dict):

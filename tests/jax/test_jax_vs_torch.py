@@ -1,5 +1,6 @@
 """On random problems and hyperparameters, the JAX optimizers (every entry point) follow the same float64
-trajectory as this package's PyTorch ``FriendlySAM`` / ``SAM`` (SGD and AdamW bases, ASAM form)."""
+trajectory as this package's PyTorch ``FriendlySAM`` / ``SAM`` (SGD and AdamW bases, ASAM form, clipping
+of the perturbed gradient: a clip first in the base chain)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ problems = st.fixed_dictionaries(
         "lr": st.floats(1e-3, 0.3),
         "momentum": st.sampled_from([0.0, 0.9]),
         "weight_decay": st.sampled_from([0.0, 1e-2]),
+        "max_grad_norm": st.sampled_from([None, 0.5]),
     }
 )
 
@@ -64,14 +66,17 @@ def test_jax_follows_the_torch_optimizer(p: dict) -> None:
 
     params_t = [torch.tensor(w, requires_grad=True) for w in init]
     cls = FriendlySAM if p["cls"] == "FriendlySAM" else SAM
-    opt = cls(params_t, getattr(torch.optim, p["base"]), foreach=False, **opt_kw, **base_kw)
+    clip = p["max_grad_norm"]
+    opt = cls(
+        params_t, getattr(torch.optim, p["base"]), foreach=False, max_grad_norm=clip, **opt_kw, **base_kw
+    )
     with jax.enable_x64(True):
         params_j = [jnp.asarray(w) for w in init]
         start, step = make_stepper(
             p["entry"],
             p["cls"],
             opt_kw,
-            torch_like_base(p["base"], **base_kw),
+            torch_like_base(p["base"], **base_kw, max_grad_norm=clip),
             loss=lambda w, d, _: _loss_jax(w, d),
         )
         state = start(params_j)
