@@ -184,7 +184,9 @@ class ClosurePasses:
             )
         _refuse_accumulated_gradient(optimizer)
         self.model = bound_model(optimizer)
-        self.rng = RngState.capture() if check_rng_mode(getattr(optimizer, "rng", "fresh")) == "replay" else None
+        self.rng = (
+            RngState.capture() if check_rng_mode(getattr(optimizer, "rng", "fresh")) == "replay" else None
+        )
 
     def perturbed(self) -> contextlib.AbstractContextManager[None]:
         if self.model is not None:
@@ -267,7 +269,9 @@ def ascent_size(batch_size: int, fraction: float) -> int:
 def _batch_size(batch: Any) -> int | None:
     if isinstance(batch, Tensor):
         return len(batch) if batch.dim() else None
-    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
+    values = (
+        batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
+    )
     for value in values:
         size = _batch_size(value)
         if size is not None:
@@ -320,9 +324,7 @@ def _grad_params(optimizer: Any) -> list[Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
 
 
-def clip_applied_gradient(
-    sam: Any, max_norm: float | None, scaler: torch.amp.GradScaler | None
-) -> Tensor:
+def clip_applied_gradient(sam: Any, max_norm: float | None, scaler: torch.amp.GradScaler | None) -> Tensor:
     """Clip the perturbed gradient (the one the base optimizer applies) to ``max_norm`` (no clipping for
     None/0) before ``second_step``; returns its global norm before clipping (unscaled). With a scaler and
     clipping, the gradient is unscaled first, recorded against the base optimizer, exactly as
