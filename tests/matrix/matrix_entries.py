@@ -65,25 +65,37 @@ def run_hand_loop(features: Features) -> nn.Module:
     return reference(features)
 
 
-def run_training_step(features: Features) -> nn.Module:
+def run_training_step(features: Features, build: Callable[[nn.Module], Any] | None = None) -> nn.Module:
+    """``training_step`` over the updates; ``build(net)`` makes the optimizer (default: FriendlySAM)."""
+    build = build or (lambda net: make_optimizer(net.parameters(), features))
     net = make_net(features)
-    opt = make_optimizer(net.parameters(), features)
+    opt = build(net)
     scaler = make_scaler() if features.precision == "16" else None
     first, second = _split(features)
     for part, steps in enumerate((first, second)):
         if part == 1 and features.resume:
             fresh = make_net(features, seed=7)
-            fresh_opt = make_optimizer(fresh.parameters(), features)
+            fresh_opt = build(fresh)
             copy_state((net, opt), (fresh, fresh_opt))
             net, opt = fresh, fresh_opt
         for i, micro in enumerate(steps):
             _seed(features, len(first) * part + i)
             ((x, y),) = micro
             training_step(
-                net, opt, x, y, bf16=features.precision == "bf16", max_grad_norm=features.clip,
-                scaler=scaler, rng=features.random or "fresh",
+                net,
+                opt,
+                x,
+                y,
+                bf16=features.precision == "bf16",
+                max_grad_norm=features.clip,
+                scaler=scaler,
+                rng=features.random or "fresh",
             )
     return net
+
+
+def one_batch_per_call(features: Features) -> str | None:
+    return "one batch per call (pass the larger batch)" if features.accumulate > 1 else None
 
 
 def run_closure(features: Features) -> nn.Module:
@@ -135,7 +147,7 @@ _register(
     Entry(
         "training_step",
         run_training_step,
-        has=lambda f: "one batch per call (pass the larger batch)" if f.accumulate > 1 else None,
+        has=one_batch_per_call,
         fp16_autocast=False,
     )
 )
@@ -149,7 +161,7 @@ _register(
 
 
 # rows of a framework that is not installed are left out (the test extra installs them all)
-FRAMEWORK_ROWS = ("matrix_lightning", "matrix_hf")
+FRAMEWORK_ROWS = ("matrix_timm", "matrix_lightning", "matrix_hf")
 
 
 def all_entries() -> list[Entry]:
