@@ -78,13 +78,13 @@ def _trained(features: Features, step_fn: Any = None) -> dict[str, Tensor]:
 
 def _no_such_option(features: Features) -> str | None:
     if features.accumulate > 1:
-        return "the fsam trainer has no gradient accumulation"
+        return "no such option: the fsam trainer has no gradient accumulation"
     if features.precision == "16":
-        return "fsam train has --bf16, no fp16 loss scaling"
+        return "no such option: fsam train has --bf16, no fp16 loss scaling"
     if features.random:
-        return "fsam train has no rng option (augmentation is drawn with the data, once per batch)"
+        return "no such option: fsam train has no rng option (augmentation is drawn with the data, once per batch)"
     if features.resume:
-        return "fsam train checkpoints at epoch ends (exact resume there: tests/train)"
+        return "no such option: fsam train checkpoints at epoch ends (exact resume there: tests/train)"
     return None
 
 
@@ -94,5 +94,6 @@ ENTRIES = [
         lambda f: _trained(f),
         has=_no_such_option,
         expected=lambda f: _trained(f, step_fn=hand_step),
+        ddp_note="not run here: fsam train under torchrun (per-replica by default) is tested in tests/distributed",
     )
 ]

@@ -47,6 +47,15 @@ class Entry:
     fp16_autocast: bool = True
     reference_steps: Callable[[Features], list[list[Batch]] | None] = lambda f: None
     expected: Callable[[Features], Any] | None = None  # the reference, where it is not matrix_setup's loop
+    ddp: str | None = None  # its name in matrix_ddp.MODES: run in the 2-process DDP column
+    ddp_note: str = "not run under DDP here"  # else, what the table says (which mode it runs)
+
+
+def missing(entry: Entry, features: Features) -> str | None:
+    """Why the matrix has no cell for ``entry`` x ``features`` (None: it has one)."""
+    if features.ddp and entry.ddp is None:
+        return entry.ddp_note
+    return entry.has(features)
 
 
 def _split(features: Features) -> tuple[list[list[Batch]], list[list[Batch]]]:
@@ -143,13 +152,14 @@ def _register(entry: Entry) -> Entry:
     return entry
 
 
-_register(Entry("hand loop (first_step/second_step)", run_hand_loop))
+_register(Entry("hand loop (first_step/second_step)", run_hand_loop, ddp="hand loop"))
 _register(
     Entry(
         "training_step",
         run_training_step,
         has=one_batch_per_call,
         fp16_autocast=False,
+        ddp="training_step",
     )
 )
 _register(
@@ -157,6 +167,7 @@ _register(
         "step(closure) with model=",
         run_closure,
         refuses=lambda f: (ValueError, "cannot run sub-batch ascent") if f.ascent_fraction < 1 else None,
+        ddp="step(closure)",
     )
 )
 

@@ -58,6 +58,7 @@ COLUMNS: dict[str, Features] = {
     "accumulation 2 + clipping + perturb_every 2": Features(accumulate=2, clip=CLIP, perturb_every=2),
     "resume mid-epoch": Features(resume=True),
     "resume mid-epoch + perturb_every 2": Features(resume=True, perturb_every=2),
+    "2-process DDP (gloo)": Features(ddp=True),
 }
 
 

@@ -35,5 +35,6 @@ ENTRIES = [
         lambda f: run_training_step(f, build=lambda net: _timm_optimizer(net, f)),
         has=one_batch_per_call,
         fp16_autocast=False,
+        ddp_note="not run here: the optimizer of the training_step row, built by timm",
     )
 ]
