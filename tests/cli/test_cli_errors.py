@@ -37,7 +37,7 @@ def test_help_of_every_command():
         (["--dataset", "imagenet"], "--dataset: unknown value 'imagenet'; choose one of: fashion-mnist"),
         (["--model", "resnet1000"], "--model: unknown value 'resnet1000'; choose one of: resnet18"),
         (["--method", "adam"], "--method: unknown value 'adam'; choose one of: base, sam, asam, fsam, afsam"),
-        (["--label-noise", "1.5"], "invalid --label-noise=1.5: it must be a finite number [0, 1]"),
+        (["--label-noise", "1.5"], "invalid --label-noise=1.5: it must be a finite number [0.0, 1.0]"),
         (["--epochs", "0"], "invalid --epochs=0: it must be an integer >= 1"),
         (["--optimizer", "sgd"], "--optimizer was renamed: use --method base"),
         # every other option's range and choices: tests/cli/test_cli_options.py (generated from the declarations)

@@ -82,7 +82,7 @@ class TrainConfig:
     train_subset: int | None = option(None, "train on a random subset of this many images", range=">= 1", **_I)
     val_size: int = option(0, "hold out this many training images as a validation split (0: none)", range=">= 0", **_I)
     test_subset: int | None = option(None, "evaluate on a fixed random subset of this many test images", range=">= 1", **_I)
-    label_noise: float = option(0.0, "fraction of training labels to corrupt", range="[0, 1]", **_I)
+    label_noise: float = option(0.0, "fraction of training labels to corrupt", range="[0.0, 1.0]", **_I)
     noise_kind: str = option("symmetric", "label noise kind", choices=NOISE_KINDS, **_I)
     crop: bool = option(True, "random crop with padding (4 pixels at 32x32, 3 at 28x28)", **_I)
     flip: bool | None = option(None, "random horizontal flip (default: on for CIFAR, off for digits/clothes)", **_I)
@@ -95,7 +95,7 @@ class TrainConfig:
     data_storage: str = option("auto", "imagefolder: auto (in memory if it fits --memory-budget), memory or "
                                "streaming", choices=STORAGE_CHOICES, **_S)
     memory_budget: float | None = option(None, "imagefolder: GiB of decoded images to hold in memory, per machine "
-                                         "(default: half the free memory)", range="> 0", **_S)
+                                         "(default: half the free memory)", range="> 0.0", **_S)
     num_workers: int | None = option(None, "imagefolder: decoding processes (default: the CPUs, at most 8)", range=">= 0", **_S)
     # model
     model: str = option("resnet8", "network (`fsam models` lists them), or torchvision:<name>, timm:<name>",
@@ -106,16 +106,16 @@ class TrainConfig:
     method: str = option("fsam", "base (the --base optimizer alone), sam, asam (adaptive SAM), fsam, afsam "
                          "(adaptive F-SAM)", choices=METHODS, **_I)
     base: str = option("sgd", "base optimizer: the step every method takes", choices=BASE_OPTIMIZERS, **_I)
-    lr: float = option(0.05, "peak learning rate", range="> 0", **_I)
-    momentum: float = option(0.9, "SGD momentum", range="[0, 1)", **_I)
+    lr: float = option(0.05, "peak learning rate", range="> 0.0", **_I)
+    momentum: float = option(0.9, "SGD momentum", range="[0.0, 1.0)", **_I)
     nesterov: bool = option(False, "Nesterov momentum (SGD)", **_I)
-    weight_decay: float = option(5e-4, "weight decay (coupled for SGD, decoupled for AdamW)", range=">= 0", **_I)
-    rho: float = option(0.05, "SAM / F-SAM neighbourhood radius", range=">= 0", **_I)
-    sigma: float = option(1.0, "F-SAM: fraction of the estimated full gradient removed", range=">= 0", **_I)
+    weight_decay: float = option(5e-4, "weight decay (coupled for SGD, decoupled for AdamW)", range=">= 0.0", **_I)
+    rho: float = option(0.05, "SAM / F-SAM neighbourhood radius", range=">= 0.0", **_I)
+    sigma: float = option(1.0, "F-SAM: fraction of the estimated full gradient removed", range=">= 0.0", **_I)
     lmbda: float = option(0.6, "F-SAM: EMA decay of the full-gradient estimate; 0.6 is the official training "
-                          "recipe (FriendlySAM's own default, 0.9, is the official class's)", range="[0, 1)", **_I)
+                          "recipe (FriendlySAM's own default, 0.9, is the official class's)", range="[0.0, 1.0)", **_I)
     max_grad_norm: float | None = option(None, "clip the (perturbed) gradient to this norm before the base step",
-                                         range="> 0", **_I)
+                                         range="> 0.0", **_I)
     component: str = option("noise", "F-SAM perturbation component: noise (g - sigma*m, F-SAM), full (m only), "
                             "minibatch (g, as SAM)", choices=COMPONENTS, **_I)
     full_gradient: str = option("ema", "F-SAM full-gradient estimate m: ema, or oracle (true full-batch gradient "
@@ -124,8 +124,8 @@ class TrainConfig:
     perturb_every: int = option(1, "perturb every N-th step only (1: every step); docs/efficient.md", range=">= 1", **_I)
     between: str = option("base", "--perturb-every > 1: what the unperturbed steps do: a base step on the clean "
                           "gradient (base) or LookSAM's reuse (looksam)", choices=BETWEEN_MODES, **_I)
-    looksam_alpha: float = option(0.7, "--between looksam: weight of the reused sharpness component", range=">= 0", **_I)
-    ascent_fraction: float = option(1.0, "the clean (ascent) pass uses this fraction of each batch", range="(0, 1]", **_I)
+    looksam_alpha: float = option(0.7, "--between looksam: weight of the reused sharpness component", range=">= 0.0", **_I)
+    ascent_fraction: float = option(1.0, "the clean (ascent) pass uses this fraction of each batch", range="(0.0, 1.0]", **_I)
     decomposition: bool = option(False, "the decomposition study: log cos(g, m), ||g - sigma m||/||sigma m|| and "
                                  "the EMA-vs-full-gradient cosine per epoch", **_I)
     decomposition_every: int = option(50, "--decomposition: EMA-vs-full-gradient cosine every N steps", range=">= 1", **_I)
@@ -136,8 +136,8 @@ class TrainConfig:
     schedule: str = option("cosine", "learning-rate schedule: cosine (per iteration, to 0), step, constant",
                            choices=SCHEDULES, **_I)
     milestones: list[float] = option((0.5, 0.75), "step schedule: fractions of training where lr drops", nargs="+", **_I)
-    gamma: float = option(0.1, "step schedule: factor at each milestone", range="(0, 1]", **_I)
-    warmup_epochs: float = option(0.0, "linear warm-up length in epochs", range=">= 0", **_I)
+    gamma: float = option(0.1, "step schedule: factor at each milestone", range="(0.0, 1.0]", **_I)
+    warmup_epochs: float = option(0.0, "linear warm-up length in epochs", range=">= 0.0", **_I)
     # speed and reproducibility
     seed: int = option(0, "seed of everything (initialisation, data order, augmentation, label noise)", range=">= 0", **_I)
     bf16: bool = option(False, "bfloat16 autocast for forward/backward (fast on recent CPUs and GPUs)", **_I)

@@ -73,9 +73,12 @@ class OptionSpec:
 
 def parse_range(text: str) -> dict[str, Any]:
     """``"[0, 1)"``, ``"(0, 1]"``, ``">= 1"`` or ``"> 0"`` as :class:`OptionSpec` keywords."""
+    def number(v: str) -> float:  # "1" stays an integer (ints' messages), "1.0" a float
+        return float(v) if any(c in v for c in ".e") else int(v)
+
     if text.startswith(">"):
-        return {"low": float(text.lstrip(">= ")), "open_low": not text.startswith(">=")}
-    low, high = (float(v) for v in text[1:-1].split(","))
+        return {"low": number(text.lstrip(">= ")), "open_low": not text.startswith(">=")}
+    low, high = (number(v.strip()) for v in text[1:-1].split(","))
     return {"low": low, "high": high, "open_low": text[0] == "(", "closed_high": text[-1] == "]"}
 
 
