@@ -29,7 +29,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: the shared kit
 import benchkit  # noqa: E402
 
-from friendly_sam.data import read_idx
+from friendly_sam.data.readers import read_idx
 from friendly_sam.train import TrainConfig, train
 from friendly_sam.train.run_dir import read_metrics
 

@@ -17,17 +17,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..data.loader import shard_bounds  # the one definition, in the lower layer
+
 __all__ = ["DistributedContext", "init_from_env", "shard_bounds"]
 
 T = TypeVar("T")
-
-
-def shard_bounds(n: int, index: int, count: int) -> tuple[int, int]:
-    """``[lo, hi)`` of part ``index`` of ``count`` contiguous parts of ``n`` items (the first ``n % count``
-    parts hold one more item), as ``torch.tensor_split`` splits."""
-    q, r = divmod(n, count)
-    lo = index * q + min(index, r)
-    return lo, lo + q + (1 if index < r else 0)
 
 
 @dataclass

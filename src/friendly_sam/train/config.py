@@ -98,6 +98,7 @@ SAFE_KEYS = (
     "data_storage",
     "memory_budget",
     "num_workers",
+    "accept_data_change",
 )
 # May change on resume, but never below the epochs already done; the schedule then spans the new length.
 EPOCHS_KEY = "epochs"
@@ -134,7 +135,10 @@ class TrainConfig:
     flip: bool | None = _opt(None, "random horizontal flip (default: on for CIFAR, off for digits/clothes)")
     cutout: bool = _opt(False, "Cutout 16x16 with p=0.5 (the paper's CIFAR recipe; 8x8 at 28x28)")
     # your own images: --dataset imagefolder --data-dir DIR (docs/own_data.md)
-    image_size: int = _opt(224, "imagefolder: side of the images the model sees")
+    image_size: int | None = _opt(
+        None,
+        "imagefolder: side of the images the model sees (default: the images' median shorter side, at most 224)",
+    )
     resize_size: int | None = _opt(
         None, "imagefolder: shorter side resized to this, centre square kept (default: --image-size)"
     )
@@ -149,6 +153,9 @@ class TrainConfig:
         "imagefolder: GiB of decoded images to hold in memory, per machine (default: half the free memory)",
     )
     num_workers: int | None = _opt(None, "imagefolder: decoding processes (default: the CPUs, at most 8)")
+    accept_data_change: bool = _opt(
+        False, "--resume: go on although the data differs from the checkpoint's (each change is logged)"
+    )
     # model
     model: str = _opt("resnet8", "network; `fsam models` lists them; or torchvision:<name>, timm:<name>")
     pretrained: str | None = _opt(None, "initial weights: a state dict file (torch.save(model.state_dict()))")
@@ -297,7 +304,7 @@ class TrainConfig:
         if self.model.partition(":")[0].strip().lower() not in EXTERNAL_PREFIXES:  # torchvision:/timm:
             choice("model", list(available_models()))
         choice("data_storage", STORAGE_CHOICES)
-        integer("image_size", 1)
+        integer("image_size", 1, optional=True)
         integer("resize_size", 1, optional=True)
         integer("num_workers", 0, optional=True)
         if self.memory_budget is not None:
@@ -371,7 +378,7 @@ class TrainConfig:
             return
         if self.data_dir is None:
             raise ValueError("--dataset imagefolder needs --data-dir DIR (DIR/train/<class>/<image>)")
-        if self.resize_size is not None and self.resize_size < self.image_size:
+        if self.resize_size is not None and self.image_size is not None and self.resize_size < self.image_size:
             raise ValueError(
                 f"--resize-size {self.resize_size} is smaller than --image-size {self.image_size}; "
                 "the evaluation crop must fit in the resized image"
