@@ -35,6 +35,7 @@ from .config import TrainConfig
 __all__ = ["RunData", "check_data_identity", "clean_training_subset", "prepare_data"]
 
 Log = Callable[[str], None]
+_LARGE = 96  # image side from which a CIFAR-style network (no downsampling stem) is worth a note
 
 
 @dataclass
@@ -113,6 +114,11 @@ def prepare_data(
         seed=cfg.seed,
     )
     data, noisy_indices = prepare_splits(_load(cfg, log), plan)
+    if log is not None and data.image_size >= _LARGE and ":" not in cfg.model and not cfg.model.endswith("_imagenet"):
+        log(
+            f"note: --model {cfg.model} keeps the full {data.image_size}x{data.image_size} resolution in its first "
+            "stage (a CIFAR stem); --model resnet18_imagenet or resnet50_imagenet downsample by 4 first"
+        )
     train_loader = data.loader("train", cfg.batch_size, train=True, seed=cfg.seed, device=device, shard=shard)
     eval_sets = {
         name: data.loader(name, cfg.eval_batch_size, device=device, shard=shard)
