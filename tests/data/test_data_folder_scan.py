@@ -13,8 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from friendly_sam.data import DatasetNotFoundError, ImageFileError, load_image_folder
-from friendly_sam.data.identity import DataChangedError, check_same_data, data_changes
+from friendly_sam.data import DatasetNotFoundError, ImageFileError, InMemorySamples, load_image_folder
+from friendly_sam.data.identity import (
+    DataChangedError,
+    builtin_fingerprint,
+    check_same_data,
+    data_changes,
+    folder_fingerprint,
+)
 from friendly_sam.data.image_decode import decode_image
 
 CLASSES = ("bag", "coat", "shirt")
@@ -134,3 +140,16 @@ def test_fingerprint_names_renamed_added_removed_and_changed(tmp_path):
         check_same_data(before, load(root).fingerprint, accept=False, where="checkpoint X")
     assert check_same_data(before, load(root).fingerprint, accept=True, where="checkpoint X")
     assert check_same_data(None, before, accept=False, where="an old checkpoint") == []
+
+
+def test_builtin_fingerprint_is_name_sizes_and_content():
+    x = torch.randint(0, 256, (6, 1, 4, 4), dtype=torch.uint8)
+    y = torch.arange(6) % 3
+    base = builtin_fingerprint("mnist", {"train": InMemorySamples(x, y), "test": InMemorySamples(x[:2], y[:2])})
+    assert base["sizes"] == {"test": 2, "train": 6}
+    relabelled = builtin_fingerprint("mnist", {"train": InMemorySamples(x, (y + 1) % 3), "test": InMemorySamples(x[:2], y[:2])})
+    assert [c.split(":")[0] for c in data_changes(base, relabelled)] == ["content"]
+    other = builtin_fingerprint("fashion-mnist", {"train": InMemorySamples(x, y)})
+    assert {c.split(":")[0] for c in data_changes(base, other)} == {"name", "sizes", "content"}
+    folder = folder_fingerprint(CLASSES, {"train": [("bag/0.png", 10)]})
+    assert data_changes(base, folder) == ["the data set changed from mnist to imagefolder"]
