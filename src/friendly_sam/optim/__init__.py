@@ -1,7 +1,9 @@
-"""Sharpness-aware optimizers: a shared two-pass core, one file per method."""
+"""Sharpness-aware optimizers: the algorithm as functions (``functional``), a thin two-pass core, one file per
+method."""
 
 from .batchnorm import frozen_bn_stats
 from .fsam import COMPONENTS, FriendlySAM
+from .phase import Phase
 from .sam import SAM
 from .two_pass import BETWEEN_MODES, NORM_EPS, TwoPassOptimizer
 
@@ -10,6 +12,7 @@ __all__ = [
     "COMPONENTS",
     "NORM_EPS",
     "FriendlySAM",
+    "Phase",
     "SAM",
     "TwoPassOptimizer",
     "frozen_bn_stats",

@@ -134,7 +134,7 @@ def clean_training_subset(
 ) -> tuple[Tensor, Tensor]:
     """``n`` training images chosen by :func:`~friendly_sam.data.subset` with ``seed`` (the same choice on
     every data path), without augmentation, with their training labels, on ``device``: the fixed data of
-    ``fsam analyze`` and ``--diagnostics``. A streamed image folder decodes just these."""
+    ``fsam analyze`` and ``--decomposition``. A streamed image folder decodes just these."""
     total = len(data.source.splits["train"])
     part = data.training_samples(subset_indices(total, min(n, total), seed), batch_size, device)
     part.set_epoch(0)
