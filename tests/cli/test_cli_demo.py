@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from cli_helpers import fsam, needs_fashion_mnist
+from testkit import fsam, needs_fashion_mnist
 
 from friendly_sam.commands.demo import DEMO_OPTIMIZERS, SETTINGS, demo_configs, run_demo
 from friendly_sam.commands.demo_report import demo_sentence, demo_table

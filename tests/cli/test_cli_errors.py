@@ -6,7 +6,7 @@ import gzip
 import shutil
 
 import pytest
-from cli_helpers import FASHION_DIR, TINY, fsam, needs_fashion_mnist
+from testkit import FASHION_DIR, TINY, fsam, needs_fashion_mnist
 
 
 def test_help_of_every_command():

@@ -13,8 +13,8 @@ import time
 
 import pytest
 import torch
-from cli_helpers import fsam, needs_fashion_mnist
 from folder_helpers import FOLDER_NAMES, tiny_args, write_png_folder
+from testkit import fsam, needs_fashion_mnist
 
 from friendly_sam.models import build_model
 

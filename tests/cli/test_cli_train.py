@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from cli_helpers import TINY, fsam, needs_fashion_mnist, popen_fsam
+from testkit import TINY, fsam, needs_fashion_mnist, popen_fsam
 
 from friendly_sam.train.checkpoint import load_checkpoint
 from friendly_sam.train.run_dir import LOCK_FILE

@@ -7,7 +7,7 @@ import signal
 from dataclasses import fields
 
 import pytest
-from safety_helpers import fsam
+from testkit import fsam
 
 from friendly_sam.train import TrainConfig
 from friendly_sam.train.config import MAX_CONFIG_BYTES, ConfigError, check_option_type, read_config_file

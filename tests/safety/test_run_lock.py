@@ -10,7 +10,7 @@ import socket
 import time
 
 import pytest
-from safety_helpers import run_python
+from testkit import run_python
 
 from friendly_sam.train.lock import (
     RunDirectoryError,

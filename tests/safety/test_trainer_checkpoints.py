@@ -6,15 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safety_helpers import FASHION, fsam, tiny_config
+from testkit import fsam, needs_fashion_mnist, tiny_config
 
 from friendly_sam.train import train
 from friendly_sam.train.checkpoint import CHECKSUM_KEY, load_checkpoint, save_atomic
 from friendly_sam.train.run_dir import LOCK_FILE
 
-pytestmark = pytest.mark.skipif(
-    not (FASHION / "t10k-images-idx3-ubyte.gz").exists(), reason="no Fashion-MNIST"
-)
+pytestmark = needs_fashion_mnist
 
 
 @pytest.fixture(scope="module")

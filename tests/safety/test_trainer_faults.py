@@ -7,14 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from safety_helpers import FASHION, fsam, tiny_config
+from testkit import fsam, needs_fashion_mnist, tiny_config
 
 from friendly_sam.train import Callback, train
 from friendly_sam.train import run_dir as rd
 
-pytestmark = pytest.mark.skipif(
-    not (FASHION / "t10k-images-idx3-ubyte.gz").exists(), reason="no Fashion-MNIST"
-)
+pytestmark = needs_fashion_mnist
 
 
 def _cfg(**changes):
