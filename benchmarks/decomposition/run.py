@@ -25,7 +25,7 @@ Phases (each resumable, rerun the same command after an interruption):
 
 Usage (the committed results)::
 
-    nohup python benchmarks/decomposition/run.py > runs/decomposition.log 2>&1 &
+    nohup python -m benchmarks.decomposition.run > runs/decomposition.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -43,12 +43,10 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared kit
-import benchkit  # noqa: E402
-
-from friendly_sam.commands.analyze import analyze_run  # noqa: E402
-from friendly_sam.train import TrainConfig, train  # noqa: E402
-from friendly_sam.train import run_dir as rd  # noqa: E402
+from benchmarks import benchkit
+from friendly_sam.commands.analyze import analyze_run
+from friendly_sam.train import TrainConfig, train
+from friendly_sam.train import run_dir as rd
 
 MODES = {
     "sam": {"component": "minibatch"},
@@ -392,7 +390,7 @@ def phase_report(args: argparse.Namespace) -> None:
     if data["ema_supplement"]:
         files.append(plot_ema(data["ema_supplement"], args, results))
     meta = {
-        "command": " ".join(["python benchmarks/decomposition/run.py", *_args_without_phase(sys.argv[1:])]),
+        "command": " ".join(["python -m benchmarks.decomposition.run", *_args_without_phase(sys.argv[1:])]),
         "commit": benchkit.git_commit(short=False),
         "machine": benchkit.machine(threads=1),
         "config": {**BASE, "epochs": args.epochs, "train_subset": args.train_subset},

@@ -11,10 +11,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-import benchkit
-from efficient.plan import CELL_RHOS, LMBDA, VARIANT_TITLES, VARIANTS, VariantSpec
-from generalization.plan import SETTING_TITLES
-
+from benchmarks import benchkit
+from benchmarks.efficient.plan import CELL_RHOS, LMBDA, VARIANT_TITLES, VARIANTS, VariantSpec
+from benchmarks.generalization.plan import SETTING_TITLES
 from friendly_sam.train import run_dir as rd
 
 BASELINES = ("sgd", "sam", "fsam")

@@ -11,10 +11,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import benchkit
-from benchkit import mean_std
-from generalization.plan import METHOD_TITLES, SETTING_TITLES, RunSpec, all_settings, plan
-
+from benchmarks import benchkit
+from benchmarks.benchkit import mean_std
+from benchmarks.generalization.plan import METHOD_TITLES, SETTING_TITLES, RunSpec, all_settings, plan
 from friendly_sam.train import run_dir as rd
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "data_pipeline.py"
+MODULE = "benchmarks.data_pipeline"
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 
@@ -32,7 +32,7 @@ def test_data_pipeline_benchmark_runs_and_reports(tmp_path: Path) -> None:
         "1",
     ]
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), *args, "--json", str(out_json)],
+        [sys.executable, "-m", MODULE, *args, "--json", str(out_json)],
         capture_output=True,
         text=True,
         timeout=600,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "generalization" / "run.py"
+MODULE = "benchmarks.generalization.run"
 HAS_PTO = importlib.util.find_spec("pytorch_optimizer") is not None
 
 
@@ -54,7 +54,7 @@ TINY = [
 def run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     args = [*TINY, "--work-dir", str(tmp_path / "work"), "--out-dir", str(tmp_path / "out"), *extra]
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300, cwd=REPO
+        [sys.executable, "-m", MODULE, *args], capture_output=True, text=True, timeout=300, cwd=REPO
     )
 
 
@@ -88,7 +88,7 @@ def test_quick_suite_end_to_end(tmp_path: Path) -> None:
 
     # report: status, provenance, the main table with one row per setting
     assert "Status: complete." in md
-    assert "Command: `python benchmarks/generalization/run.py --quick" in md
+    assert "Command: `python -m benchmarks.generalization.run --quick" in md
     for key in ("commit", "torch", "cpu"):
         assert res["meta"]["machine"][key] not in (None, "", "unknown")
     assert res["meta"]["machine"]["torch"] in md and res["meta"]["machine"]["cpu"] in md
