@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from friendly_sam.commands.compare import mean_std
+from friendly_sam.reporting import mean_std
 from friendly_sam.train.run_dir import machine_description
 
 REPO = Path(__file__).resolve().parents[1]
