@@ -8,11 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 MODULE = "benchmarks.cost.run"
 HAS_PTO = importlib.util.find_spec("pytorch_optimizer") is not None
 
 
+@pytest.mark.slow
 def test_cost_quick(tmp_path: Path) -> None:
     contenders = "fsam,pto-fsam" if HAS_PTO else "fsam"
     proc = subprocess.run(

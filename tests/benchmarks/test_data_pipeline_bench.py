@@ -14,6 +14,7 @@ MODULE = "benchmarks.data_pipeline"
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not FASHION.exists(), reason="real Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"
 )

@@ -58,6 +58,7 @@ def run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_quick_suite_end_to_end(tmp_path: Path) -> None:
     pto = "sym40" if HAS_PTO else ""
     # --no-report: only the final report (the per-run reports are exercised by the next test)
@@ -136,6 +137,7 @@ def test_quick_suite_end_to_end(tmp_path: Path) -> None:
     assert bad.returncode != 0 and "is a report of another suite (epochs differ)" in bad.stderr
 
 
+@pytest.mark.slow
 def test_partial_report_and_resume(tmp_path: Path) -> None:
     """--max-runs stops early: the report says INCOMPLETE; a broken run dir is restarted."""
     proc = run(tmp_path, "--pto-settings", "", "--settings", "clean", "--max-runs", "1")

@@ -70,6 +70,7 @@ def check_common(out: str, res: dict) -> dict[str, dict]:
     return rows
 
 
+@pytest.mark.slow
 def test_bench_without_pytorch_optimizer(tmp_path: Path) -> None:
     out, res = run_bench(tmp_path, block_pto=True)
     rows = check_common(out, res)
@@ -78,6 +79,7 @@ def test_bench_without_pytorch_optimizer(tmp_path: Path) -> None:
     assert res["equivalence"] is None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_PTO, reason="pytorch-optimizer (the [bench] extra) is not installed")
 def test_bench_with_pytorch_optimizer(tmp_path: Path) -> None:
     out, res = run_bench(tmp_path, block_pto=False)

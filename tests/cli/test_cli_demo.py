@@ -38,6 +38,7 @@ def test_configs_differ_only_in_the_optimizer():
 
 
 @needs_fashion_mnist
+@pytest.mark.slow
 def test_demo_summary_reuse_and_refusal(tmp_path):
     logs: list[str] = []
     summary = run_demo(tmp_path, "noisy", SMALL, workers=1, progress=False, log=logs.append)

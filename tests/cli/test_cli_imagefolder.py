@@ -18,7 +18,7 @@ from testkit import fsam, needs_fashion_mnist
 
 from friendly_sam.models import build_model
 
-pytestmark = needs_fashion_mnist
+pytestmark = [needs_fashion_mnist, pytest.mark.slow]  # end-to-end runs in subprocesses
 TIMES = ("train_time", "images_per_s", "elapsed")
 
 

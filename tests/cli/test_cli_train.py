@@ -73,6 +73,7 @@ def _final_weights(run):
     return load_checkpoint(run / "checkpoint.pt")["model"]
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_the_uninterrupted_result(tmp_path):
     args = [
         "--optimizer",

@@ -47,6 +47,7 @@ def test_refused_with_a_clear_error(case: fc.Case, ws: fc.Workspace):
         assert MESSAGES[case.name] in outcome.extra["message"], outcome.extra["message"]
 
 
+@pytest.mark.slow  # each trains or resumes a run
 @pytest.mark.parametrize("case", SURVIVED, ids=[case.name for case in SURVIVED])
 def test_survived_with_a_correct_result(case: fc.Case, ws: fc.Workspace):
     outcome = fc.run_case(case, ws)
@@ -61,6 +62,7 @@ def writers_outcomes(template: Path, tmp_path_factory: pytest.TempPathFactory) -
     return {outcome.name: outcome for outcome in fc.writers_and_kill(ws)}
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("fault_writers")
 @pytest.mark.parametrize("name", [n for n, kind in fc.SUBPROCESS_CASES.items() if kind == "writers"])
 def test_concurrent_writers_and_kill(name: str, writers_outcomes: dict[str, fc.Outcome]):
@@ -68,11 +70,13 @@ def test_concurrent_writers_and_kill(name: str, writers_outcomes: dict[str, fc.O
     assert outcome.handled, outcome.detail
 
 
+@pytest.mark.slow
 def test_full_disk_during_the_checkpoint_write(ws: fc.Workspace):
     outcome = fc.full_disk(ws)
     assert outcome.handled, outcome.detail
 
 
+@pytest.mark.slow
 def test_run_directory_deleted_mid_run(ws: fc.Workspace):
     outcome = fc.deleted_mid_run(ws)
     assert outcome.handled, outcome.detail
