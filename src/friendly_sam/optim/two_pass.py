@@ -49,6 +49,7 @@ from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimize
 
 from .amp import calling_grad_scaler, unscale_once
 from .collectives import clip_sharded_, is_process_group, sharded_norm, share_overflow
+from .engine import ClosurePasses, bind_model
 from .tensor_ops import FOREACH, PER_TENSOR, TensorOps
 from .validation import check_lr, check_number
 
@@ -119,6 +120,11 @@ class TwoPassOptimizer(Optimizer):
     norms with one all-reduce. Leave it ``None`` (the default: no communication) for one process and for
     DDP, whose gradients are whole on every rank. See ``docs/distributed.md``.
 
+    ``model`` (keyword of every subclass): the model the parameters belong to; ``step(closure)`` then keeps
+    its BatchNorm running statistics out of the perturbed closure call (without it, every BatchNorm layer
+    that runs in that call is frozen, found through a global module hook). See
+    :func:`friendly_sam.optim.engine.bind_model` and docs/integrations.md.
+
     ``replica_group`` (keyword of every subclass): for fp16 with a ``GradScaler`` under per-replica DDP,
     where each replica's clean gradient is its own (not all-reduced), the group of replicas that must
     agree on skipping a step. If any replica's clean gradient overflows, every replica skips the step and
@@ -145,6 +151,7 @@ class TwoPassOptimizer(Optimizer):
         looksam_alpha: float = 0.7,
         process_group: Any = None,
         replica_group: Any = None,
+        model: torch.nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
         _check_base_class(base_optimizer, type(self).__name__)
@@ -174,6 +181,7 @@ class TwoPassOptimizer(Optimizer):
         self.process_group = process_group
         # Per-replica DDP with a GradScaler: the replicas agree on skipping an overflowing step.
         self.replica_group = replica_group
+        bind_model(self, model)  # step(closure) freezes its BatchNorm statistics in the perturbed call
         if "lr" in kwargs:  # before the base optimizer, which may accept nan or word it its own way
             check_lr(kwargs["lr"])
         super().__init__(params, defaults)
@@ -208,7 +216,7 @@ class TwoPassOptimizer(Optimizer):
         """Keyword arguments the wrapper itself takes (everything else goes to the base optimizer)."""
         skip = {"self", "params", "base_optimizer"}
         names = [n for n, p in inspect.signature(cls.__init__).parameters.items() if p.kind != p.VAR_KEYWORD]
-        return [n for n in names if n not in skip] + ["process_group", "replica_group"]
+        return [n for n in names if n not in skip] + ["process_group", "replica_group", "model"]
 
     def _check_base_kwargs(self, base_optimizer: type[Optimizer], kwargs: dict[str, Any]) -> None:
         parameters = inspect.signature(base_optimizer.__init__).parameters
@@ -632,6 +640,7 @@ class TwoPassOptimizer(Optimizer):
                 "and second_step() around your own two passes"
             )
         self._refuse_foreign_gradient()
+        passes = ClosurePasses(self, closure)  # BatchNorm frozen and RNG replayed in the perturbed call (engine)
         self._in_step = True
         try:
             with torch.enable_grad():
@@ -640,7 +649,7 @@ class TwoPassOptimizer(Optimizer):
             # unperturbed step: one closure call; the gradient the base step applied stays in p.grad
             self.first_step(zero_grad=perturbs, scaler=scaler)
             if self.is_perturbed:
-                with torch.enable_grad():
+                with torch.enable_grad(), passes.perturbed():
                     closure()
             self.second_step(zero_grad=False, scaler=scaler)
         except BaseException:
@@ -651,6 +660,7 @@ class TwoPassOptimizer(Optimizer):
         finally:
             self._in_step = False
         self._grads_from_step = True
+        passes.finished(self)
         return loss
 
     def _refuse_foreign_gradient(self) -> None:
