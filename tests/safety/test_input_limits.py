@@ -32,6 +32,7 @@ def _write_gzip(path: Path, head: bytes, zeros: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_gzip_bomb_is_refused_with_little_memory(tmp_path):
     bomb = _write_gzip(tmp_path / "train-images-idx3-ubyte.gz", _idx_header(10, 28, 28), BOMB_ZEROS)
     assert bomb.stat().st_size < 1 << 20

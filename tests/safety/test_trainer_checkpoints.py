@@ -42,6 +42,7 @@ def _resume_is_refused(run: Path, message: str) -> None:
     assert before == after  # metrics.jsonl intact (the lock file holds the last holder's pid)
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_flipped_bit_and_a_negative_epoch(finished_run):
     run, _ = finished_run
     ckpt = run / "checkpoint.pt"

@@ -323,9 +323,11 @@ def load_image_folder(
             square kept; evaluation then takes the centre ``image_size`` crop (ImageNet: 256 / 224).
             Default: ``image_size``.
         channels: 1 (grey) or 3 (RGB); ``None``: 1 when the training images are grey, else 3.
-        random_crop, crop_scale, flip: training augmentation (random-resized-crop of the base
-            image with area fraction in ``crop_scale``; horizontal flips).
-        mean, std: normalisation; ``None``: computed on up to ``stats_images`` training images.
+        random_crop: training augmentation: random-resized-crop of the base image.
+        crop_scale: the crop's area fraction range.
+        flip: training augmentation: horizontal flips.
+        mean: normalisation mean; ``None``: computed on up to ``stats_images`` training images.
+        std: normalisation standard deviation; ``None``: computed like ``mean``.
         storage: ``auto`` (in memory when the decoded images fit ``memory_budget`` bytes, default
             :func:`default_memory_budget`), ``memory`` or ``streaming``.
         skip_bad_images: leave unreadable files out (listed in ``skipped``) instead of raising;

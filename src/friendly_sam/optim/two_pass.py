@@ -348,9 +348,10 @@ class TwoPassOptimizer(Optimizer):
         Raises:
             FloatingPointError: the clean gradient holds inf/nan and no scaler was given, or the
                 perturbation ``rho / ||d||`` overflows a parameter's dtype.
-            Any exception leaves the weights as they were (the step is transactional) and, short of
-            ASAM's second norm, the optimizer state too (``between="looksam"``: the stored component is
-            dropped on a perturbed step that raises; the next off-steps are plain base steps).
+
+        Any exception leaves the weights as they were (the step is transactional) and, short of
+        ASAM's second norm, the optimizer state too (``between="looksam"``: the stored component is
+        dropped on a perturbed step that raises; the next off-steps are plain base steps).
         """
         if self._perturbed is not None or self._off_step_open:
             raise RuntimeError("first_step() called twice: call second_step() to finish the step first")
