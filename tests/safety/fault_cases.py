@@ -103,7 +103,7 @@ BAD_FLAGS = {
     "--rho -0.1": ["--rho", "-0.1"],
     "--rho inf": ["--rho", "inf"],
     "--momentum 2": ["--momentum", "2"],
-    "--optimizer sgd --component minibatch": ["--optimizer", "sgd", "--component", "minibatch"],
+    "--method base --component minibatch": ["--method", "base", "--component", "minibatch"],
     "--model unknown": ["--model", "nope"],
     "--dataset unknown": ["--dataset", "nope"],
     "--seed abc": ["--seed", "abc"],
@@ -179,7 +179,7 @@ class Workspace:
 
 def make_template(path: Path) -> Path:
     """The finished 2-epoch F-SAM run every case copies."""
-    code = fsam_main(["train", "--out", str(path), *TINY, "--epochs", "2", "--optimizer", "fsam"])
+    code = fsam_main(["train", "--out", str(path), *TINY, "--epochs", "2", "--method", "fsam"])
     assert code == 0, "the template run failed"
     return path
 
@@ -268,7 +268,7 @@ def foreign_run(ws: Workspace) -> Path:
     run = ws.copy()
     other = ws.fresh()
     assert (
-        fsam_main(["train", "--out", str(other), *TINY, "--optimizer", "fsam", "--lr", "0.3", "--rho", "0.3"])
+        fsam_main(["train", "--out", str(other), *TINY, "--method", "fsam", "--lr", "0.3", "--rho", "0.3"])
         == 0
     )
     shutil.copy(other / rd.CHECKPOINT_FILE, run / rd.CHECKPOINT_FILE)
@@ -395,7 +395,7 @@ def _train_run_dir_and_divergence_cases(add: Callable[[Case], None]) -> None:
     add(
         Case(
             "train --rho 1e30 (perturbed gradient not finite)",
-            ["train", "--out", "{ws}/div1", *TINY, "--optimizer", "fsam", "--rho", "1e30"],
+            ["train", "--out", "{ws}/div1", *TINY, "--method", "fsam", "--rho", "1e30"],
         )
     )
     add(
@@ -406,7 +406,7 @@ def _train_run_dir_and_divergence_cases(add: Callable[[Case], None]) -> None:
                 "--out",
                 "{ws}/div2",
                 *TINY,
-                "--optimizer",
+                "--method",
                 "fsam",
                 "--rho",
                 "1e300",
@@ -418,7 +418,7 @@ def _train_run_dir_and_divergence_cases(add: Callable[[Case], None]) -> None:
     add(
         Case(
             "train --lr 1e12 (loss explodes)",
-            ["train", "--out", "{ws}/div3", *TINY, "--lr", "1e12", "--optimizer", "sgd"],
+            ["train", "--out", "{ws}/div3", *TINY, "--lr", "1e12", "--method", "base"],
         )
     )
 
@@ -428,7 +428,7 @@ def _train_divergence_and_restart_cases(add: Callable[[Case], None]) -> None:
     add(
         Case(
             "train --lr 1e12 sam (loss explodes)",
-            ["train", "--out", "{ws}/div4", *TINY, "--lr", "1e12", "--optimizer", "sam"],
+            ["train", "--out", "{ws}/div4", *TINY, "--lr", "1e12", "--method", "sam"],
         )
     )
     add(
@@ -995,7 +995,7 @@ def _damaged_metrics(ws: Workspace) -> Path:
 def _other_lr(ws: Workspace) -> Path:
     run = ws.fresh()
     assert (
-        fsam_main(["train", "--out", str(run), *TINY, "--epochs", "2", "--optimizer", "fsam", "--lr", "0.1"])
+        fsam_main(["train", "--out", str(run), *TINY, "--epochs", "2", "--method", "fsam", "--lr", "0.1"])
         == 0
     )
     return run
