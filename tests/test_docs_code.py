@@ -4,9 +4,10 @@ Each ```python block runs in a fresh namespace, in a temporary folder, seeded wi
 take as given (:func:`given`: a tiny model with BatchNorm, ``loss_fn``, a batch ``x, y``, a ``loader``,
 ``micro_batches``, an ``optimizer``/``opt``, ``RUN_DIR``); a placeholder such as ``model = ...`` ("your
 model") keeps the given object. A block that cannot run here says why on the line above it, e.g.
-``<!-- no-run: needs a CUDA GPU -->``; it is reported as a skip with that reason. The framework examples of
-docs/integrations.md (``<!-- example: NAME -->``) run in their frameworks in
-tests/integrations/test_docs_examples.py.
+``<!-- no-run: needs a CUDA GPU -->``; it is reported as a skip with that reason. A block marked
+``<!-- example: NAME -->`` is run by its area's own test, in its framework (docs/integrations.md:
+tests/integrations/test_docs_examples.py; docs/jax.md: tests/jax/test_jax_docs.py), which
+:func:`test_named_examples_have_a_runner` checks.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch import nn
 
 BLOCK = re.compile(r"((?:<!--[^\n]*-->\n)*)```python\n(.*?)```", re.S)
 NO_RUN = re.compile(r"<!-- no-run: (.+?) -->")
-INTEGRATION_EXAMPLE = re.compile(r"<!-- example: [\w-]+ -->")
+NAMED_EXAMPLE = re.compile(r"<!-- example: [\w-]+ -->")
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,8 @@ def blocks() -> list[Block]:
     for path in doc_files():
         text = path.read_text()
         for m in BLOCK.finditer(text):
-            if INTEGRATION_EXAMPLE.search(m.group(1)):
-                continue  # run by tests/integrations/test_docs_examples.py
+            if NAMED_EXAMPLE.search(m.group(1)):
+                continue  # run by its area's test (test_named_examples_have_a_runner)
             line = text.count("\n", 0, m.start() + len(m.group(1))) + 1
             reason = NO_RUN.search(m.group(1))
             found.append(Block(f"{path.relative_to(REPO)}:{line}", m.group(2), reason and reason.group(1)))
@@ -103,6 +104,17 @@ def test_the_docs_have_examples_and_every_skip_gives_a_reason():
     assert len(BLOCKS) >= 15
     assert sum(b.no_run is None for b in BLOCKS) >= 7
     assert all(b.no_run is None or len(b.no_run) > 8 for b in BLOCKS)
+
+
+def test_named_examples_have_a_runner():
+    """Every page with ``<!-- example: NAME -->`` blocks is read by a test that runs such blocks."""
+    runners = [
+        p.read_text() for p in (REPO / "tests").rglob("test_*.py") if "<!-- example: " in p.read_text()
+    ]
+    pages = [p for p in doc_files() if NAMED_EXAMPLE.search(p.read_text())]
+    assert pages, "no named examples found: the pattern is stale"
+    for page in pages:
+        assert any(f'"{page.name}"' in text for text in runners), f"no test runs the examples of {page.name}"
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[b.where for b in BLOCKS])
