@@ -16,6 +16,7 @@ from .commands.demo import SUMMARY_NAME, DemoOptions, run_demo
 from .commands.demo_report import demo_sentence, demo_table
 from .data import DatasetFormatError, DatasetNotFoundError
 from .models import describe_models
+from .reporting import INSTALL_HINT
 from .train import CheckpointError, RunDirectoryError, load_run_config, train
 from .train.config import TrainConfig, differences, read_config_file
 from .train.lock import check_run_name
@@ -159,7 +160,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if summary["plot"]:
         print(f"plot: {summary['plot']}")
     else:
-        print("plot: skipped (pip install matplotlib)")
+        print(f"plot: skipped (the plot needs matplotlib: {INSTALL_HINT})")
     return 0
 
 

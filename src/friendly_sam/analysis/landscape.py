@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..reporting import new_figure
 from ._common import (
     Batch,
     BNMode,
@@ -244,17 +245,7 @@ def loss_landscape_2d(
 
 
 def _figure(figsize: tuple[float, float]) -> Any:
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "plotting a loss landscape needs matplotlib: pip install 'friendly-sam[plot]' "
-            "(or pip install matplotlib)"
-        ) from exc
-    fig = Figure(figsize=figsize, dpi=120)
-    FigureCanvasAgg(fig)
-    return fig
+    return new_figure("plotting a loss landscape", figsize=figsize)
 
 
 def _get(result: Any, key: str) -> Any:
