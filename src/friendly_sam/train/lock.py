@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import remove_stale_temp_files
-from .run_dir import CHECKPOINT_FILE, LEFTOVER_ENTRIES, LOCK_FILE, RUN_ENTRIES, RunDirectoryError
+from ..files import FileRefused, check_entries, open_lock_file, remove_stale_temp_files
+from .run_dir import CHECKPOINT_FILE, ENTRY_KINDS, LEFTOVER_ENTRIES, LOCK_FILE, RUN_ENTRIES, RunDirectoryError
 
 MAX_NAME_BYTES = 200
 
@@ -85,6 +85,11 @@ class RunLock:
                 time.sleep(0.01)
         else:
             raise RunDirectoryError(f"{self.run_dir} keeps being removed while locking it; try again")
+        try:  # a run's files are never links or special files: writing through them would leave the run
+            check_entries(self.run_dir, ENTRY_KINDS, "run directory")
+        except FileRefused as exc:
+            self.release()
+            raise RunDirectoryError(str(exc)) from None
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now()}
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, (json.dumps(holder) + "\n").encode(), 0)
@@ -92,12 +97,14 @@ class RunLock:
         return self
 
     def _try_lock(self) -> int:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:  # never through a link: a planted .fsam.lock -> /elsewhere is refused, not truncated
+            fd = open_lock_file(self.path, "the run's lock file")
         except FileNotFoundError:
             if self.run_dir.is_dir():
                 raise _Vanished from None
             raise RunDirectoryError(f"run directory {self.run_dir} does not exist") from None
+        except FileRefused as exc:
+            raise RunDirectoryError(str(exc)) from None
         except OSError as exc:
             raise RunDirectoryError(f"cannot open the lock file {self.path} ({exc.strerror})") from None
         try:
