@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..files import write_atomic
 from ._common import (
     Batch,
     BNMode,
@@ -286,7 +287,7 @@ def plot_landscape_1d(
     ax.set_title(title or "1-D loss landscape")
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, format="png")
+    write_atomic(path, lambda f: fig.savefig(f, format="png"))  # never through a link; atomic
     return path
 
 
@@ -329,5 +330,5 @@ def plot_landscape_2d(
     ax.set_title(title or "2-D loss landscape")
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, format="png")
+    write_atomic(path, lambda f: fig.savefig(f, format="png"))  # never through a link; atomic
     return path

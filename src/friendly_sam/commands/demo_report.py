@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..files import write_atomic
 from ..train import TrainConfig
 from ..train import run_dir as rd
 
@@ -149,6 +150,6 @@ def plot_demo(
     noise = f", {s['label_noise']:.0%} wrong labels" if noisy else ", clean labels"
     fig.suptitle(f"{s['model']} on {s['train_images']:,} {s['dataset']} images{noise}, seed {s['seed']}")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_atomic(Path(path), lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
     return path

@@ -87,7 +87,9 @@ def parse_json(
 
     def bounded_int(digits: str) -> int:
         if len(digits.lstrip("-")) > 20:
-            raise error(f"{source} holds an integer of {len(digits.lstrip('-'))} digits; integers are limited to 64 bits")
+            raise error(
+                f"{source} holds an integer of {len(digits.lstrip('-'))} digits; integers are limited to 64 bits"
+            )
         return int(digits)
 
     try:
@@ -229,11 +231,17 @@ def load_torch_file(
                 f"{what} {name} holds Python objects, not plain data ({shorten(detail, 160)}); nothing in it was run "
                 "(read with weights_only=True): refused, it may be malicious"
             ) from None
-        raise error(f"{what} {name} is corrupt or unreadable ({shorten(detail.strip(), 200)})") from None
+        detail = detail.split(" Check the documentation", 1)[0].strip()
+        raise error(
+            f"{what} {name} is corrupt or unreadable (it does not load with weights_only=True: {shorten(detail)})"
+        ) from None
     except RecursionError:
         raise error(_deep(f"{what} {name}", limits)) from None
     except Exception as exc:  # truncated zip, garbage, ...: the unpickler may raise anything
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise error(f"{what} {name} is corrupt or unreadable ({type(exc).__name__}: {shorten(first)})") from None
+        raise error(
+            f"{what} {name} is corrupt or unreadable (it does not load with weights_only=True: "
+            f"{type(exc).__name__}: {shorten(first)})"
+        ) from None
     check_structure(value, f"{what} {name}", error, limits)
     return value

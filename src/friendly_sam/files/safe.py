@@ -120,17 +120,23 @@ def open_regular(
     return fd, info.st_size
 
 
-def read_bytes(path: str | Path, what: str = "file", limit: int = 64 << 20, error: ErrorType = FileRefused) -> bytes:
+def read_bytes(
+    path: str | Path, what: str = "file", limit: int = 64 << 20, error: ErrorType = FileRefused
+) -> bytes:
     """The bytes of the regular file ``path`` (at most ``limit``; see :func:`open_regular`)."""
     fd, _ = open_regular(path, what, error, limit)
     with os.fdopen(fd, "rb") as f:
         data = f.read(limit + 1)  # the file may have grown since fstat
     if len(data) > limit:
-        raise error(f"{what} {_name(Path(path))} is larger than {limit} bytes ({format_bytes(limit)}), the limit")
+        raise error(
+            f"{what} {_name(Path(path))} is larger than {limit} bytes ({format_bytes(limit)}), the limit"
+        )
     return data
 
 
-def read_text(path: str | Path, what: str = "file", limit: int = 64 << 20, error: ErrorType = FileRefused) -> str:
+def read_text(
+    path: str | Path, what: str = "file", limit: int = 64 << 20, error: ErrorType = FileRefused
+) -> str:
     """:func:`read_bytes` decoded as UTF-8; other bytes are refused naming their offset."""
     data = read_bytes(path, what, limit, error)
     try:
