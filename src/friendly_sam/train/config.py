@@ -97,6 +97,7 @@ SAFE_KEYS = (
     "data_storage",
     "memory_budget",
     "num_workers",
+    "dist_timeout",
 )
 # May change on resume, but never below the epochs already done; the schedule then spans the new length.
 EPOCHS_KEY = "epochs"
@@ -211,6 +212,12 @@ class TrainConfig:
         "F-SAM EMA) or synchronized (all-reduced first gradient, as one process over the global batch)",
     )
     sync_bn: bool = _opt(False, "under torchrun: SyncBatchNorm (batch statistics over all replicas; CUDA)")
+    dist_timeout: float = _opt(
+        600.0,
+        "under torchrun: seconds a process waits for the others in one collective before the run ends "
+        "with an error (a process stopped, hung or lost); raise it when one rank's data preparation or "
+        "checkpoint write takes longer",
+    )
     # run bookkeeping
     checkpoint_every: int = _opt(1, "write a checkpoint every N epochs (the last epoch always)")
     tensorboard: bool = _opt(False, "also log to TensorBoard (needs the tensorboard package)")
@@ -285,9 +292,11 @@ class TrainConfig:
             v = getattr(self, name)
             if optional and v is None:
                 return
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            if isinstance(v, bool) or not isinstance(v, int) or not low <= v < 2**63:
+                shown = f"of {v.bit_length()} bits" if isinstance(v, int) and v.bit_length() > 64 else repr(v)
                 raise ValueError(
-                    f"--{name.replace('_', '-')}: invalid value {v!r}; it must be an integer >= {low}"
+                    f"--{name.replace('_', '-')}: invalid value {shown}; it must be an integer >= {low} and "
+                    "below 2**63"
                 )
 
         for f in fields(self):  # Python callers and replace() bypass from_dict's checks
@@ -315,6 +324,7 @@ class TrainConfig:
         number("lmbda", 0.0, 1.0, open_high=True)
         number("gamma", 0.0, 1.0, open_low=True)
         number("warmup_epochs", 0.0)
+        number("dist_timeout", 0.0, open_low=True)
         integer("epochs", 1)
         integer("batch_size", 1)
         integer("eval_batch_size", 1)

@@ -88,7 +88,7 @@ def train(
     configuration before any file is touched (docs/reliability.md). A diverging run (a loss not finite or
     above :data:`DIVERGENCE_LOSS`) stops with :class:`FloatingPointError`; nothing non-finite is written."""
     cfg.validate()
-    ctx = init_from_env(cfg.device)
+    ctx = init_from_env(cfg.device, timeout=cfg.dist_timeout)
     try:
         if not ctx.is_main:
             progress, log = False, lambda message: None
