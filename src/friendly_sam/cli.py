@@ -401,7 +401,10 @@ def main(argv: list[str] | None = None) -> int:
         reported = user_error(exc)
         if reported is None:
             raise  # a bug of friendly-sam: the traceback is what a bug report needs
-        print(f"fsam {args.command}: error: {_one_line(reported)}", file=sys.stderr)
+        message = _one_line(reported)
+        if getattr(args, "run_dir", None) is not None:
+            message = message.replace("RUN_DIR", shlex.quote(str(args.run_dir)))
+        print(f"fsam {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

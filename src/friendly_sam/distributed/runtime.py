@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -44,9 +45,12 @@ def process_group_failure(exc: BaseException) -> ProcessGroupError | None:
     while tb is not None:
         inside = inside or "torch/distributed" in tb.tb_frame.f_code.co_filename.replace("\\", "/")
         tb = tb.tb_next
-    if not (isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and inside)):
-        return None
     text = " ".join(str(exc).split())
+    # a collective inside autograd (DDP's gradient all-reduce) raises from the C++ engine: the backend
+    # names itself in the message
+    named = re.search(r"gloo|nccl|ProcessGroup|c10d", text, re.IGNORECASE) is not None
+    if not (isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and (inside or named))):
+        return None
     timed_out = "timed out" in text.lower() or "timeout" in text.lower()
     why = (
         "another process stopped responding within --dist-timeout"

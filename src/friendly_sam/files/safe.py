@@ -326,8 +326,8 @@ def check_entries(directory: str | Path, kinds: dict[str, str], what: str) -> No
         wanted = stat.S_ISDIR(mode) if kind == "dir" else stat.S_ISREG(mode)
         if not wanted:
             raise FileRefused(
-                f"{what} {_name(Path(directory))}: {name} is {_kind(mode)}, not a "
-                f"{'directory' if kind == 'dir' else 'regular file'}: remove it, then try again"
+                f"{what} {_name(Path(directory))}: {name} is not a "
+                f"{'directory' if kind == 'dir' else 'regular file'} (it is {_kind(mode)}): remove it, then try again"
             )
 
 

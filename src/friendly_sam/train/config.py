@@ -294,10 +294,7 @@ class TrainConfig:
                 return
             if isinstance(v, bool) or not isinstance(v, int) or not low <= v < 2**63:
                 shown = f"of {v.bit_length()} bits" if isinstance(v, int) and v.bit_length() > 64 else repr(v)
-                raise ValueError(
-                    f"--{name.replace('_', '-')}: invalid value {shown}; it must be an integer >= {low} and "
-                    "below 2**63"
-                )
+                raise ValueError(f"--{name.replace('_', '-')}: invalid value {shown}; use an integer >= {low}, < 2**63")
 
         for f in fields(self):  # Python callers and replace() bypass from_dict's checks
             check_option_type(f.name, getattr(self, f.name), "config")

@@ -1,7 +1,8 @@
 """One writer per run directory: an advisory lock held for the run's whole life, atomic creation of runs.
 
 A run directory holds ``.fsam.lock``; the process that writes the run holds an exclusive ``flock`` on it
-(and writes its pid, host and start time into it, for the message another process gets). The kernel
+(and writes its pid, host and start time into it while it holds it, for the message another process
+gets; on release the file's previous content is put back, so a refused command changes no byte). The kernel
 drops the lock when the holder exits in any way, ``kill -9`` included, so a stale lock never blocks.
 The lock file itself stays (deleting it would let two processes lock two different files of one name).
 
@@ -68,6 +69,7 @@ class RunLock:
         self.notes: list[str] = []
         self.removed_temp_files: list[Path] = []
         self._fd: int | None = None
+        self._previous = b""
 
     @property
     def held(self) -> bool:
@@ -91,6 +93,7 @@ class RunLock:
             self.release()
             raise RunDirectoryError(str(exc)) from None
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now()}
+        self._previous = os.pread(self._fd, 4096, 0)  # put back on release: a refused command changes no byte
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, (json.dumps(holder) + "\n").encode(), 0)
         self.removed_temp_files = remove_stale_temp_files(self.run_dir)
@@ -132,6 +135,11 @@ class RunLock:
         """Drop the lock (idempotent). The lock file stays, with the last holder's details."""
         if self._fd is not None:
             fd, self._fd = self._fd, None
+            try:  # the holder's details matter only while it holds the lock
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, self._previous, 0)
+            except OSError:
+                pass
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 

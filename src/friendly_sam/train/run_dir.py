@@ -156,6 +156,21 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
+def metrics_until(run_dir: Path, epoch: int) -> list[dict[str, Any]]:
+    """The records of epochs 1..``epoch`` (a resume from the checkpoint of ``epoch`` drops later ones);
+    a :class:`RunDirectoryError` when any of them is missing (``metrics.jsonl`` deleted or cut): the run's
+    numbers and summary come from them, so it is not continued without them."""
+    records = [m for m in read_metrics(run_dir) if m["epoch"] <= epoch]
+    if [m["epoch"] for m in records] != list(range(1, epoch + 1)):
+        have = f"epochs {records[0]['epoch']}..{records[-1]['epoch']}" if records else "no epoch"
+        raise RunDirectoryError(
+            f"{run_dir / METRICS_FILE} holds {have} but the checkpoint is at epoch {epoch}: the per-epoch "
+            "records were deleted or cut. Restore the file (the run's numbers and summary.json come from it) "
+            "or start the run anew"
+        )
+    return records
+
+
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
     """Append one epoch's record; refused when the run directory lost its ``config.json`` meanwhile
     (removed or emptied while the run was writing it: appending would leave a run with a gap)."""

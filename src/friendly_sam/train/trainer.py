@@ -197,7 +197,7 @@ def _restore(state: TrainState, ckpt: dict[str, Any], ctx: DistributedContext) -
     torch.set_rng_state(ckpt["rng"]["torch"])
     state.start_epoch = state.epoch = state.checkpoint_epoch = ckpt["epoch"]
     state.elapsed_before = ckpt["elapsed"]
-    metrics = [m for m in rd.read_metrics(state.run_dir) if m["epoch"] <= state.start_epoch]
+    metrics = rd.metrics_until(state.run_dir, state.start_epoch)  # all of them, or refused
     state.metrics = metrics
     if not ctx.is_main:
         return
