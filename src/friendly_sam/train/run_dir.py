@@ -147,10 +147,10 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
             if index == len(lines) - 1 and not complete:
                 break  # the torn end of an append cut short by a kill: that epoch was never completed
             raise RunDirectoryError(f"{path} line {number} is damaged (not a per-epoch JSON record)")
-        if records and record["epoch"] != records[-1]["epoch"] + 1:
+        if record["epoch"] != len(records) + 1:
+            after = f"follows epoch {records[-1]['epoch']}" if records else "is the first record"
             raise RunDirectoryError(
-                f"{path} line {number} is damaged: epoch {record['epoch']} follows epoch {records[-1]['epoch']} "
-                "(epochs must run 1, 2, 3, ...)"
+                f"{path} line {number} is damaged: epoch {record['epoch']} {after} (epochs must run 1, 2, 3, ...)"
             )
         records.append(record)
     return records
