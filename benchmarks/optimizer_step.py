@@ -30,6 +30,11 @@ Usage::
 
     python benchmarks/optimizer_step.py [--repeats N] [--quick] [--params resnet18|small]
                                         [--json PATH] [--markdown PATH] [--profile] [--threads N]
+                                        [--against SRC_DIR]
+
+``--against SRC_DIR`` adds another checkout's optimizers (``SRC_DIR/friendly_sam``, loaded under another
+module name) as "old ..." contenders, interleaved with ours in the same rounds: the before/after ratio of a
+refactor, e.g. ``git worktree add /tmp/old <sha>`` then ``--against /tmp/old/src``.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata
+import importlib.util
 import json
 import math
 import statistics
@@ -184,6 +190,42 @@ def contenders() -> tuple[list[Contender], list[str]]:
     return cs, notes
 
 
+def load_package(src: Path, alias: str) -> Any:
+    """``src/friendly_sam`` imported as the package ``alias`` (its relative imports resolve inside it)."""
+    init = src / "friendly_sam" / "__init__.py"
+    spec = importlib.util.spec_from_file_location(alias, init, submodule_search_locations=[str(init.parent)])
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"--against: no friendly_sam package under {src}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[alias] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def against_contenders(src: Path) -> list[Contender]:
+    """The optimizers of another checkout (``--against``), as "old ..." contenders."""
+    old = load_package(src, "friendly_sam_against")
+    cs = []
+    for fe in (False, True):
+        cs.append(
+            Contender(
+                f"old FriendlySAM (foreach={fe})",
+                "two_pass",
+                lambda ps, fe=fe: old.FriendlySAM(
+                    ps, torch.optim.SGD, foreach=fe, **FSAM_KWARGS, **SGD_KWARGS
+                ),
+            )
+        )
+        cs.append(
+            Contender(
+                f"old SAM (foreach={fe})",
+                "two_pass",
+                lambda ps, fe=fe: old.SAM(ps, torch.optim.SGD, foreach=fe, **SAM_KWARGS, **SGD_KWARGS),
+            )
+        )
+    return cs
+
+
 class Grads:
     """Saved gradients (outside every timed region) and the tensors that ``p.grad`` points to."""
 
@@ -303,6 +345,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base_params = make_params(shapes, seed=0)
     grads = Grads(shapes, seed=1)
     cs, notes = contenders()
+    if args.against is not None:
+        cs += against_contenders(args.against)
+        notes.append(f"'old ...' contenders: the optimizers of {args.against} (--against), same rounds.")
     for c in cs:
         c.params = clone_params(base_params)
         c.opt = c.build(c.params)
@@ -337,6 +382,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         r["extra_buffers"] = r["held_buffers"] - sgd_held
 
     foreach = paired_foreach(results)
+    against = paired_against(results)
 
     equivalence = check_equivalence() if PtoFriendlySAM is not None else None
     profiles = {}
@@ -363,6 +409,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "baseline": baseline["name"],
         "results": results,
         "foreach": foreach,
+        "against": against,
         "equivalence": equivalence,
         "profiles": profiles,
         "notes": notes,
@@ -383,6 +430,26 @@ def paired_foreach(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "optimizer": r["name"].rsplit(" (", 1)[0],
                         "paired_median_ratio_true_over_false": statistics.median(a / b for a, b in pairs),
                         "true_faster_in": sum(a < b for a, b in pairs),
+                        "repeats": len(pairs),
+                    }
+                )
+    return out
+
+
+def paired_against(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ours vs the same optimizer of ``--against`` ("old ..."), paired by repeat (the same round)."""
+    by_name = {r["name"]: r for r in results}
+    out = []
+    for r in results:
+        if r["name"].startswith("old "):
+            ours = by_name.get("ours " + r["name"][4:])
+            if ours is not None:
+                pairs = list(zip(ours["times_ms"], r["times_ms"]))
+                out.append(
+                    {
+                        "optimizer": r["name"][4:],
+                        "paired_median_ratio_ours_over_old": statistics.median(a / b for a, b in pairs),
+                        "ours_faster_in": sum(a < b for a, b in pairs),
                         "repeats": len(pairs),
                     }
                 )
@@ -481,6 +548,13 @@ def markdown(res: dict[str, Any]) -> str:
             f"True faster in {f['true_faster_in']}/{f['repeats']} repeats"
             for f in res["foreach"]
         ]
+    if res.get("against"):
+        lines += ["", "Ours vs --against (old), paired by repeat:", ""]
+        lines += [
+            f"- {f['optimizer']}: median time ratio ours/old {f['paired_median_ratio_ours_over_old']:.3f}, "
+            f"ours faster in {f['ours_faster_in']}/{f['repeats']} repeats"
+            for f in res["against"]
+        ]
     if res.get("equivalence"):
         lines += ["", "Equivalence check (float64, 3 steps, identical gradients; max |diff| of weights):"]
         lines += [f"- {k}: {v:.2e}" for k, v in res["equivalence"].items()]
@@ -510,6 +584,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", type=Path, help="write the markdown report here")
     parser.add_argument("--profile", action="store_true", help="add per-op torch.profiler tables")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--against", type=Path, help="a src/ directory of another checkout: its optimizers too"
+    )
     args = parser.parse_args(argv)
     if args.repeats is None:
         args.repeats = 3 if args.quick else 40

@@ -1,6 +1,6 @@
 """The package's imports run one way, downward (docs: developers' guide, "Imports run one way").
 
-Layers, bottom to top: ``optim``, ``data``, ``models`` | ``analysis``, ``distributed`` | ``train`` |
+Layers, bottom to top: ``optim``, ``data``, ``models``, ``jax`` | ``analysis``, ``distributed`` | ``train`` |
 ``integrations``, ``commands`` | ``cli``. A module may import from its own package and from lower layers,
 never from its layer's other packages or from above; no module imports a ``friendly_sam`` module inside a
 function (the way a cycle is dodged). Read from the source with ``ast``: nothing is imported.
@@ -20,6 +20,7 @@ LAYERS: dict[str, float] = {
     "optim": 0,
     "data": 0,
     "models": 0,
+    "jax": 0,  # the JAX side: imports nothing of the PyTorch side (tests/jax/test_jax_isolation.py)
     "analysis": 1,
     "distributed": 1,
     "train": 2,

@@ -22,13 +22,16 @@ Nothing here imports Lightning at module level: the mixin only uses the hooks Li
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
 
-from ..optim import TwoPassOptimizer, frozen_bn_stats
-from ._common import check_single_clip, clip_perturbed_gradient, require_two_pass, unwrap_two_pass
+from ..optim import frozen_bn_stats
+from ..optim.engine import TwoPassEngine
+from ._common import require_two_pass, unwrap_two_pass
 
 
 def _scaler_of(trainer: Any) -> torch.amp.GradScaler | None:
@@ -51,22 +54,33 @@ class SAMLightningMixin:
 
     ``configure_optimizers`` returns a :class:`~friendly_sam.FriendlySAM` or :class:`~friendly_sam.SAM`
     (a plain optimizer passes through to Lightning's own step). If you override ``on_train_batch_start``,
-    ``optimizer_step``, ``configure_gradient_clipping`` or ``log``, call ``super()``. Tested on a single
-    device; under DDP the earlier micro-batches' perturbed backward runs outside the DDP forward (no sync)
-    and the last one synchronises the sum, which is expected to be right but is not tested here.
-    Strategies that own the optimizer step (DeepSpeed, XLA, FSDP) are not supported. The
-    ``training_step`` output Lightning hands to ``on_train_batch_end`` is the perturbed pass's.
+    ``optimizer_step``, ``configure_gradient_clipping`` or ``log``, call ``super()``. The update is
+    :class:`~friendly_sam.optim.engine.TwoPassEngine`'s: the perturbed pass of every micro-batch runs
+    through the strategy's ``training_step`` (Lightning's precision context: bf16/fp16 autocast) and
+    ``backward`` (the fp16 loss scale); ``gradient_clip_val`` clips the applied gradient on every step
+    (``perturb_every`` included). Class attribute ``sam_rng = "replay"`` replays the clean pass's random
+    draws (augmentation, dropout) in the perturbed pass; the default ``"fresh"`` draws anew, as the
+    hand-written loop. ``StochasticWeightAveraging``'s BatchNorm epoch (no backward) takes no step.
+
+    DDP (Lightning's ``strategy="ddp"``): *synchronized* mode: the clean gradient of the update is
+    all-reduced (Lightning's own backward), so every replica perturbs with the global gradient; the
+    perturbed micro-batches all-reduce once, on the last. Sub-batch ascent (``ascent_fraction < 1``) is
+    refused: Lightning runs the clean pass on the whole batch. Strategies that own the optimizer step
+    (DeepSpeed, XLA, FSDP) are not supported. The ``training_step`` output Lightning hands to
+    ``on_train_batch_end`` is the perturbed pass's.
     """
 
+    sam_rng = "fresh"
     _sam_in_perturbed_pass = False
+    _sam_engine: TwoPassEngine | None = None
 
     # -------------------------------------------------------------- hooks Lightning calls
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> Any:
-        # Keep the micro-batches of the current accumulation window for the perturbed replay.
-        if not hasattr(self, "_sam_window") or self._sam_window_done:
-            self._sam_window: list[tuple[Any, int]] = []
-            self._sam_window_done = False
-        self._sam_window.append((batch, batch_idx))
+        # Open or extend the update: this micro-batch's perturbed pass replays it (the last one of the
+        # update is replaced by Lightning's closure in optimizer_step); the RNG is captured here for "replay".
+        engine = self._sam_engine_for_batch()
+        if engine is not None:
+            engine.add(partial(self._sam_replay, batch, batch_idx, self.trainer.optimizers[0]))  # type: ignore[attr-defined]
         return super().on_train_batch_start(batch, batch_idx)  # type: ignore[misc]
 
     def optimizer_step(
@@ -77,28 +91,20 @@ class SAMLightningMixin:
             return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)  # type: ignore[misc]
         if optimizer_closure is None:
             raise RuntimeError("SAMLightningMixin.optimizer_step needs Lightning's optimizer_closure")
-        window = getattr(self, "_sam_window", [])
-        earlier = window[:-1]  # the last one is this batch, run through Lightning's closure
-        self._sam_window_done = True
         trainer = self.trainer  # type: ignore[attr-defined]
-        scaler = _scaler_of(trainer)
-        check_single_clip(sam, trainer.gradient_clip_val)
+        engine = self._sam_engine
+        if engine is None or trainer.fit_loop._skip_backward:
+            # StochasticWeightAveraging's BatchNorm epoch: forward passes only, no gradient, no step
+            optimizer_closure()
+            return
+        if engine.window:  # this batch's perturbed pass: Lightning's closure (its output reaches the hooks)
+            engine.window[-1].perturbed = partial(self._sam_perturbed, optimizer_closure)
         if optimizer_closure() is None:  # training_step returned None: Lightning skips the step
+            engine.window = []
             sam.zero_grad(set_to_none=True)
             return
-        sam.first_step(zero_grad=True, scaler=scaler)
-        self._sam_in_perturbed_pass = True
-        try:
-            with frozen_bn_stats(self):  # type: ignore[arg-type]
-                for batch, idx in earlier:
-                    self._sam_replay(batch, idx, optimizer)
-                optimizer_closure()
-        finally:
-            self._sam_in_perturbed_pass = False
-        self._sam_before_second_step(sam, optimizer, scaler)
-        sam.second_step(zero_grad=True, scaler=scaler)
-        if scaler is not None:
-            scaler.update()
+        engine.scaler = _scaler_of(trainer)
+        engine.update(before_apply=partial(self._sam_before_apply, optimizer))
 
     def configure_gradient_clipping(
         self,
@@ -106,8 +112,8 @@ class SAMLightningMixin:
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
-        # Lightning calls this after every closure; for a friendly_sam optimizer the clipping is done once,
-        # on the perturbed gradient, in optimizer_step (see _sam_before_second_step).
+        # Lightning calls this after every closure; for a friendly_sam optimizer the engine clips the applied
+        # gradient once per update.
         if unwrap_two_pass(optimizer) is not None and self.automatic_optimization:  # type: ignore[attr-defined]
             return None
         return super().configure_gradient_clipping(  # type: ignore[misc]
@@ -125,32 +131,73 @@ class SAMLightningMixin:
         return super().log_dict(*args, **kwargs)  # type: ignore[misc]
 
     # -------------------------------------------------------------- internals
-    def _sam_replay(self, batch: Any, batch_idx: int, optimizer: Any) -> None:
-        """Perturbed forward/backward of an earlier micro-batch, scaled like Lightning's closure does."""
+    def _sam_engine_for_batch(self) -> TwoPassEngine | None:
+        """The engine of this module's two-pass optimizer (built on first use), or None where the mixin
+        stands aside: manual optimisation, a plain optimizer, SWA's BatchNorm epoch."""
         trainer = self.trainer  # type: ignore[attr-defined]
-        loss = _loss_of(self.training_step(batch, batch_idx))  # type: ignore[attr-defined]
+        if not self.automatic_optimization or not trainer.optimizers:  # type: ignore[attr-defined]
+            return None
+        sam = unwrap_two_pass(trainer.optimizers[0])
+        if sam is None or trainer.fit_loop._skip_backward:
+            return None
+        if self._sam_engine is None or self._sam_engine.sam is not sam:
+            self._sam_engine = TwoPassEngine(
+                sam,
+                model=self,  # type: ignore[arg-type]
+                max_grad_norm=_clip_value(trainer, sam),
+                rng=self.sam_rng,
+                perturbed_sync=partial(_perturbed_sync, trainer.strategy),
+            )
+            if self._sam_engine.ascent_fraction < 1.0:
+                raise ValueError(
+                    "ascent_fraction < 1 cannot run in Lightning automatic optimisation (Lightning runs the "
+                    "clean pass on the whole batch): use ascent_fraction=1, or friendly_sam.train.training_step "
+                    "in manual optimisation"
+                )
+        return self._sam_engine
+
+    def _sam_perturbed(self, run: Callable[[], Any]) -> Any:
+        self._sam_in_perturbed_pass = True
+        try:
+            return run()
+        finally:
+            self._sam_in_perturbed_pass = False
+
+    def _sam_replay(self, batch: Any, batch_idx: int, optimizer: Any) -> None:
+        """Perturbed forward/backward of an earlier micro-batch, as Lightning's closure runs it: the
+        strategy's training_step (precision context, DDP forward), loss / accumulate_grad_batches, the
+        strategy's backward (fp16 loss scale)."""
+        trainer = self.trainer  # type: ignore[attr-defined]
+        loss = _loss_of(self._sam_perturbed(partial(trainer.strategy.training_step, batch, batch_idx)))
         if loss is None:
             return
         trainer.strategy.backward(loss / trainer.accumulate_grad_batches, optimizer)
 
-    def _sam_before_second_step(
-        self, sam: TwoPassOptimizer, optimizer: Any, scaler: torch.amp.GradScaler | None
-    ) -> None:
-        """Lightning's on_before_optimizer_step hooks, then gradient_clip_val on the perturbed gradient."""
+    def _sam_before_apply(self, optimizer: Any) -> None:
+        """Lightning's on_before_optimizer_step hooks, before the applied gradient is clipped."""
         trainer = self.trainer  # type: ignore[attr-defined]
         for callback in trainer.callbacks:
             callback.on_before_optimizer_step(trainer, self, optimizer)
         self.on_before_optimizer_step(optimizer)  # type: ignore[attr-defined]
-        if trainer.gradient_clip_val:
-            algorithm = str(
-                getattr(trainer.gradient_clip_algorithm, "value", trainer.gradient_clip_algorithm)
-            )
-            if algorithm not in ("None", "norm"):
-                raise ValueError(
-                    f"gradient_clip_algorithm={algorithm!r} is not supported with "
-                    f"{type(sam).__name__}: use 'norm' (the perturbed gradient is clipped by its global norm)"
-                )
-            clip_perturbed_gradient(sam, float(trainer.gradient_clip_val), scaler)
+
+
+def _clip_value(trainer: Any, sam: Any) -> float | None:
+    """``gradient_clip_val`` (by norm only: the applied gradient is clipped by its global norm)."""
+    if not trainer.gradient_clip_val:
+        return None
+    algorithm = str(getattr(trainer.gradient_clip_algorithm, "value", trainer.gradient_clip_algorithm))
+    if algorithm not in ("None", "norm"):
+        raise ValueError(
+            f"gradient_clip_algorithm={algorithm!r} is not supported with {type(sam).__name__}: use 'norm' "
+            "(the applied gradient is clipped by its global norm)"
+        )
+    return float(trainer.gradient_clip_val)
+
+
+def _perturbed_sync(strategy: Any, last: bool) -> Any:
+    """DDP: the perturbed backward of all but the last micro-batch skips the all-reduce."""
+    block = getattr(strategy, "block_backward_sync", None)
+    return contextlib.nullcontext() if last or block is None else block()
 
 
 def sam_manual_step(module: Any, closure: Callable[[], Any], optimizer: Any = None) -> Any:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,16 +10,16 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .diagnostics import DirectionDiagnostics
+from . import functional as F
+from .research import COMPONENTS, FSAMResearch
 from .tensor_ops import TensorOps
 from .two_pass import Bucket, TwoPassOptimizer
 from .validation import check_number
 
-# The perturbation components of the paper's ablation (the one definition in the package).
-COMPONENTS = ("noise", "full", "minibatch")
+__all__ = ["COMPONENTS", "FriendlySAM"]
 
 
-class FriendlySAM(TwoPassOptimizer):
+class FriendlySAM(FSAMResearch, TwoPassOptimizer):
     r"""Friendly-SAM: perturb along the batch-specific noise of the gradient, not its full-batch part.
 
     The minibatch gradient is the full-batch gradient plus noise; perturbing along the full-gradient part
@@ -83,6 +83,12 @@ class FriendlySAM(TwoPassOptimizer):
             gradient plus the part of the last perturbed gradient orthogonal to its clean gradient, scaled
             to ``looksam_alpha * ||g||``; LookSAM, Liu et al., CVPR 2022; one extra parameter-sized buffer).
         looksam_alpha: LookSAM's weight of the reused component (>= 0, default 0.7).
+        ascent_fraction: the share of the batch (in ``(0, 1]``, default 1: all of it) whose clean gradient
+            builds the perturbation on perturbed steps (efficient F-SAM, ``docs/efficient.md``). The
+            optimizer carries it as ``optimizer.ascent_fraction`` and does not slice batches itself: the step
+            engine (``friendly_sam.train.training_step`` and the integrations over it) runs the clean pass of
+            a perturbed step on the leading ``ceil(fraction * batch)`` samples; a hand-written loop slices
+            its own clean pass. The base step always applies the whole batch's perturbed gradient.
         track_diagnostics: record ``cos(g, m)`` and the noise/full norm ratio (see above).
         process_group, replica_group: distributed training (keywords): the group the parameters are
             sharded over, and the DDP replicas that agree on skipping an fp16 overflow; see
@@ -116,6 +122,7 @@ class FriendlySAM(TwoPassOptimizer):
         perturb_every: int = 1,
         between: str = "base",
         looksam_alpha: float = 0.7,
+        ascent_fraction: float = 1.0,
         track_diagnostics: bool = False,
         **base_kwargs: Any,
     ) -> None:
@@ -127,6 +134,7 @@ class FriendlySAM(TwoPassOptimizer):
             perturb_every=perturb_every,
             between=between,
             looksam_alpha=looksam_alpha,
+            ascent_fraction=ascent_fraction,
             rho=rho,
             sigma=sigma,
             lmbda=lmbda,
@@ -134,14 +142,12 @@ class FriendlySAM(TwoPassOptimizer):
             component=component,
             **base_kwargs,
         )
-        self.track_diagnostics = bool(track_diagnostics)
-        self._grad_copy: dict[Tensor, Tensor] = {}  # component="full": g, kept for the EMA update
-        self._diagnostics = DirectionDiagnostics()
+        self._init_research(track_diagnostics)
 
     def _validate_group(self, group: dict[str, Any], where: str) -> None:
-        check_number("rho" + where, group["rho"], low=0.0)
-        check_number("sigma" + where, group["sigma"], low=0.0)
-        check_number("lmbda" + where, group["lmbda"], low=0.0, high=1.0)
+        check_number("rho", group["rho"], low=0.0, where=where)
+        check_number("sigma", group["sigma"], low=0.0, where=where)
+        check_number("lmbda", group["lmbda"], low=0.0, high=1.0, where=where)
         if not isinstance(group["adaptive"], bool):
             raise ValueError(f"invalid adaptive={group['adaptive']!r}{where}: it must be True or False")
         if group["component"] not in COMPONENTS:
@@ -149,70 +155,6 @@ class FriendlySAM(TwoPassOptimizer):
                 f"invalid component={group['component']!r}{where}: use 'noise' (F-SAM: g - sigma*m), "
                 "'full' (m only) or 'minibatch' (g: SAM)"
             )
-
-    # ----------------------------------------------------------------- oracle full gradient
-    @torch.no_grad()
-    def set_full_gradient(self, gradients: Sequence[Tensor | None] | Mapping[Tensor, Tensor | None]) -> None:
-        """Use these full-batch gradients as ``m`` in the direction, in place of the EMA, until cleared.
-
-        Args:
-            gradients: one tensor per parameter, in ``param_groups`` order (``None``: a zero gradient),
-                or a mapping parameter -> tensor covering every parameter. Copied (into a buffer kept
-                across calls); must be finite.
-        """
-        if self._perturbed is not None:
-            raise RuntimeError("set_full_gradient() between first_step() and second_step()")
-        params = self._params()
-        if isinstance(gradients, Mapping):
-            missing = [i for i, p in enumerate(params) if p not in gradients]
-            if missing:
-                raise ValueError(f"set_full_gradient: no gradient for parameter(s) at index {missing}")
-            gradients = [gradients[p] for p in params]
-        gradients = list(gradients)
-        if len(gradients) != len(params):
-            raise ValueError(
-                f"set_full_gradient: got {len(gradients)} tensors for {len(params)} parameters "
-                "(one per parameter, in param_groups order; None for a zero gradient)"
-            )
-        for i, (p, g) in enumerate(zip(params, gradients)):
-            if g is not None and tuple(g.shape) != tuple(p.shape):
-                raise ValueError(
-                    f"set_full_gradient: tensor {i} has shape {tuple(g.shape)}, its parameter {tuple(p.shape)}"
-                )
-            if g is not None and not bool(torch.isfinite(g).all()):
-                raise ValueError(f"set_full_gradient: tensor {i} holds inf or nan")
-        for p, g in zip(params, gradients):
-            buf = self.state[p].get("full_grad")
-            if buf is None:
-                buf = self.state[p]["full_grad"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            if g is None:
-                buf.zero_()
-            else:
-                buf.copy_(g)
-
-    def clear_full_gradient(self) -> None:
-        """Go back to the EMA as the full-gradient estimate."""
-        for p in self._params():
-            self.state[p].pop("full_grad", None)
-
-    # ----------------------------------------------------------------- diagnostics (instrumentation)
-    def read_diagnostics(self, reset: bool = True) -> dict[str, float | int | None]:
-        """Means over the steps since the last reset: ``cos_g_m`` = cos(g, m) and ``noise_ratio`` =
-        ``||g - sigma m|| / ||sigma m||`` (``None`` when no step had an estimate, or ``sigma m = 0``);
-        ``steps`` counts the steps that had an estimate. One host sync."""
-        return self._diagnostics.read(reset)
-
-    def _direction_known(self, buckets: list[tuple[Bucket, TensorOps]], contexts: list[_Estimates]) -> None:
-        if not self.track_diagnostics:
-            return
-        parts = [
-            DirectionDiagnostics.bucket_sums(
-                ops, bucket.group["component"], bucket.group["sigma"], est.dirs, est.ests, est.grads
-            )
-            for (bucket, ops), est in zip(buckets, contexts)
-            if est.dirs
-        ]
-        self._diagnostics.commit(parts)
 
     # ----------------------------------------------------------------- direction and state
     def _estimates(self, bucket: Bucket, directions: list[Tensor]) -> _Estimates:
@@ -237,16 +179,9 @@ class FriendlySAM(TwoPassOptimizer):
         if not est.dirs:
             return est  # first step: d = g in every mode
         if component == "noise":
-            if sigma != 0:
-                ops.add_(est.dirs, est.ests, -sigma)  # d = g - sigma * m
+            F.noise_direction_(ops, est.dirs, est.ests, sigma)  # d = g - sigma * m
         elif component == "full":
-            est.grads = [self._grad_copy_buffer(p) for p in est.params]
-            ops.copy_(est.grads, est.dirs)  # keep g for the EMA update
-            ops.copy_(est.dirs, est.ests)  # d = m
-            # d no longer holds g: make an inf/nan in g visible to the finiteness check (0 * inf = nan).
-            poison = torch.stack(ops.norms(est.grads)).sum() * 0.0
-            for d in est.dirs:
-                d.add_(poison)
+            est.grads = self._full_component_(ops, est.params, est.dirs, est.ests)  # d = m
         # component == "minibatch": d = g
         return est
 
@@ -273,9 +208,7 @@ class FriendlySAM(TwoPassOptimizer):
             if not emas:
                 continue
             decay = lmbda + (1.0 - lmbda) * sigma if recovered else lmbda
-            if decay != 1.0:
-                ops.scale_(emas, decay)
-            ops.add_(emas, gs, 1.0 - lmbda)
+            F.ema_(ops, emas, gs, decay, 1.0 - lmbda)
             if noise and not recovered:  # the oracle's share of g = d + sigma * o
                 ops.add_(emas, ms, (1.0 - lmbda) * sigma)
         for p, g in est.new:  # first step: m = g
@@ -298,21 +231,12 @@ class FriendlySAM(TwoPassOptimizer):
                 emas.append(ema)
                 gs.append(g)
         if emas:
-            ops.scale_(emas, lmbda)
-            ops.add_(emas, gs, 1.0 - lmbda)
+            F.ema_(ops, emas, gs, lmbda, 1.0 - lmbda)  # lmbda < 1: always scaled, as before
 
     def buffer_tensors(self) -> dict[str, list[Tensor]]:
         buffers = super().buffer_tensors()
         buffers["ema"] = [s["ema"] for s in self.state.values() if "ema" in s]
-        if self._grad_copy:
-            buffers["grad_copy"] = list(self._grad_copy.values())
-        return buffers
-
-    def _grad_copy_buffer(self, p: Tensor) -> Tensor:
-        buf = self._grad_copy.get(p)
-        if buf is None:
-            buf = self._grad_copy[p] = torch.empty_like(p, memory_format=torch.preserve_format)
-        return buf
+        return {**buffers, **self._research_buffers()}
 
 
 @dataclass

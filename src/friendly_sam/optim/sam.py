@@ -41,6 +41,12 @@ class SAM(TwoPassOptimizer):
             of the perturbed gradient orthogonal to its clean gradient, scaled to ``looksam_alpha * ||g||``;
             one extra parameter-sized buffer).
         looksam_alpha: LookSAM's weight of the reused component (>= 0, default 0.7).
+        ascent_fraction: the share of the batch (in ``(0, 1]``, default 1: all of it) whose clean gradient
+            builds the perturbation on perturbed steps (efficient F-SAM, ``docs/efficient.md``). The
+            optimizer carries it as ``optimizer.ascent_fraction`` and does not slice batches itself: the step
+            engine (``friendly_sam.train.training_step`` and the integrations over it) runs the clean pass of
+            a perturbed step on the leading ``ceil(fraction * batch)`` samples; a hand-written loop slices
+            its own clean pass. The base step always applies the whole batch's perturbed gradient.
         process_group, replica_group: distributed training (keywords): the group the parameters are
             sharded over, and the DDP replicas that agree on skipping an fp16 overflow; see
             :class:`TwoPassOptimizer` and ``docs/distributed.md``.
@@ -64,6 +70,7 @@ class SAM(TwoPassOptimizer):
         perturb_every: int = 1,
         between: str = "base",
         looksam_alpha: float = 0.7,
+        ascent_fraction: float = 1.0,
         **base_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -74,13 +81,14 @@ class SAM(TwoPassOptimizer):
             perturb_every=perturb_every,
             between=between,
             looksam_alpha=looksam_alpha,
+            ascent_fraction=ascent_fraction,
             rho=rho,
             adaptive=adaptive,
             **base_kwargs,
         )
 
     def _validate_group(self, group: dict[str, Any], where: str) -> None:
-        check_number("rho" + where, group["rho"], low=0.0)
+        check_number("rho", group["rho"], low=0.0, where=where)
         if not isinstance(group["adaptive"], bool):
             raise ValueError(f"invalid adaptive={group['adaptive']!r}{where}: it must be True or False")
 

@@ -1,74 +1,82 @@
-"""The shared two-pass core of SAM, ASAM and Friendly-SAM.
+"""The shared two-pass core of SAM, ASAM and Friendly-SAM: a thin optimizer over ``functional.py``.
 
-Every sharpness-aware step has the same skeleton; only the *direction* of the perturbation differs::
+Every sharpness-aware step has the same skeleton; only the *direction* of the perturbation differs (the
+math, on one screen: ``functional.py``)::
 
     first pass:   g = grad L_B(w)                                    (user: forward + backward)
-    first_step:   d = direction(g, state)       SAM: d = g ;  F-SAM: d = g - sigma * m, then m <- EMA
-                  e = rho * d / (||d|| + 1e-12)            ASAM: e = rho * w^2 d / (||w d|| + 1e-12)
-                  w_saved <- w ;  w <- w + e
+    first_step:   d = direction(g, state) ; e = rho d / (||d|| + 1e-12) ; w_saved <- w ; w <- w + e
     second pass:  g' = grad L_B(w + e)                               (user: forward + backward)
-    second_step:  w <- w_saved (bit-exact, in place) ;  check g' finite ;  [clip g'] ;
-                  base_optimizer.step() with g'
+    second_step:  w <- w_saved (bit-exact, in place) ; check g' finite ; [clip g'] ; base step with g'
 
-``||.||`` is ONE global L2 norm over every parameter of every group (as in the official code).
+The step is ONE explicit :class:`Phase`: ``IDLE`` -> ``first_step`` -> ``PERTURBED`` (or ``SKIPPING``: the
+clean gradient overflowed under a GradScaler; or ``STEPPED``: an unperturbed step of ``perturb_every > 1``
+already took the base step) -> ``second_step`` -> ``IDLE``.
 
-Memory: one parameter-sized buffer (``w_saved``) beyond the base optimizer's state, plus whatever the
-direction keeps (F-SAM: its EMA). The direction is computed in the gradient tensors themselves when
-``first_step(zero_grad=True)`` (the clean gradient is not needed afterwards), so no per-step allocation
-happens after the first step; ``zero_grad=False`` keeps the clean gradient intact by working on a copy.
+Memory: one parameter-sized buffer (``w_saved``, allocated with the parameter group, so that it exists
+before a compiled first call) beyond the base optimizer's state, plus whatever the direction keeps (F-SAM:
+its EMA). The direction is computed in the gradient tensors themselves when ``first_step(zero_grad=True)``;
+``zero_grad=False`` keeps the clean gradient intact by working on a copy.
 
-Efficient variants (``perturb_every=k``, ``between=``; see ``docs/efficient.md``): only every k-th step
-(steps 0, k, 2k, ... of the optimizer's own counter) is a perturbed two-pass step. On the other steps
-:meth:`first_step` applies the base step itself on the clean gradient (``between="base"``), or on the clean
-gradient plus LookSAM's stored sharpness component (``between="looksam"``), and leaves
-:attr:`is_perturbed` False: the loop skips the second pass and still calls :meth:`second_step`, which
-then only finishes the step. A loop that runs the second pass anyway stays correct (the gradient of that
-pass is ignored), only slower.
+Where the rest lives: the efficient variants (``perturb_every``, LookSAM) in ``periodic.py``; GradScaler and
+``step(closure)`` plumbing in ``amp.py`` and :meth:`step`; compatibility with other libraries and older
+state dicts in ``migration.py``; checks in ``validation.py``; collectives in ``collectives.py``.
 
-Protocols kept by the wrapper (so that torch and the frameworks treat it as an ordinary optimizer):
-step hooks (``register_step_pre_hook``/``post_hook`` and torch's global ones) fire once per full step,
-pre at :meth:`first_step`, post after :meth:`second_step`; ``defaults`` holds the base optimizer's
-defaults too (schedulers that cycle momentum/betas read them there); ``GradScaler.step(opt, closure)``
-goes through the AMP-aware protocol (``_step_supports_amp_scaling``); copies (``copy.deepcopy``,
-``pickle``, ``torch.save``) carry the base optimizer and every buffer.
+Protocols kept (so that torch and the frameworks treat it as an ordinary optimizer): step hooks fire once
+per full step, pre at :meth:`first_step`, post after :meth:`second_step`; ``defaults`` holds the base
+optimizer's defaults too; ``GradScaler.step(opt, closure)`` goes through the AMP-aware protocol; copies
+(``copy.deepcopy``, ``pickle``, ``torch.save``) carry the base optimizer and every buffer.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import inspect
 import math
-from collections.abc import Callable, Iterable
-from itertools import chain
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
-from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
 
-from .amp import calling_grad_scaler, unscale_once
-from .collectives import clip_sharded_, is_process_group, sharded_norm, share_overflow
+from . import functional as F
+from .amp import unscale_once
+from .collectives import clip_sharded_, sharded_norm, share_overflow
+from .engine import bind_model
+from .migration import check_base_class, take_migration_kwargs
+from .periodic import BETWEEN_MODES, PeriodicSteps
+from .state_dict import StateDictMixin
+from .steps import StepProtocol
 from .tensor_ops import FOREACH, PER_TENSOR, TensorOps
-from .validation import check_lr, check_number
+from .validation import (
+    check_base_kwargs,
+    check_fraction,
+    check_lr,
+    check_new_params,
+    check_options,
+    check_schedule,
+)
 
-__all__ = ["BETWEEN_MODES", "NORM_EPS", "Bucket", "TwoPassOptimizer"]
+__all__ = ["BETWEEN_MODES", "NORM_EPS", "Bucket", "Phase", "TwoPassOptimizer"]
 
-# Norm floor of the official implementation: a zero direction gives a zero perturbation, never nan.
-NORM_EPS = 1e-12
+NORM_EPS = F.NORM_EPS
 
-# What the optimizer does on the steps between perturbed ones (perturb_every > 1): a plain base step on the
-# clean gradient, or LookSAM's (Liu et al., CVPR 2022) reuse of the last measured sharpness component.
-BETWEEN_MODES = ("base", "looksam")
 
-# Attributes that never travel with a copy of the optimizer: hooks (often closures over other objects)
-# and the bound ``step`` wrapper an LR scheduler installs on the instance (it would step the original).
-_NOT_COPIED = ("step",)
+class Phase(enum.Enum):
+    """Where the optimizer is within one step (the one state of the step machine)."""
+
+    IDLE = "idle"  # between steps: first_step() comes next
+    PERTURBED = "perturbed"  # the weights are w + e: run the second pass, then second_step()
+    SKIPPING = (
+        "skipping"  # the clean gradient overflowed under a GradScaler: second_step() skips the base step
+    )
+    STEPPED = "stepped"  # an unperturbed step (perturb_every > 1) already stepped: second_step() closes it
 
 
 class Bucket:
     """Parameters of one param group that share device and dtype (one multi-tensor call each), with their
-    gradients and, while perturbed, the buffers holding their unperturbed values."""
+    gradients and their saved-weights buffers."""
 
     __slots__ = ("group", "params", "grads", "saved")
 
@@ -83,55 +91,34 @@ class Bucket:
 _FOREACH_DTENSOR = dataclasses.replace(FOREACH, name="foreach (DTensor)", copy_=PER_TENSOR.copy_)
 
 
-def _take_migration_kwargs(kwargs: dict[str, Any]) -> None:
-    """Arguments of pytorch-optimizer's SAM/FriendlySAM that a user switching the import still passes:
-    accepted where they mean what we do, refused with our equivalent otherwise (never forwarded to the
-    base optimizer, which would raise an unrelated TypeError)."""
-    if "perturb_eps" in kwargs:
-        eps = kwargs.pop("perturb_eps")
-        if eps != NORM_EPS:
-            raise ValueError(
-                f"perturb_eps={eps!r} (pytorch-optimizer's norm floor) is not adjustable here: the floor is "
-                f"fixed at NORM_EPS = {NORM_EPS:g}, the official F-SAM/SAM code's value (and "
-                "pytorch-optimizer's default); remove the argument"
-            )
-    if kwargs.pop("use_gc", False):
-        raise ValueError(
-            "use_gc=True (pytorch-optimizer's gradient centralization of the perturbation) is not "
-            "implemented here; remove the argument (use_gc=False is accepted)"
-        )
-
-
-class TwoPassOptimizer(Optimizer):
+class TwoPassOptimizer(PeriodicSteps, StepProtocol, StateDictMixin, Optimizer):
     """Base class of :class:`SAM` and :class:`FriendlySAM`; subclasses define the perturbation direction.
 
-    Subclasses list their per-group hyperparameters in ``HYPERPARAMETERS`` (their defaults are those of
-    the subclass's ``__init__`` signature: one source) and implement ``_validate_group``,
-    ``_direction_(bucket, ops, directions)``, which turns the (unscaled) clean gradients held in
-    ``directions`` into the perturbation direction in place, reading per-parameter state only, and
-    ``_update_state_(bucket, ops, directions, context)``, which updates that state from the direction. The
-    latter runs only once the direction's norm is known to be finite, so state is never poisoned by inf/nan.
+    Subclasses list their per-group hyperparameters in ``HYPERPARAMETERS`` (defaults: the subclass's
+    ``__init__`` signature) and implement ``_validate_group``, ``_direction_(bucket, ops, directions)`` (the
+    clean gradients in ``directions`` become the direction, in place, reading state only) and
+    ``_update_state_(bucket, ops, directions, context)`` (runs once the direction's norm is known finite).
     ``_direction_known`` (optional) sees every direction once its norm is known: instrumentation goes there.
+    Hyperparameters are checked at construction and again each time a step reads them (a scheduler may
+    write them), as Python numbers: no tensor, no host sync.
 
-    ``process_group`` (keyword of every subclass): the ``torch.distributed`` group over which the
-    parameters are *sharded* (FSDP2 ``fully_shard``, ZeRO): each rank holds a disjoint part of the
-    gradient, so the global norms (perturbation, ASAM, ``max_grad_norm`` clipping) sum the local squared
-    norms with one all-reduce. Leave it ``None`` (the default: no communication) for one process and for
-    DDP, whose gradients are whole on every rank. See ``docs/distributed.md``.
+    ``ascent_fraction`` (keyword, default 1.0, in ``(0, 1]``): the share of the batch whose clean gradient
+    builds the perturbation (the efficient F-SAM of ``docs/efficient.md``). The optimizer only carries it:
+    the step engine (``training_step`` and the adapters over it) reads ``optimizer.ascent_fraction`` and runs
+    the clean pass of a perturbed step on that leading part of the batch; the base step still applies the
+    whole batch's perturbed gradient. A hand-written loop slices its own clean pass.
 
-    ``replica_group`` (keyword of every subclass): for fp16 with a ``GradScaler`` under per-replica DDP,
-    where each replica's clean gradient is its own (not all-reduced), the group of replicas that must
-    agree on skipping a step. If any replica's clean gradient overflows, every replica skips the step and
-    records the overflow with its scaler, so the parameters and the loss scales stay identical. It costs
-    one 1-element all-reduce per step, only when a scaler is passed. Not needed without a scaler (an
-    overflow raises), in synchronized mode (the gradient is already identical) or under sharding (use
-    ``process_group`` and a sharded scaler).
+    ``process_group`` (keyword): the ``torch.distributed`` group over which the parameters are *sharded*
+    (FSDP2, ZeRO): the global norms sum the local squared norms with one all-reduce. ``None`` (default) for
+    one process and DDP. ``replica_group`` (keyword): per-replica DDP with a ``GradScaler``: the replicas
+    agree on skipping an overflowing step (one 1-element all-reduce per step). See ``docs/distributed.md``.
+    ``model`` (keyword): the model the parameters belong to; ``step(closure)`` then keeps its BatchNorm
+    running statistics out of the perturbed closure call (without it, every BatchNorm layer that runs in that
+    call is frozen). See :func:`friendly_sam.optim.engine.bind_model` and docs/integrations.md.
     """
 
     HYPERPARAMETERS: tuple[str, ...] = ()
-    # torch.amp.GradScaler.step(optimizer, closure) hands itself to step(grad_scaler=...) instead of
-    # unscaling once and stepping: both of our passes are unscaled and checked (see step()).
-    _step_supports_amp_scaling = True
+    _step_supports_amp_scaling = True  # GradScaler.step(opt, closure) hands itself to step(grad_scaler=)
 
     def __init__(
         self,
@@ -143,58 +130,38 @@ class TwoPassOptimizer(Optimizer):
         perturb_every: int = 1,
         between: str = "base",
         looksam_alpha: float = 0.7,
+        ascent_fraction: float = 1.0,
         process_group: Any = None,
         replica_group: Any = None,
+        model: torch.nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
-        _check_base_class(base_optimizer, type(self).__name__)
-        _check_schedule(perturb_every, between, looksam_alpha, process_group)
-        if max_grad_norm is not None:
-            check_number("max_grad_norm", max_grad_norm, low=0.0)
-            if max_grad_norm == 0:
-                raise ValueError("invalid max_grad_norm=0: use None to disable clipping, or a positive norm")
-        if foreach not in (None, True, False):
-            raise ValueError(f"invalid foreach={foreach!r}: use None (automatic), True or False")
-        for name, group, role in (
-            ("process_group", process_group, "over which the parameters are sharded"),
-            ("replica_group", replica_group, "of the DDP replicas that perturb independently"),
-        ):
-            if group is not None and not is_process_group(group):
-                raise TypeError(
-                    f"{name} must be a torch.distributed ProcessGroup (e.g. dist.group.WORLD) {role}, "
-                    f"or None; got {group!r}"
-                )
-        _take_migration_kwargs(kwargs)
+        check_base_class(base_optimizer, type(self).__name__)
+        check_schedule(perturb_every, between, looksam_alpha, process_group)
+        check_options(max_grad_norm, foreach, process_group, replica_group)
+        self.ascent_fraction = check_fraction("ascent_fraction", ascent_fraction)
+        take_migration_kwargs(kwargs)
         own = {k: kwargs.pop(k) for k in list(kwargs) if k in self.HYPERPARAMETERS}
         defaults = {**self.hyperparameter_defaults(), **own}
         self._validate_group(defaults, where="")
-        self.max_grad_norm = max_grad_norm
-        self.foreach = foreach
-        # Sharded parameters (FSDP / ZeRO): global norms sum the local squared norms over this group.
-        self.process_group = process_group
-        # Per-replica DDP with a GradScaler: the replicas agree on skipping an overflowing step.
-        self.replica_group = replica_group
+        self.max_grad_norm, self.foreach = max_grad_norm, foreach
+        self.process_group, self.replica_group = process_group, replica_group
+        bind_model(self, model)  # step(closure) freezes its BatchNorm statistics in the perturbed call
         if "lr" in kwargs:  # before the base optimizer, which may accept nan or word it its own way
             check_lr(kwargs["lr"])
+        self._saved: dict[Tensor, Tensor] = {}
+        self._phase, self._open = Phase.IDLE, []  # the step's phase; the buckets perturbed by first_step
+        self._init_periodic(perturb_every, between, looksam_alpha)
+        self._init_step_protocol()
         super().__init__(params, defaults)
-        self._check_base_kwargs(base_optimizer, kwargs)
+        check_base_kwargs(type(self).__name__, self.own_arguments(), base_optimizer, kwargs)
         self.base_optimizer = base_optimizer(self.param_groups, **kwargs)
         # One list of group dicts shared by both: schedulers, add_param_group and state_dict see one truth.
         self.param_groups = self.base_optimizer.param_groups
-        # The base optimizer's defaults (lr, momentum, betas, ...) too: schedulers that cycle momentum
-        # (OneCycleLR, CyclicLR) look for "momentum"/"betas" here.
+        # The base optimizer's defaults too: schedulers that cycle momentum (OneCycleLR) look for them here.
         self.defaults = {**self.base_optimizer.defaults, **defaults}
         for i, group in enumerate(self.param_groups):
             check_lr(group.get("lr", 0.0), f" in param group {i}" if len(self.param_groups) > 1 else "")
-        self._saved: dict[Tensor, Tensor] = {}
-        self._perturbed: list[tuple[Bucket, TensorOps]] | None = None  # between first and second step
-        self._skip_base_step = False  # first pass had inf/nan under a GradScaler
-        self._in_step = False  # inside step(closure): torch's step wrapper runs the hooks
-        self._grads_from_step = False  # the gradients in p.grad were left by our last step(closure)
-        self.perturb_every, self.between, self.looksam_alpha = perturb_every, between, float(looksam_alpha)
-        self._steps = 0  # full steps finished (perturbed or not): decides which steps perturb
-        self._off_step_open = False  # first_step() took an unperturbed step; second_step() closes it
-        self._component_valid = False  # LookSAM: the "looksam" buffers hold a measured component
 
     # ----------------------------------------------------------------- hyperparameters and groups
     @classmethod
@@ -208,24 +175,22 @@ class TwoPassOptimizer(Optimizer):
         """Keyword arguments the wrapper itself takes (everything else goes to the base optimizer)."""
         skip = {"self", "params", "base_optimizer"}
         names = [n for n, p in inspect.signature(cls.__init__).parameters.items() if p.kind != p.VAR_KEYWORD]
-        return [n for n in names if n not in skip] + ["process_group", "replica_group"]
-
-    def _check_base_kwargs(self, base_optimizer: type[Optimizer], kwargs: dict[str, Any]) -> None:
-        parameters = inspect.signature(base_optimizer.__init__).parameters
-        if any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
-            return  # the base optimizer takes anything: it checks its own arguments
-        unknown = [k for k in kwargs if k not in parameters or k in ("self", "params")]
-        if unknown:
-            theirs = [n for n in parameters if n not in ("self", "params")]
-            raise TypeError(
-                f"{type(self).__name__}: unknown argument(s) {', '.join(unknown)}. "
-                f"{type(self).__name__}'s own arguments: {', '.join(dict.fromkeys(self.own_arguments()))}; "
-                f"every other keyword goes to the base optimizer {base_optimizer.__name__}, whose "
-                f"arguments are: {', '.join(theirs)}"
-            )
+        return [n for n in names if n not in skip] + ["process_group", "replica_group", "model"]
 
     def _validate_group(self, group: dict[str, Any], where: str) -> None:
         raise NotImplementedError
+
+    def _check_hyperparameters(self) -> None:
+        """Each step: the hyperparameters as a scheduler or the user may have rewritten them (Python numbers
+        only: no sync). The error names the group, the value and the valid range."""
+        for i, group in enumerate(self.param_groups):
+            try:
+                self._validate_group(group, where=f" in param group {i}")
+            except ValueError as error:
+                raise ValueError(
+                    f"{type(self).__name__}, step {self._steps}: {error} (the value was changed after "
+                    "construction, e.g. by a scheduler or by hand; nothing was stepped)"
+                ) from None
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         for key, value in self.defaults.items():
@@ -234,10 +199,18 @@ class TwoPassOptimizer(Optimizer):
         self._validate_group(param_group, where=where)
         if "lr" in param_group:
             check_lr(param_group["lr"], where)
+        params = param_group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        param_group["params"] = params
+        known = {id(p) for group in self.param_groups for p in group["params"]}
+        check_new_params(type(self).__name__, params, known, where)
         if hasattr(self, "base_optimizer"):
             self.base_optimizer.add_param_group(param_group)  # appends to the shared list
         else:
             super().add_param_group(param_group)  # during __init__, before the base optimizer exists
+        for p in params:  # allocated now, outside any compiled region (see the module docstring)
+            if p.requires_grad:
+                self._saved_buffer(p)
 
     def _use_foreach(self, params: list[Tensor]) -> bool:
         if self.foreach is not None:
@@ -261,31 +234,26 @@ class TwoPassOptimizer(Optimizer):
                 bucket.params.append(p)
                 bucket.grads.append(p.grad)
             for bucket in by_key.values():
+                bucket.saved = [self._saved_buffer(p) for p in bucket.params]
                 ops = FOREACH if self._use_foreach(bucket.params) else PER_TENSOR
                 if ops is FOREACH and any(hasattr(p, "to_local") for p in bucket.params):
                     ops = _FOREACH_DTENSOR
                 buckets.append((bucket, ops))
         return buckets
 
+    # ----------------------------------------------------------------- the phase, as users see it
     @property
     def is_perturbed(self) -> bool:
         """True between :meth:`first_step` and :meth:`second_step` of a perturbed step (the weights are
         ``w + e``): the loop must run the second (perturbed) pass. False after the :meth:`first_step` of an
         unperturbed step (``perturb_every > 1``), which has already stepped: skip the second pass and call
         :meth:`second_step` to finish the step."""
-        return self._perturbed is not None
+        return self._phase in (Phase.PERTURBED, Phase.SKIPPING)
 
     @property
-    def next_step_perturbs(self) -> bool:
-        """Whether the next :meth:`first_step` perturbs (step ``t`` perturbs when ``t % perturb_every ==
-        0``, ``t`` counting finished steps from 0). Loops that prepare the clean pass differently for the
-        two kinds (sub-batch ascent, per-replica DDP's ``no_sync``) read it before the clean pass."""
-        return self._steps % self.perturb_every == 0
-
-    @property
-    def steps_taken(self) -> int:
-        """Full steps finished (each first_step/second_step pair; part of ``state_dict()``)."""
-        return self._steps
+    def phase(self) -> Phase:
+        """The step's :class:`Phase` (read-only)."""
+        return self._phase
 
     def buffer_tensors(self) -> dict[str, list[Tensor]]:
         """Parameter-sized tensors this wrapper holds beyond the base optimizer's state, by role
@@ -298,65 +266,23 @@ class TwoPassOptimizer(Optimizer):
             buffers["looksam_component"] = looksam
         return buffers
 
-    def _run_step_hooks(self, pre: bool) -> None:
-        """torch's step hooks (this optimizer's and the global ones), as ``Optimizer.step`` runs them; not
-        inside :meth:`step`, whose torch wrapper runs them itself (once per full step either way)."""
-        if self._in_step:
-            return
-        if pre:
-            hooks = chain(_global_optimizer_pre_hooks.values(), self._optimizer_step_pre_hooks.values())
-        else:
-            self._optimizer_step_code()
-            hooks = chain(self._optimizer_step_post_hooks.values(), _global_optimizer_post_hooks.values())
-        for hook in hooks:
-            if hook(self, (self,), {}) is not None:
-                raise RuntimeError(
-                    f"a step pre-hook returned new arguments for {type(self).__name__}: first_step()/"
-                    "second_step() have no step arguments to replace; return None from the hook"
-                )
-
     # ----------------------------------------------------------------- the first step
     @torch.no_grad()
-    def first_step(self, zero_grad: bool = True, scaler: torch.amp.GradScaler | None = None) -> None:
-        """Perturb the weights ``w <- w + e`` along the direction built from the clean gradient in ``p.grad``.
-
-        On an unperturbed step (``perturb_every > 1``, :attr:`next_step_perturbs` False) it takes the base
-        step itself instead, on the clean gradient (``between="base"``) or on the clean gradient plus the
-        stored LookSAM component (``between="looksam"``), clipped to ``max_grad_norm`` if set, and leaves
-        :attr:`is_perturbed` False; F-SAM's EMA takes the clean gradient there too. ``zero_grad=False``
-        then leaves the gradient the base optimizer applied in ``p.grad``.
-
-        Runs the step pre-hooks (``register_step_pre_hook`` and torch's global ones).
-
-        Args:
-            zero_grad: set the gradients to ``None`` afterwards, ready for the second backward pass
-                (default). With ``False`` the clean gradient is left in ``p.grad`` untouched (at the cost
-                of a temporary copy), and the second backward pass accumulates onto it.
-            scaler: the ``torch.amp.GradScaler`` that scaled the loss. The clean gradients are unscaled
-                first (recorded by the scaler against this wrapper, so ``scaler.update()`` lowers the scale
-                when they overflow); if they hold inf/nan, nothing is perturbed, no state changes and
-                :meth:`second_step` skips the base step.
-
-        Raises:
-            FloatingPointError: the clean gradient holds inf/nan and no scaler was given, or the
-                perturbation ``rho / ||d||`` overflows a parameter's dtype.
-            Any exception leaves the weights as they were (the step is transactional) and, short of
-            ASAM's second norm, the optimizer state too (``between="looksam"``: the stored component is
-            dropped on a perturbed step that raises; the next off-steps are plain base steps).
-        """
-        if self._perturbed is not None or self._off_step_open:
+    def _first_step(self, zero_grad: bool, scaler: torch.amp.GradScaler | None) -> None:
+        """:meth:`first_step` without the hooks (documented there)."""
+        if self._phase is not Phase.IDLE:
             raise RuntimeError("first_step() called twice: call second_step() to finish the step first")
-        self._run_step_hooks(pre=True)
+        self._check_hyperparameters()
         if scaler is not None:
-            self._unscale_clean(scaler)
+            if self.replica_group is not None:
+                share_overflow([p.grad for p in self._params() if p.grad is not None], self.replica_group)
+            unscale_once(scaler, self)
         buckets = self._buckets()
         if not self.next_step_perturbs:
             self._unperturbed_step(buckets, zero_grad, skip=scaler is not None)
+            self._phase = Phase.STEPPED
             return
-        if self.between == "looksam":  # keep g: second_step measures the component against it
-            for bucket, ops in buckets:
-                ops.copy_([self._looksam_buffer(p) for p in bucket.params], bucket.grads)
-            self._component_valid = False
+        self._looksam_keep_clean(buckets)
         directions = [
             bucket.grads if zero_grad else [g.clone() for g in bucket.grads] for bucket, _ in buckets
         ]
@@ -372,7 +298,7 @@ class TwoPassOptimizer(Optimizer):
                 )
             if zero_grad:
                 self.zero_grad(set_to_none=True)
-            self._perturbed, self._skip_base_step = [], True
+            self._open, self._phase = [], Phase.SKIPPING
             return
         adaptive = any(bucket.group["adaptive"] for bucket, _ in buckets)
         if not adaptive:
@@ -384,25 +310,20 @@ class TwoPassOptimizer(Optimizer):
             norms = []
             for (bucket, ops), dirs in zip(buckets, directions):
                 if bucket.group["adaptive"]:
-                    ops.mul_(dirs, bucket.params)
+                    F.asam_direction_(ops, dirs, bucket.params)
                 norms.extend(ops.norms(dirs))
             total = self._global_norm(norms)
             self._check_scales(buckets, total)
         self._perturb(buckets, directions, total)
         if zero_grad:
             self.zero_grad(set_to_none=True)
-        self._perturbed = buckets
-
-    def _unscale_clean(self, scaler: torch.amp.GradScaler) -> None:
-        if self.replica_group is not None:
-            share_overflow([p.grad for p in self._params() if p.grad is not None], self.replica_group)
-        unscale_once(scaler, self)
+        self._open, self._phase = buckets, Phase.PERTURBED
 
     def _check_scales(self, buckets: list[tuple[Bucket, TensorOps]], total: float) -> None:
         """Refuse, before the weights change, a perturbation scale a parameter's dtype cannot hold (a huge
         rho): torch would raise part-way (a float alpha) or silently write inf (addcmul's value)."""
         for bucket, _ in buckets:
-            scale = bucket.group["rho"] / (total + NORM_EPS)
+            scale = F.perturbation_scale(bucket.group["rho"], total)
             dtype = bucket.params[0].dtype
             if dtype.is_floating_point and scale > torch.finfo(dtype).max:
                 raise FloatingPointError(
@@ -416,53 +337,29 @@ class TwoPassOptimizer(Optimizer):
         touched: list[tuple[Bucket, TensorOps]] = []
         try:
             for (bucket, ops), dirs in zip(buckets, directions):
-                bucket.saved = [self._saved_buffer(p) for p in bucket.params]
-                ops.copy_(bucket.saved, bucket.params)
                 touched.append((bucket, ops))
-                scale = bucket.group["rho"] / (total + NORM_EPS)
-                if bucket.group["adaptive"]:
-                    ops.addcmul_(bucket.params, bucket.params, dirs, scale)
-                else:
-                    ops.add_(bucket.params, dirs, scale)
+                scale = F.perturbation_scale(bucket.group["rho"], total)
+                F.perturb_(ops, bucket.params, bucket.saved, dirs, scale, bucket.group["adaptive"])
         except BaseException:
             for bucket, ops in touched:
-                ops.copy_(bucket.params, bucket.saved)
+                F.restore_(ops, bucket.params, bucket.saved)
             raise
 
     # ----------------------------------------------------------------- the second step
     @torch.no_grad()
-    def second_step(self, zero_grad: bool = True, scaler: torch.amp.GradScaler | None = None) -> None:
-        """Restore the weights exactly, then let the base optimizer step with the perturbed gradient.
-
-        After the :meth:`first_step` of an unperturbed step it only finishes the step (counter, hooks,
-        ``zero_grad``): the gradient then in ``p.grad`` is ignored.
-
-        The perturbed gradient is checked like the clean one; with ``max_grad_norm`` set it is clipped
-        (after unscaling, with a scaler) right before the base step: this is the gradient the base
-        optimizer applies. Runs the step post-hooks at the end.
-
-        Args:
-            zero_grad: set gradients to ``None`` after the base step (default).
-            scaler: the ``torch.amp.GradScaler``; the base step goes through ``scaler.step`` (which unscales,
-                and skips the step on inf/nan, recording the overflow). Call ``scaler.update()`` afterwards.
-
-        Raises:
-            FloatingPointError: the perturbed gradient holds inf/nan and no scaler was given. The weights
-                are restored and the base optimizer has not stepped (F-SAM's EMA has already taken this
-                step's clean gradient, which was finite).
-        """
-        if self._off_step_open:  # first_step() already took this unperturbed step: only finish it
-            self._off_step_open = False
+    def _second_step(self, zero_grad: bool, scaler: torch.amp.GradScaler | None) -> None:
+        """:meth:`second_step` without the hooks (documented there)."""
+        if self._phase is Phase.STEPPED:  # first_step() already took this unperturbed step: only finish it
             self._finish_step(zero_grad)
             return
-        if self._perturbed is None:
+        if self._phase is Phase.IDLE:
             raise RuntimeError(
                 "second_step() called without first_step(): compute the clean gradient, call first_step(), "
                 "then the perturbed gradient, then second_step()"
             )
-        skip, self._skip_base_step = self._skip_base_step, False
-        if self.between == "looksam" and not skip:
-            self._measure_component()
+        skip = self._phase is Phase.SKIPPING
+        if not skip:
+            self._looksam_measure()
         self._restore()
         if not skip:
             self._clip_and_check(scaler)
@@ -474,98 +371,17 @@ class TwoPassOptimizer(Optimizer):
 
     def _finish_step(self, zero_grad: bool) -> None:
         self._steps += 1
+        self._phase = Phase.IDLE
         # LR schedulers warn unless the optimizer's (patched) step() ran; our step is second_step.
         self._opt_called = True
-        self._grads_from_step = False  # step(closure) sets it again when it called us
         if zero_grad:
             self.zero_grad(set_to_none=True)
-        self._run_step_hooks(pre=False)
-
-    # ----------------------------------------------------------------- unperturbed steps (perturb_every > 1)
-    @torch.no_grad()
-    def _unperturbed_step(self, buckets: list[tuple[Bucket, TensorOps]], zero_grad: bool, skip: bool) -> None:
-        """The base step on the clean gradient (+ the LookSAM component), taken inside first_step().
-        ``skip``: a GradScaler unscaled the gradient, so an inf/nan skips the step (recorded) instead of
-        raising."""
-        norms = [n for bucket, ops in buckets for n in ops.norms(bucket.grads)]
-        total = self._global_norm(norms)
-        if not math.isfinite(total):
-            if not skip:
-                raise FloatingPointError(
-                    f"{type(self).__name__}.first_step (unperturbed step): the clean gradient holds inf or "
-                    f"nan (norm {total}); weights and optimizer state are unchanged. Check the loss, lower "
-                    "the learning rate, or for fp16 pass the GradScaler to both steps"
-                )
-        else:
-            for bucket, ops in buckets:
-                self._observe_(bucket, ops, bucket.grads)
-            if self.between == "looksam":
-                self._add_component(buckets, total)
-            if self.max_grad_norm is not None:
-                self._clip([p for bucket, _ in buckets for p in bucket.params])
-            self.base_optimizer.step()  # gradients already unscaled (first_step's scaler)
-        if zero_grad:
-            self.zero_grad(set_to_none=True)
-        self._off_step_open = True
-
-    def _add_component(self, buckets: list[tuple[Bucket, TensorOps]], grad_norm: float) -> None:
-        """LookSAM: ``g <- g + alpha * ||g|| / ||v|| * v`` with ``v`` the stored sharpness component."""
-        if not self._component_valid:
-            return  # none measured yet (or the last measurement overflowed): a plain base step
-        parts = []
-        for bucket, ops in buckets:
-            kept = [
-                (g, self.state[p]["looksam"])
-                for p, g in zip(bucket.params, bucket.grads)
-                if "looksam" in self.state[p]
-            ]
-            parts.append(([g for g, _ in kept], [v for _, v in kept], ops))
-        v_norm = self._global_norm([n for _, vs, ops in parts for n in ops.norms(vs)])
-        if v_norm == 0.0 or grad_norm == 0.0:
-            return
-        for grads, vs, ops in parts:
-            ops.add_(grads, vs, self.looksam_alpha * grad_norm / v_norm)
-
-    @torch.no_grad()
-    def _measure_component(self) -> None:
-        """LookSAM: ``v <- g_s - (<g_s, g> / ||g||^2) g``, the part of the perturbed gradient ``g_s``
-        orthogonal to the clean ``g`` (equally, of ``g_s - g``), computed in the buffer holding ``g``. The
-        off-steps use only its direction, so an unscaled (GradScaler) ``g_s`` gives the same result; an
-        inf/nan one leaves no component (the next off-steps are plain base steps)."""
-        pairs = [
-            (p.grad, self.state[p]["looksam"])
-            for p in self._params()
-            if p.grad is not None and "looksam" in self.state[p]
-        ]
-        if not pairs:
-            return
-        device = pairs[0][1].device
-        sums = torch.stack(
-            [torch.stack([(gs * g).sum(), (g * g).sum()]).to(device, torch.float64) for gs, g in pairs]
-        ).sum(0)
-        dot, gg = (float(x) for x in sums)  # one host sync per perturbed step
-        if not (math.isfinite(dot) and math.isfinite(gg)) or gg == 0.0:
-            return
-        for gs, g in pairs:
-            g.mul_(-dot / gg).add_(gs)
-        self._component_valid = True
-
-    def _looksam_buffer(self, p: Tensor) -> Tensor:
-        buf = self.state[p].get("looksam")
-        if buf is None:
-            buf = self.state[p]["looksam"] = torch.empty_like(p, memory_format=torch.preserve_format)
-        return buf
-
-    def _observe_(self, bucket: Bucket, ops: TensorOps, grads: list[Tensor]) -> None:
-        """What the method learns from the clean gradient of an unperturbed step (F-SAM: its EMA). Must not
-        modify ``grads``. Nothing by default."""
 
     @torch.no_grad()
     def _restore(self) -> None:
-        assert self._perturbed is not None
-        for bucket, ops in self._perturbed:
-            ops.copy_(bucket.params, bucket.saved)  # in place: references to the tensors stay valid
-        self._perturbed = None
+        for bucket, ops in self._open:
+            F.restore_(ops, bucket.params, bucket.saved)
+        self._open, self._phase = [], Phase.IDLE
 
     def _clip_and_check(self, scaler: torch.amp.GradScaler | None) -> None:
         """Clip the perturbed gradient to ``max_grad_norm``; without a scaler, refuse an inf/nan one (with a
@@ -598,78 +414,7 @@ class TwoPassOptimizer(Optimizer):
         if self.process_group is None:
             norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=self.foreach)
             return float(norm) if sync else 0.0
-        # the norm of the whole (sharded) gradient, as clip_grad_norm_ computes it
         return clip_sharded_([p.grad for p in params], self.max_grad_norm, self.process_group)
-
-    # ----------------------------------------------------------------- one call for both passes
-    def step(  # type: ignore[override]
-        self,
-        closure: Callable[[], Any] | None = None,
-        scaler: torch.amp.GradScaler | None = None,
-        grad_scaler: torch.amp.GradScaler | None = None,
-    ) -> Any:
-        """One full step with a closure that zeroes the gradients, computes the loss and calls
-        ``backward()``. It is called twice: at ``w`` (the clean pass), then at ``w + e``; once on the
-        unperturbed steps of ``perturb_every > 1`` (whose applied gradient it leaves in ``p.grad``).
-
-        Returns the loss of the first (clean) pass. The gradients of the second pass are left in
-        ``p.grad``, as with any torch optimizer. Step hooks run once.
-
-        ``scaler`` (ours) or ``grad_scaler`` (what ``torch.amp.GradScaler.step(optimizer, closure)`` passes,
-        e.g. from accelerate's fp16 ``AcceleratedOptimizer.step(closure)``): both passes are unscaled and
-        checked; an overflow in either skips the base step and is recorded for ``scaler.update()``.
-        """
-        if grad_scaler is None and (hasattr(self, "found_inf") or hasattr(self, "grad_scale")):
-            grad_scaler = calling_grad_scaler(type(self).__name__)
-        if grad_scaler is not None:
-            if scaler is not None and scaler is not grad_scaler:
-                raise ValueError("step() got two different GradScalers (scaler= and grad_scaler=)")
-            scaler = grad_scaler
-        if closure is None:
-            raise RuntimeError(
-                f"{type(self).__name__}.step() needs a closure that recomputes the loss and calls backward(), "
-                "because the perturbed gradient needs a second forward/backward pass; or call first_step() "
-                "and second_step() around your own two passes"
-            )
-        self._refuse_foreign_gradient()
-        self._in_step = True
-        try:
-            with torch.enable_grad():
-                loss = closure()
-            perturbs = self.next_step_perturbs
-            # unperturbed step: one closure call; the gradient the base step applied stays in p.grad
-            self.first_step(zero_grad=perturbs, scaler=scaler)
-            if self.is_perturbed:
-                with torch.enable_grad():
-                    closure()
-            self.second_step(zero_grad=False, scaler=scaler)
-        except BaseException:
-            if self._perturbed is not None:  # the second closure raised: never leave w + e behind
-                self._restore()
-                self._skip_base_step = False
-            raise
-        finally:
-            self._in_step = False
-        self._grads_from_step = True
-        return loss
-
-    def _refuse_foreign_gradient(self) -> None:
-        """davda54/sam and pytorch-optimizer expect ``loss.backward(); opt.step(closure)`` (the closure runs
-        the second pass only). Here the closure runs both passes, so a gradient computed before ``step()``
-        would be added to the clean one (a silently wrong direction) unless the closure zeroes it. Refuse
-        a non-zero gradient that the previous ``step(closure)`` did not leave (checked until the first
-        such step: one host sync, once)."""
-        if self._grads_from_step:
-            return
-        grads = [p.grad for p in self._params() if p.grad is not None]
-        if grads and bool(torch.stack([g.detach().abs().amax().to(torch.float32) for g in grads]).amax() > 0):
-            raise RuntimeError(
-                f"{type(self).__name__}.step(closure) found gradients computed before it. Unlike davda54/sam "
-                "and pytorch-optimizer, step(closure) runs BOTH passes through the closure (which must zero "
-                "the gradients, then compute the loss and call backward()): drop the backward before "
-                "step(), or call opt.zero_grad() first. To accumulate gradients over micro-batches, use "
-                "first_step()/second_step() around your own passes"
-            )
 
     # ----------------------------------------------------------------- what a method defines
     def _direction_(self, bucket: Bucket, ops: TensorOps, directions: list[Tensor]) -> Any:
@@ -686,13 +431,12 @@ class TwoPassOptimizer(Optimizer):
         raise NotImplementedError
 
     # ----------------------------------------------------------------- helpers
-
     def _params(self) -> list[Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
 
     def _saved_buffer(self, p: Tensor) -> Tensor:
         buf = self._saved.get(p)
-        if buf is None:
+        if buf is None or buf.shape != p.shape or buf.dtype != p.dtype or buf.device != p.device:
             buf = self._saved[p] = torch.empty_like(p, memory_format=torch.preserve_format)
         return buf
 
@@ -701,130 +445,4 @@ class TwoPassOptimizer(Optimizer):
             return sharded_norm(norms, self.process_group)
         if not norms:
             return 0.0
-        device = norms[0].device
-        total = torch.linalg.vector_norm(torch.stack([n.to(device, torch.float64) for n in norms]))
-        return float(total)  # one host sync: it decides between perturbing and skipping
-
-    # ----------------------------------------------------------------- copies and checkpoints
-    def __getstate__(self) -> dict[str, Any]:
-        """Everything (base optimizer, buffers, hyperparameters) but hooks: ``copy.deepcopy``, ``pickle``
-        and ``torch.save`` give a working optimizer. Copy the model and the optimizer in ONE call
-        (``copy.deepcopy((model, opt))``) so that the copy's parameters are the copied model's."""
-        if self._perturbed is not None or self._off_step_open:
-            raise RuntimeError("cannot copy the optimizer between first_step() and second_step()")
-        if self.process_group is not None or self.replica_group is not None:
-            raise TypeError(
-                f"cannot copy or pickle a {type(self).__name__} bound to a process group: build a new one "
-                "and load_state_dict(opt.state_dict())"
-            )
-        return {
-            k: v
-            for k, v in self.__dict__.items()
-            if k not in _NOT_COPIED and not (k.startswith("_optimizer_") and k.endswith("_hooks"))
-        }
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume bit-exactly: own state, base optimizer state, hyperparameters."""
-        if self._perturbed is not None or self._off_step_open:
-            raise RuntimeError(
-                "state_dict() between first_step() and second_step(): the step is not finished (the weights "
-                "may be perturbed right now); save after second_step()"
-            )
-        state = super().state_dict()
-        state["base_optimizer"] = self.base_optimizer.state_dict()
-        state["two_pass"] = {
-            "class": type(self).__name__,
-            "base_class": type(self.base_optimizer).__name__,
-            "format": 3,
-            "max_grad_norm": self.max_grad_norm,
-            # the period's position (format 3): resuming mid-period perturbs on the same steps
-            "steps": self._steps,
-            "perturb_every": self.perturb_every,
-            "between": self.between,
-            "component_valid": self._component_valid,
-        }
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        meta = state_dict.get("two_pass")
-        if meta is None or "base_optimizer" not in state_dict:
-            raise ValueError(
-                f"not a {type(self).__name__} state dict (no 'two_pass'/'base_optimizer' entries): it was "
-                "probably saved from a plain torch optimizer or another SAM library"
-            )
-        if meta["class"] != type(self).__name__:
-            raise ValueError(
-                f"state dict was saved from {meta['class']}, cannot load it into {type(self).__name__}"
-            )
-        if self._perturbed is not None or self._off_step_open:
-            raise RuntimeError("load_state_dict() between first_step() and second_step()")
-        self._check_base_state(meta, state_dict["base_optimizer"])
-        own = {k: v for k, v in state_dict.items() if k not in ("base_optimizer", "two_pass")}
-        self.base_optimizer.load_state_dict(state_dict["base_optimizer"])
-        super().load_state_dict(own)
-        self.base_optimizer.param_groups = self.param_groups
-        self.max_grad_norm = meta["max_grad_norm"]
-        # perturb_every/between/looksam_alpha are this optimizer's construction arguments; the counter and
-        # the LookSAM component's validity travel (format < 3: saved before they existed, every step perturbed)
-        self._steps = int(meta.get("steps", 0))
-        self._component_valid = bool(meta.get("component_valid", False)) and self.between == "looksam"
-        for group in self.param_groups:  # state dicts saved before a hyperparameter existed
-            for key, value in self.hyperparameter_defaults().items():
-                group.setdefault(key, value)
-
-    def _check_base_state(self, meta: dict[str, Any], base_state: dict[str, Any]) -> None:
-        """Refuse a state dict whose base optimizer differs from ours (torch would fail with a bare
-        KeyError, or load nonsense). Format 1 (no ``base_class``): a saved group key that our base
-        optimizer does not know (SGD's momentum in AdamW, AdamW's betas in SGD) betrays another class."""
-        ours = type(self.base_optimizer).__name__
-        saved = meta.get("base_class")
-        if saved is None:
-            saved_keys = {k for g in base_state.get("param_groups", []) for k in g}
-            foreign = sorted(saved_keys & _torch_optimizer_arguments() - set(self.defaults))
-            saved = f"another optimizer (its groups have {', '.join(foreign)})" if foreign else ours
-        if saved != ours:
-            raise ValueError(
-                f"state dict was saved with base optimizer {saved}, this {type(self).__name__} wraps {ours}: "
-                f"build the optimizer with the base optimizer it was trained with"
-            )
-
-
-def _check_schedule(perturb_every: Any, between: Any, looksam_alpha: Any, process_group: Any) -> None:
-    if isinstance(perturb_every, bool) or not isinstance(perturb_every, int) or perturb_every < 1:
-        raise ValueError(
-            f"invalid perturb_every={perturb_every!r}: it must be an integer >= 1 (1: every step perturbs)"
-        )
-    if between not in BETWEEN_MODES:
-        raise ValueError(
-            f"invalid between={between!r}: use 'base' (plain base steps between perturbed ones) or "
-            "'looksam' (reuse the last measured sharpness component)"
-        )
-    check_number("looksam_alpha", looksam_alpha, low=0.0)
-    if between == "looksam" and process_group is not None:
-        raise ValueError(
-            "between='looksam' is not supported with a sharded process_group (its projection needs a "
-            "global dot product); use between='base'"
-        )
-
-
-def _torch_optimizer_arguments() -> set[str]:
-    """Argument names of torch's own optimizers (the keys their param groups carry)."""
-    names: set[str] = set()
-    for obj in vars(torch.optim).values():
-        if isinstance(obj, type) and issubclass(obj, Optimizer) and obj is not Optimizer:
-            names |= set(inspect.signature(obj.__init__).parameters)
-    return names - {"self", "params"}
-
-
-def _check_base_class(base_optimizer: Any, name: str) -> None:
-    if isinstance(base_optimizer, Optimizer):
-        raise TypeError(
-            f"base_optimizer must be an optimizer class such as torch.optim.SGD, not an instance "
-            f"({type(base_optimizer).__name__}); pass the class and give its arguments (lr, momentum, ...) "
-            f"to {name} as keyword arguments"
-        )
-    if not (isinstance(base_optimizer, type) and issubclass(base_optimizer, Optimizer)):
-        raise TypeError(
-            f"base_optimizer must be a torch.optim.Optimizer subclass such as torch.optim.SGD, "
-            f"got {base_optimizer!r}"
-        )
+        return float(F.global_norm(norms))  # one host sync: it decides between perturbing and skipping

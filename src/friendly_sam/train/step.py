@@ -24,7 +24,6 @@ that package holds the process-group runtime and sits below ``train`` (it never 
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Any
 
 import torch
@@ -33,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..analysis import LossFn
 from ..distributed import PER_REPLICA, check_mode
-from ..optim import frozen_bn_stats
+from ..optim.engine import TwoPassEngine, is_two_pass
 
 __all__ = ["autocast_context", "ddp_training_step", "is_two_pass", "training_step"]
 
@@ -43,14 +42,6 @@ def autocast_context(device: torch.device, bf16: bool) -> contextlib.AbstractCon
     if not bf16:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-def is_two_pass(optimizer: Any) -> bool:
-    """Whether ``optimizer`` takes SAM's two passes: it has callable ``first_step`` and ``second_step``
-    (ours, or e.g. pytorch-optimizer's ``SAM``/``FriendlySAM``: no adapter needed)."""
-    return callable(getattr(optimizer, "first_step", None)) and callable(
-        getattr(optimizer, "second_step", None)
-    )
 
 
 def training_step(
@@ -63,52 +54,48 @@ def training_step(
     bf16: bool = False,
     max_grad_norm: float | None = None,
     first_pass_context: contextlib.AbstractContextManager[Any] | None = None,
-    ascent_fraction: float = 1.0,
+    ascent_fraction: float | None = None,
+    rng: str = "fresh",
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Forward/backward (twice for two-pass optimizers) and the optimizer step; returns (loss, logits).
 
-    Two-pass means :func:`is_two_pass`: the sequence is clean forward/backward,
-    ``first_step(zero_grad=True)``, perturbed forward/backward, ``second_step(zero_grad=True)``.
-    The returned loss and logits are those of the clean first pass. The second forward runs under
-    :func:`frozen_bn_stats`, so BatchNorm running statistics are updated only by the clean pass.
-    ``first_pass_context`` wraps the first forward/backward (the DDP step passes ``model.no_sync()``
-    there for per-replica perturbations). ``max_grad_norm`` clips plain optimizers; two-pass optimizers
-    clip themselves (their own ``max_grad_norm``).
+    A thin user of :class:`~friendly_sam.optim.engine.TwoPassEngine` with one micro-batch ``(x, y)``.
+    Two-pass means :func:`is_two_pass`: clean forward/backward, ``first_step``, perturbed forward/backward
+    (BatchNorm running statistics frozen), ``second_step``. The returned loss and logits are those of the
+    clean first pass. ``first_pass_context`` wraps the first forward/backward (the DDP step passes
+    ``model.no_sync()`` there for per-replica perturbations). ``max_grad_norm`` clips the applied gradient
+    on every step (plain, perturbed or unperturbed); an optimizer with its own ``max_grad_norm`` clips itself
+    (the same value here is accepted, another is an error). ``scaler``: an fp16 ``GradScaler`` (losses
+    scaled, both passes unscaled, ``scaler.update()`` after the step). ``rng``: ``"fresh"`` (default: the
+    perturbed pass draws its own dropout masks, as the hand-written loop) or ``"replay"``.
 
     Periodic perturbation (``perturb_every > 1`` on our optimizers): on an unperturbed step
-    ``first_step`` takes the base step itself and the second pass is skipped (``is_perturbed`` False).
+    ``first_step`` takes the base step itself and the second pass is skipped.
 
-    ``ascent_fraction`` ``f`` in (0, 1] (sub-batch ascent): on a perturbed step the clean pass runs on the
-    first ``ceil(f * len(y))`` samples only (the ascent direction and F-SAM's EMA come from them; BatchNorm
-    statistics are updated by that pass only) and the perturbed pass on the whole batch; the returned
-    loss and logits are then the sub-batch's (``len(logits) <= len(y)``: compare with ``y[:len(logits)]``).
-    Unperturbed steps and plain optimizers use the whole batch. ``f = 1`` is the ordinary step exactly.
+    ``ascent_fraction`` ``f`` in (0, 1] (sub-batch ascent; default the optimizer's ``ascent_fraction``, else
+    1): on a perturbed step the clean pass runs on the first ``ceil(f * len(y))`` samples only (the ascent
+    direction and F-SAM's EMA come from them; BatchNorm statistics are updated by that pass only) and the
+    perturbed pass on the whole batch; the returned loss and logits are then the sub-batch's
+    (``len(logits) <= len(y)``: compare with ``y[:len(logits)]``). Unperturbed steps and plain optimizers use
+    the whole batch. ``f = 1`` is the ordinary step exactly.
     """
-    device = x.device
-    two_pass = is_two_pass(optimizer)
-    if not 0.0 < ascent_fraction <= 1.0:
-        raise ValueError(f"ascent_fraction={ascent_fraction!r}: it must be in (0, 1]")
-    xa, ya = x, y
-    if two_pass and ascent_fraction < 1.0 and getattr(optimizer, "next_step_perturbs", True):
-        n = max(1, math.ceil(ascent_fraction * len(y)))
-        xa, ya = x[:n], y[:n]
-    with first_pass_context or contextlib.nullcontext():
-        with autocast_context(device, bf16):
-            logits = model(xa)
-            loss = loss_fn(logits, ya)
-        loss.backward()
-    if two_pass:
-        optimizer.first_step(zero_grad=True)  # type: ignore[attr-defined]
-        if getattr(optimizer, "is_perturbed", True):  # other libraries' optimizers always perturb
-            with frozen_bn_stats(model), autocast_context(device, bf16):
-                perturbed_loss = loss_fn(model(x), y)
-            perturbed_loss.backward()
-        optimizer.second_step(zero_grad=True)  # type: ignore[attr-defined]
-    else:
-        if max_grad_norm is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    engine = TwoPassEngine(
+        optimizer, model=model, scaler=scaler, max_grad_norm=max_grad_norm, rng=rng, ascent_fraction=ascent_fraction
+    )
+    xa, ya = engine.clean_view((x, y))
+
+    def forward_backward(xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
+        with autocast_context(x.device, bf16):
+            logits = model(xb)
+            loss = loss_fn(logits, yb)
+        (engine.scaler.scale(loss) if engine.scaler is not None else loss).backward()
+        return loss, logits
+
+    loss, logits = engine.clean_pass(
+        lambda: forward_backward(xa, ya), perturbed=lambda: forward_backward(x, y), context=first_pass_context
+    )
+    engine.update()
     return loss.detach(), logits.detach()
 
 
@@ -123,7 +110,8 @@ def ddp_training_step(
     global_batch_size: int | None = None,
     bf16: bool = False,
     max_grad_norm: float | None = None,
-    ascent_fraction: float = 1.0,
+    ascent_fraction: float | None = None,
+    rng: str = "fresh",
 ) -> tuple[Tensor, Tensor]:
     """One training iteration of a DDP-wrapped model; returns the local clean-pass ``(loss, logits)``.
 
@@ -180,5 +168,6 @@ def ddp_training_step(
         max_grad_norm=max_grad_norm,
         first_pass_context=context,
         ascent_fraction=ascent_fraction,
+        rng=rng,
     )
     return (loss / weight if weight != 1.0 else loss), logits

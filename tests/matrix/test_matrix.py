@@ -1,0 +1,37 @@
+"""The generated matrix: every entry point (matrix_entries.ENTRIES) x every feature combination
+(matrix_setup.COLUMNS). Each cell equals the reference loop to 1e-6 (parameters and BatchNorm buffers) or
+raises the clear error docs/integrations.md lists; a cell whose entry point has no such option is not
+generated (the table shows why)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from matrix_entries import Entry, all_entries
+from matrix_setup import COLUMNS, assert_same_state, reference
+
+CELLS = [
+    pytest.param(entry, column, id=f"{entry.name} | {column}")
+    for entry in all_entries()
+    for column, features in COLUMNS.items()
+    if entry.has(features) is None
+]
+
+
+@pytest.mark.parametrize(("entry", "column"), CELLS)
+def test_cell_equals_the_reference_or_refuses_clearly(entry: Entry, column: str) -> None:
+    features = COLUMNS[column]
+    refusal = entry.refuses(features)
+    if refusal is not None:
+        kind, match = refusal
+        with pytest.raises(kind, match=match):
+            entry.run(features)
+        return
+    trained = entry.run(features)
+    expected = reference(
+        dataclasses.replace(features, resume=False),
+        fp16_autocast=entry.fp16_autocast,
+        steps=entry.reference_steps(features),
+    )
+    assert_same_state(trained, expected)
