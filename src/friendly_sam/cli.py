@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import linecache
 import os
 import shlex
 import sys
@@ -312,8 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
 #      package, a failed write: disk full, permissions, ...), or
 #   2. it is an OSError carrying an errno: the operating system refused something the user named (a path
 #      too long, a permission, a directory deleted), or
-#   3. it is a ValueError raised by friendly-sam's own checks: the innermost frame of its traceback is
-#      friendly_sam code (a message we wrote, `raise ValueError("--x ...")`), or
+#   3. it is a ValueError raised by friendly-sam's own checks: the innermost frame of its traceback is a
+#      `raise` statement in friendly_sam's source (a message we wrote, `raise ValueError("--x ...")`), or
 #   4. it is a failed collective under torchrun (another process ended or stopped responding).
 # Anything else keeps its traceback (exit 1): a ValueError or TypeError raised inside Python, torch or
 # another library and passing through our code, any other exception class: a bug of friendly-sam.
@@ -335,11 +336,16 @@ _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 
 
 def _raised_by_us(exc: BaseException) -> bool:
-    """Whether the innermost frame of ``exc``'s traceback is friendly-sam code."""
+    """Whether ``exc`` was raised by a ``raise`` statement of friendly-sam's source (the innermost frame of
+    its traceback): a check with a message written for the user, not ``int("x")`` gone wrong."""
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    return tb is not None and str(Path(tb.tb_frame.f_code.co_filename).resolve()).startswith(_PACKAGE_DIR)
+    if tb is None:
+        return False
+    source = tb.tb_frame.f_code.co_filename
+    ours = str(Path(source).resolve()).startswith(_PACKAGE_DIR)
+    return ours and linecache.getline(source, tb.tb_lineno).lstrip().startswith("raise ")
 
 
 def user_error(exc: BaseException) -> BaseException | None:

@@ -330,6 +330,10 @@ def test_the_error_policy_separates_user_mistakes_from_bugs():
         json.loads("{")  # a library's ValueError passing through: a bug, keep the traceback
     except ValueError as exc:
         assert cli.user_error(exc) is None
+    try:
+        int("x")  # a conversion gone wrong: not a check of ours, even inside our code
+    except ValueError as exc:
+        assert cli.user_error(exc) is None
     assert cli.user_error(_raise(FileNotFoundError(2, "No such file", "x"))) is not None
     assert cli.user_error(_raise(TypeError("bug"))) is None
     assert cli.user_error(_raise(RuntimeError("bug"))) is None

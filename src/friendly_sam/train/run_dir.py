@@ -29,6 +29,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -147,6 +148,9 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
             if index == len(lines) - 1 and not complete:
                 break  # the torn end of an append cut short by a kill: that epoch was never completed
             raise RunDirectoryError(f"{path} line {number} is damaged (not a per-epoch JSON record)")
+        wrong = [k for k, v in record.items() if _NUMERIC.search(k) and not _number_or_null(v)]
+        if wrong:
+            raise RunDirectoryError(f"{path} line {number} is damaged: {wrong[0]!r} is not a number")
         if record["epoch"] != len(records) + 1:
             after = f"follows epoch {records[-1]['epoch']}" if records else "is the first record"
             raise RunDirectoryError(
@@ -154,6 +158,13 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
             )
         records.append(record)
     return records
+
+
+_NUMERIC = re.compile(r"(_loss|_acc|_time|^lr|^images_per_s|^elapsed)$")  # the trainer's numbers
+
+
+def _number_or_null(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
 def metrics_until(run_dir: Path, epoch: int) -> list[dict[str, Any]]:
