@@ -1,10 +1,10 @@
 """register_timm() with the real timm registry (create_optimizer_v2 and a timm scheduler), checked against
-the hand-written loop. timm needs torchvision, whose PyPI wheel does not load next to a CPU-only torch on
-some machines: these tests then skip with the import error."""
+the hand-written loop. timm imports torchvision, whose PyPI wheel cannot load its native library next to
+a CPU-only torch: tests/conftest.py defines the two operator schemas its import needs (test plumbing), so
+these tests run (and fail, never skip, when timm breaks)."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 from integration_reference import assert_same_state, make_data, make_net, micro_batches, reference_train
 from torch import nn
@@ -13,11 +13,9 @@ from friendly_sam import FriendlySAM, frozen_bn_stats
 
 
 def _import_timm_optim():
-    try:
-        import timm.optim
-        import timm.scheduler
-    except Exception as err:  # ImportError, or torchvision's own failure to load its native library
-        pytest.skip(f"timm cannot be imported here ({type(err).__name__}: {err})")
+    import timm.optim
+    import timm.scheduler
+
     return timm.optim, timm.scheduler
 
 

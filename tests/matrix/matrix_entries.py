@@ -46,6 +46,16 @@ class Entry:
     has: Callable[[Features], str | None] = lambda f: None  # why a feature does not exist here, else None
     fp16_autocast: bool = True
     reference_steps: Callable[[Features], list[list[Batch]] | None] = lambda f: None
+    expected: Callable[[Features], Any] | None = None  # the reference, where it is not matrix_setup's loop
+    ddp: str | None = None  # its name in matrix_ddp.MODES: run in the 2-process DDP column
+    ddp_note: str = "not run under DDP here"  # else, what the table says (which mode it runs)
+
+
+def missing(entry: Entry, features: Features) -> str | None:
+    """Why the matrix has no cell for ``entry`` x ``features`` (None: it has one)."""
+    if features.ddp and entry.ddp is None:
+        return entry.ddp_note
+    return entry.has(features)
 
 
 def _split(features: Features) -> tuple[list[list[Batch]], list[list[Batch]]]:
@@ -65,25 +75,37 @@ def run_hand_loop(features: Features) -> nn.Module:
     return reference(features)
 
 
-def run_training_step(features: Features) -> nn.Module:
+def run_training_step(features: Features, build: Callable[[nn.Module], Any] | None = None) -> nn.Module:
+    """``training_step`` over the updates; ``build(net)`` makes the optimizer (default: FriendlySAM)."""
+    build = build or (lambda net: make_optimizer(net.parameters(), features))
     net = make_net(features)
-    opt = make_optimizer(net.parameters(), features)
+    opt = build(net)
     scaler = make_scaler() if features.precision == "16" else None
     first, second = _split(features)
     for part, steps in enumerate((first, second)):
         if part == 1 and features.resume:
             fresh = make_net(features, seed=7)
-            fresh_opt = make_optimizer(fresh.parameters(), features)
+            fresh_opt = build(fresh)
             copy_state((net, opt), (fresh, fresh_opt))
             net, opt = fresh, fresh_opt
         for i, micro in enumerate(steps):
             _seed(features, len(first) * part + i)
             ((x, y),) = micro
             training_step(
-                net, opt, x, y, bf16=features.precision == "bf16", max_grad_norm=features.clip,
-                scaler=scaler, rng=features.random or "fresh",
+                net,
+                opt,
+                x,
+                y,
+                bf16=features.precision == "bf16",
+                max_grad_norm=features.clip,
+                scaler=scaler,
+                rng=features.random or "fresh",
             )
     return net
+
+
+def one_batch_per_call(features: Features) -> str | None:
+    return "one batch per call (pass the larger batch)" if features.accumulate > 1 else None
 
 
 def run_closure(features: Features) -> nn.Module:
@@ -130,13 +152,14 @@ def _register(entry: Entry) -> Entry:
     return entry
 
 
-_register(Entry("hand loop (first_step/second_step)", run_hand_loop))
+_register(Entry("hand loop (first_step/second_step)", run_hand_loop, ddp="hand loop"))
 _register(
     Entry(
         "training_step",
         run_training_step,
-        has=lambda f: "one batch per call (pass the larger batch)" if f.accumulate > 1 else None,
+        has=one_batch_per_call,
         fp16_autocast=False,
+        ddp="training_step",
     )
 )
 _register(
@@ -144,12 +167,13 @@ _register(
         "step(closure) with model=",
         run_closure,
         refuses=lambda f: (ValueError, "cannot run sub-batch ascent") if f.ascent_fraction < 1 else None,
+        ddp="step(closure)",
     )
 )
 
 
 # rows of a framework that is not installed are left out (the test extra installs them all)
-FRAMEWORK_ROWS = ("matrix_lightning", "matrix_hf")
+FRAMEWORK_ROWS = ("matrix_timm", "matrix_lightning", "matrix_hf", "matrix_cli")
 
 
 def all_entries() -> list[Entry]:
@@ -158,7 +182,7 @@ def all_entries() -> list[Entry]:
         try:
             entries += importlib.import_module(name).ENTRIES
         except ImportError as err:
-            if (err.name or "").startswith(("friendly_sam", "matrix_")):
+            if (err.name or "").startswith(("friendly_sam", "matrix_")) and err.name != "matrix_cli":
                 raise
     return entries
 

@@ -151,6 +151,15 @@ def run_accelerated_sam(features: Features) -> nn.Module:
 
 
 ENTRIES = [
-    Entry("transformers SAMTrainer", run_sam_trainer, fp16_autocast=False),
-    Entry("accelerate AcceleratedSAM", run_accelerated_sam),
+    Entry(
+        "transformers SAMTrainer",
+        run_sam_trainer,
+        fp16_autocast=False,
+        ddp_note="not run here: SAMTrainer under torchrun is the synchronized mode (docs above)",
+    ),
+    Entry(
+        "accelerate AcceleratedSAM",
+        run_accelerated_sam,
+        ddp_note="not run here: multi-process accelerate is the synchronized mode (docs above)",
+    ),
 ]

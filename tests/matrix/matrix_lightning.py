@@ -116,12 +116,15 @@ def lightning_resume_steps(features: Features) -> list[list[Batch]] | None:
     return half + half
 
 
+LIGHTNING_DDP = "not run here: Lightning strategy='ddp' is the synchronized mode (docs above)"
+
 ENTRIES = [
     Entry(
         "Lightning automatic + SAMLightningMixin",
         lambda f: _fit(WithMixin, f),
         refuses=lambda f: (ValueError, "cannot run in Lightning automatic") if f.ascent_fraction < 1 else None,
         reference_steps=lightning_resume_steps,
+        ddp_note=LIGHTNING_DDP,
     ),
     Entry(
         "Lightning manual + sam_manual_step",
@@ -133,8 +136,9 @@ ENTRIES = [
             if f.ascent_fraction < 1
             else None
         ),
-        has=lambda f: "accumulation is the user's code in manual optimisation" if f.accumulate > 1 else None,
+        has=lambda f: "no such option: accumulation is the user's code in manual optimisation" if f.accumulate > 1 else None,
         reference_steps=lightning_resume_steps,
+        ddp_note=LIGHTNING_DDP,
     ),
     Entry(
         "Lightning automatic, no mixin (model=)",
@@ -151,5 +155,6 @@ ENTRIES = [
             else None
         ),
         reference_steps=lightning_resume_steps,
+        ddp_note=LIGHTNING_DDP,
     ),
 ]

@@ -58,6 +58,7 @@ COLUMNS: dict[str, Features] = {
     "accumulation 2 + clipping + perturb_every 2": Features(accumulate=2, clip=CLIP, perturb_every=2),
     "resume mid-epoch": Features(resume=True),
     "resume mid-epoch + perturb_every 2": Features(resume=True, perturb_every=2),
+    "2-process DDP (gloo)": Features(ddp=True),
 }
 
 
@@ -188,9 +189,11 @@ def reference(
     return net
 
 
-def assert_same_state(a: nn.Module, b: nn.Module, atol: float = 1e-6) -> None:
-    """Parameters AND buffers (BatchNorm running statistics, num_batches_tracked) agree to ``atol``."""
-    sa, sb = a.state_dict(), b.state_dict()
+def assert_same_state(a: nn.Module | dict, b: nn.Module | dict, atol: float = 1e-6) -> None:
+    """Parameters AND buffers (BatchNorm running statistics, num_batches_tracked) agree to ``atol``
+    (modules, or their state dicts)."""
+    sa = a if isinstance(a, dict) else a.state_dict()
+    sb = b if isinstance(b, dict) else b.state_dict()
     assert sa.keys() == sb.keys()
     for key in sa:
         diff = (sa[key].double() - sb[key].double()).abs().max().item()

@@ -8,14 +8,15 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from matrix_entries import Entry, all_entries
+from matrix_ddp import MODES, run_ddp, simulate
+from matrix_entries import Entry, all_entries, missing
 from matrix_setup import COLUMNS, assert_same_state, reference
 
 CELLS = [
     pytest.param(entry, column, id=f"{entry.name} | {column}")
     for entry in all_entries()
     for column, features in COLUMNS.items()
-    if entry.has(features) is None
+    if missing(entry, features) is None
 ]
 
 
@@ -28,10 +29,17 @@ def test_cell_equals_the_reference_or_refuses_clearly(entry: Entry, column: str)
         with pytest.raises(kind, match=match):
             entry.run(features)
         return
+    if features.ddp:
+        assert entry.ddp is not None
+        assert_same_state(run_ddp(entry.ddp), simulate(MODES[entry.ddp]))
+        return
     trained = entry.run(features)
-    expected = reference(
-        dataclasses.replace(features, resume=False),
-        fp16_autocast=entry.fp16_autocast,
-        steps=entry.reference_steps(features),
-    )
+    if entry.expected is not None:
+        expected = entry.expected(features)
+    else:
+        expected = reference(
+            dataclasses.replace(features, resume=False),
+            fp16_autocast=entry.fp16_autocast,
+            steps=entry.reference_steps(features),
+        )
     assert_same_state(trained, expected)

@@ -1,7 +1,7 @@
 """Compare runs: one row per setting with mean and spread over seeds, and a curve plot.
 
 Runs are grouped by their label (``--name``, else the optimizer) *and* their full setting: every option
-that defines a run (``IDENTITY_KEYS``: lr, rho, model, ...) except the seed, plus the epochs, plus for an
+that defines a run (its identity options: lr, rho, model, ...) except the seed, plus the epochs, plus for an
 image folder the data it trained on (``classes.json``: classes, split sizes, skipped files, pixel
 statistics, fingerprint). Runs of one label with different settings get separate rows, named by the
 options that differ. One run is counted once: a directory given twice (also as another path to it) and a
@@ -22,7 +22,7 @@ from typing import Any
 
 from ..files import shorten, write_atomic
 from ..train import run_dir as rd
-from ..train.config import IDENTITY_KEYS, TrainConfig
+from ..train.config import EPOCHS_KEY, IDENTITY_KEYS, label_of, run_setting, upgrade_saved
 from ..train.run_dir import ANALYSIS_FILE, METRICS_FILE, RunDirectoryError
 from .analyze import analysis_summary
 
@@ -35,9 +35,8 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     metrics = rd.read_metrics(run_dir)
     if not metrics:
         raise RunDirectoryError(f"{run_dir} has no finished epoch yet (empty {METRICS_FILE})")
-    label = config.get("name") or config.get("optimizer")
-    if not isinstance(label, str):
-        raise RunDirectoryError(f"{run_dir}: its {rd.CONFIG_FILE} names no optimizer")
+    if not isinstance(upgrade_saved(config).get("method", ""), str):
+        raise RunDirectoryError(f"{run_dir}: its {rd.CONFIG_FILE} names no method")
     record = rd.read_data_record(run_dir) or {}
     data = {k: record[k] for k in _DATA_KEYS if k in record}
     identity = hashlib.sha256(rd.dumps([config, metrics]).encode()).hexdigest()
@@ -45,20 +44,20 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         "dir": run_dir,
         "config": config,
         "metrics": metrics,
-        "label": label,
+        "label": label_of(config),
         "data": data,
         "id": identity,
     }
 
 
-_DEFAULTS = TrainConfig().to_dict()
-_SETTING_KEYS = sorted({*IDENTITY_KEYS, "epochs"} - {"seed"})
+_SETTING_KEYS = sorted({*IDENTITY_KEYS, EPOCHS_KEY} - {"seed"})
 
 
 def _setting(run: dict[str, Any]) -> str:
-    """The run's setting as a canonical string (a key absent from an older config counts as its default)."""
-    cfg = run["config"]
-    setting = {k: cfg.get(k, _DEFAULTS.get(k)) for k in _SETTING_KEYS}
+    """The run's setting as a canonical string (the options that define a run, but the seed, and the
+    epochs; old spellings upgraded, a key absent from an older config counted as its default; and the data
+    an image-folder run trained on)."""
+    setting = run_setting(run["config"], _SETTING_KEYS)
     return json.dumps({**setting, "data": run.get("data") or None}, sort_keys=True, default=str)
 
 

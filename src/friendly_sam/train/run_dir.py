@@ -123,7 +123,7 @@ def read_config(run_dir: Path) -> TrainConfig:
         raise RunDirectoryError(
             f"{run_dir} holds no run to resume or analyse (no {CONFIG_FILE}); start one with fsam train"
         )
-    return TrainConfig.from_dict(read_config_dict(run_dir), source=str(path)).validate()
+    return TrainConfig.from_saved(read_config_dict(run_dir), source=str(path)).validate()
 
 
 def record_resume(run_dir: Path, entry: dict[str, Any]) -> None:

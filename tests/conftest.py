@@ -1,0 +1,45 @@
+"""Test plumbing for the whole suite (never part of the package).
+
+torchvision on CPU-only torch: PyPI's torchvision 0.28.0 (the build for torch 2.13) ships a ``_C.so``
+linked against CUDA libraries. Next to the CPU torch it fails to load, torchvision's own import tolerates
+that, but its ``_meta_registrations`` then register fake kernels for ``torchvision::nms`` and
+``torchvision::qnms``, operators that do not exist, and the import (and timm's, which imports torchvision)
+fails. :func:`define_torchvision_operators` defines just those two operator schemas (no kernels: calling
+``nms`` would raise) before anything imports torchvision, only when ``_C.so`` cannot load, so that the
+timm adapter (tests/integrations/test_timm.py, the matrix's timm row) and ``--model torchvision:`` /
+``timm:`` (tests/models) run here instead of skipping. Where ``_C.so`` loads (a CUDA machine) nothing is
+defined. The package never does this (docs/integrations.md, "timm").
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+_TORCHVISION_LIBRARY: torch.library.Library | None = None  # kept alive: its definitions die with it
+
+
+def define_torchvision_operators() -> bool:
+    """Define ``torchvision::nms`` / ``qnms`` if torchvision is installed and its ``_C.so`` cannot load;
+    returns whether they were defined here."""
+    global _TORCHVISION_LIBRARY
+    spec = importlib.util.find_spec("torchvision")
+    if spec is None or spec.origin is None or _TORCHVISION_LIBRARY is not None:
+        return False
+    extensions = sorted(Path(spec.origin).parent.glob("_C*.so"))
+    try:
+        if extensions:
+            torch.ops.load_library(str(extensions[0]))
+            return False  # the real operators are there
+    except OSError:
+        pass  # e.g. libcudart.so missing: the case this plumbing is for
+    library = torch.library.Library("torchvision", "DEF")
+    library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    library.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
+    _TORCHVISION_LIBRARY = library
+    return True
+
+
+define_torchvision_operators()
