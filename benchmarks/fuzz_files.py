@@ -167,9 +167,7 @@ def _plain(value: Any) -> bool:
     return True
 
 
-def reader_targets(work: Path) -> dict[str, tuple[Any, Callable[[Any], str]]]:
-    """name -> (strategy, check of one example returning "ok" / "refused")."""
-    ckpt_path = work / "valid.pt"
+def _valid_checkpoint(path: Path) -> bytes:
     save_atomic(
         make_checkpoint(
             TrainConfig().to_dict(),
@@ -180,9 +178,13 @@ def reader_targets(work: Path) -> dict[str, tuple[Any, Callable[[Any], str]]]:
             scheduler={},
             rng={"torch": torch.get_rng_state()},
         ),
-        ckpt_path,
+        path,
     )
-    valid = ckpt_path.read_bytes()
+    return path.read_bytes()
+
+
+def _file_checks(work: Path, valid: bytes) -> dict[str, Callable[[Any], str]]:
+    """The checks of the readers that take a file: write the example, read it, judge the outcome."""
 
     def in_file(name: str, data: bytes) -> Path:
         path = work / name
@@ -223,6 +225,14 @@ def reader_targets(work: Path) -> dict[str, tuple[Any, Callable[[Any], str]]]:
         path = in_file("weights.pt", data)
         return _expect(lambda: load_torch_file(path, "weights"), (FileRefused,), lambda v: True)
 
+    return {"metrics": metrics, "config_file": config_file, "analysis": analysis, "checkpoint": checkpoint,
+            "torch_file": torch_file}  # fmt: skip
+
+
+def reader_targets(work: Path) -> dict[str, tuple[Any, Callable[[Any], str]]]:
+    """name -> (strategy, check of one example returning "ok" / "refused")."""
+    valid = _valid_checkpoint(work / "valid.pt")
+    checks = _file_checks(work, valid)
     text_bytes = lambda s: s.map(lambda t: t.encode("utf-8", "surrogatepass"))  # noqa: E731
     return {
         "json": (json_texts(), lambda t: _expect(lambda: parse_json(t, "f"), (FileRefused,), _plain)),
@@ -234,7 +244,7 @@ def reader_targets(work: Path) -> dict[str, tuple[Any, Callable[[Any], str]]]:
                 st.tuples(st.just(".toml"), toml_texts()),
                 st.tuples(st.sampled_from([".yaml", ".yml"]), yaml_texts()),
             ),
-            config_file,
+            checks["config_file"],
         ),
         "metrics": (
             st.one_of(
@@ -247,16 +257,16 @@ def reader_targets(work: Path) -> dict[str, tuple[Any, Callable[[Any], str]]]:
                 text_bytes(st.text(max_size=100)),
                 st.binary(max_size=100),
             ),
-            metrics,
+            checks["metrics"],
         ),
-        "analysis": (json_texts(), analysis),
+        "analysis": (json_texts(), checks["analysis"]),
         "checkpoint": (
             st.tuples(st.integers(0, 10**9), st.integers(0, 64), st.binary(max_size=8)),
-            checkpoint,
+            checks["checkpoint"],
         ),
         "torch_file": (
             st.one_of(st.binary(max_size=300), st.just(valid[:100]), st.just(b"PK\x03\x04" + bytes(60))),
-            torch_file,
+            checks["torch_file"],
         ),
     }
 
