@@ -22,6 +22,7 @@ from .files import FileRefused, MemoryNeedError, WriteError, protect_console, sh
 from .files.environment import shorten_words
 from .models import describe_models
 from .models.pretrained import PretrainedWeightsError
+from .reporting import INSTALL_HINT
 from .train import CheckpointError, RunDirectoryError, load_run_config, train
 from .train.config import ConfigError, TrainConfig, differences, read_config_file
 from .train.lock import check_run_name
@@ -177,7 +178,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if summary["plot"]:
         print(f"plot: {summary['plot']}")
     else:
-        print("plot: skipped (pip install matplotlib)")
+        print(f"plot: skipped (the plot needs matplotlib: {INSTALL_HINT})")
     return 0
 
 

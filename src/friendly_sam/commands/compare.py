@@ -20,7 +20,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..files import shorten, write_atomic
+from ..files import shorten
+from ..reporting import finite, mean_std, new_figure, save_figure
 from ..train import run_dir as rd
 from ..train.config import EPOCHS_KEY, IDENTITY_KEYS, label_of, run_setting, upgrade_saved
 from ..train.run_dir import ANALYSIS_FILE, METRICS_FILE, RunDirectoryError
@@ -95,22 +96,6 @@ def _shown(key: str, value: Any, settings: list[dict[str, Any]]) -> str:
     return f"data #{seen.index(json.dumps(value, sort_keys=True, default=str)) + 1}"
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value, NaN for none)."""
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def _measured(values: list[Any]) -> list[float]:
-    """The values that were measured (epochs that skipped a split hold None, or NaN in older runs)."""
-    return [
-        float(v)
-        for v in values
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    ]
-
-
 def summarize_runs(runs: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
     for run in runs:
         if metric not in run["metrics"][-1]:
@@ -121,7 +106,7 @@ def summarize_runs(runs: list[dict[str, Any]], metric: str) -> list[dict[str, An
     rows = []
     for label, members in groups.items():
         final = [_last_measured(r["metrics"], metric) for r in members]
-        best = [max(_measured([m.get(metric) for m in r["metrics"]]), default=math.nan) for r in members]
+        best = [max(finite([m.get(metric) for m in r["metrics"]]), default=math.nan) for r in members]
         rows.append(
             {
                 "label": label,
@@ -129,8 +114,8 @@ def summarize_runs(runs: list[dict[str, Any]], metric: str) -> list[dict[str, An
                 "seeds": [r["config"].get("seed") for r in members],
                 "epochs": [r["metrics"][-1]["epoch"] for r in members],
                 "final": final,
-                "final_mean_std": mean_std(_measured(final)),
-                "best_mean_std": mean_std(_measured(best)),
+                "final_mean_std": mean_std(finite(final)),
+                "best_mean_std": mean_std(finite(best)),
                 "wall_time": statistics.fmean(_number(r["metrics"][-1].get("elapsed")) for r in members),
                 "images_per_s": statistics.fmean(
                     _number(m.get("images_per_s")) for r in members for m in r["metrics"]
@@ -148,7 +133,7 @@ def _number(value: Any) -> float:
 
 def _last_measured(metrics: list[dict[str, Any]], metric: str) -> float:
     """The metric of the last epoch that measured it (NaN if none did)."""
-    values = _measured([m.get(metric) for m in metrics])
+    values = finite([m.get(metric) for m in metrics])
     return values[-1] if values else math.nan
 
 
@@ -169,21 +154,13 @@ def format_table(rows: list[dict[str, Any]], metric: str) -> str:
 
 
 def plot_curves(runs: list[dict[str, Any]], metric: str, path: Path) -> Path:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise ModuleNotFoundError(
-            "plots need matplotlib: pip install matplotlib (or friendly-sam[plot])"
-        ) from exc
+    fig = new_figure("fsam compare --plot", figsize=(6, 4))
+    ax = fig.subplots()
     groups, _ = group_runs(runs)
-    fig, ax = plt.subplots(figsize=(6, 4))
     for label, members in groups.items():
         length = min(len(r["metrics"]) for r in members)
         curves = [[r["metrics"][i].get(metric) for i in range(length)] for r in members]
-        kept = [i for i in range(length) if len(_measured([c[i] for c in curves])) == len(curves)]
+        kept = [i for i in range(length) if len(finite([c[i] for c in curves])) == len(curves)]
         epochs = [members[0]["metrics"][i]["epoch"] for i in kept]  # epochs every run measured
         means = [statistics.fmean(c[i] for c in curves) for i in kept]
         line = ax.plot(epochs, means, marker="o", label=f"{label} (n={len(members)})")[0]
@@ -200,11 +177,7 @@ def plot_curves(runs: list[dict[str, Any]], metric: str, path: Path) -> Path:
     ax.set_ylabel(metric.replace("_", " ") + (" (%)" if metric.endswith("acc") else ""))
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda f: fig.savefig(f, format=path.suffix[1:].lower(), dpi=120))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 PLOT_FORMATS = (".png", ".pdf", ".svg")

@@ -319,13 +319,13 @@ def load_image_folder(
 
     Args:
         image_size: side of the images the model sees.
-        resize_size: side of the base images: the shorter side is resized to it and the centre
-            square kept; evaluation then takes the centre ``image_size`` crop (ImageNet: 256 / 224).
-            Default: ``image_size``.
+        resize_size: side of the base images (shorter side resized, centre square kept; evaluation takes
+            the centre ``image_size`` crop; ImageNet: 256 / 224). Default: ``image_size``.
         channels: 1 (grey) or 3 (RGB); ``None``: 1 when the training images are grey, else 3.
-        random_crop, crop_scale, flip: training augmentation (random-resized-crop of the base
-            image with area fraction in ``crop_scale``; horizontal flips).
-        mean, std: normalisation; ``None``: computed on up to ``stats_images`` training images.
+        random_crop: random-resized-crop of the base image in training (area fraction in ``crop_scale``).
+        crop_scale: the range of that area fraction.
+        flip: horizontal flips in training.
+        mean: normalisation mean (``std`` likewise); ``None``: computed on up to ``stats_images`` images.
         storage: ``auto`` (in memory when the decoded images fit ``memory_budget`` bytes, default
             :func:`default_memory_budget`), ``memory`` or ``streaming``.
         skip_bad_images: leave unreadable files out (listed in ``skipped``) instead of raising;
