@@ -9,7 +9,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from safety_helpers import FASHION
+from testkit import FASHION_DIR as FASHION
 
 pytest.importorskip("hypothesis")
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "fuzz_files.py"

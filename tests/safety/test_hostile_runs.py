@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safety_helpers import FASHION, fsam, tiny_config
+from testkit import FASHION_DIR as FASHION
+from testkit import fsam, tiny_config
 
 from friendly_sam import cli
 from friendly_sam.train import run_dir as rd
