@@ -28,7 +28,9 @@ from ..data import (
     prepare_splits,
 )
 from ..data.identity import check_same_data
+from ..data.imagefolder import DEFAULT_MAX_IMAGE_SIZE
 from ..data.splits import subset_indices
+from ..files import check_memory
 from ..models import model_in_channels
 from .config import TrainConfig
 
@@ -85,6 +87,12 @@ def _load(cfg: TrainConfig, log: Log | None) -> ImageData:
     per_machine = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     budget = None if cfg.memory_budget is None else int(cfg.memory_budget * (1 << 30)) // per_machine
     assert cfg.data_dir is not None  # validate() requires it
+    side = cfg.resize_size or cfg.image_size or DEFAULT_MAX_IMAGE_SIZE  # the default size is at most this
+    check_memory(  # a batch as float32, with the copies augmentation makes: before any allocation
+        cfg.batch_size * 3 * side * side * 4 * 3,
+        f"a batch of {cfg.batch_size} images of up to 3x{side}x{side}",
+        "lower --image-size (and --resize-size) or --batch-size",
+    )
     return load_image_folder(
         cfg.data_dir,
         image_size=cfg.image_size,
