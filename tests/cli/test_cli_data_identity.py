@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_helpers import fsam
 from PIL import Image
+from testkit import fsam
 
 CLASSES = ("bag", "coat", "shirt")
 
