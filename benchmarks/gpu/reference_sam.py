@@ -52,7 +52,12 @@ class Davda54SAM(torch.optim.Optimizer):
 
 class OfficialFSAM(Davda54SAM):
     def __init__(
-        self, params: Any, base_optimizer: type, rho: float = 0.2, sigma: float = 1.0, lmbda: float = 0.6,
+        self,
+        params: Any,
+        base_optimizer: type,
+        rho: float = 0.2,
+        sigma: float = 1.0,
+        lmbda: float = 0.6,
         **kwargs: Any,
     ) -> None:
         super().__init__(params, base_optimizer, rho=rho, **kwargs)

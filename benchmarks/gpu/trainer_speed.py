@@ -78,8 +78,12 @@ def optimizers() -> dict[str, Callable[[nn.Module], Any]]:
     made: dict[str, Callable[[nn.Module], Any]] = {
         "SGD": lambda m: torch.optim.SGD(m.parameters(), **SGD_KW),
         "ours F-SAM": lambda m: FriendlySAM(m.parameters(), torch.optim.SGD, **fsam_kw),
-        "ours F-SAM capturable": lambda m: FriendlySAM(m.parameters(), torch.optim.SGD, capturable=True, **fsam_kw),
-        "ours SAM capturable": lambda m: SAM(m.parameters(), torch.optim.SGD, rho=0.05, capturable=True, **SGD_KW),
+        "ours F-SAM capturable": lambda m: FriendlySAM(
+            m.parameters(), torch.optim.SGD, capturable=True, **fsam_kw
+        ),
+        "ours SAM capturable": lambda m: SAM(
+            m.parameters(), torch.optim.SGD, rho=0.05, capturable=True, **SGD_KW
+        ),
         "official F-SAM": lambda m: OfficialFSAM(m.parameters(), torch.optim.SGD, **fsam_kw),
         "davda54 SAM": lambda m: Davda54SAM(m.parameters(), torch.optim.SGD, rho=0.05, **SGD_KW),
     }
@@ -149,7 +153,9 @@ def step_costs(
                 _sync(device)
                 steps[(name, mode)] = step
             except Exception as error:  # reported as a row: what cannot run is said, never timed
-                rows.append({"contender": name, "mode": mode, "error": f"{type(error).__name__}: {error}"[:160]})
+                rows.append(
+                    {"contender": name, "mode": mode, "error": f"{type(error).__name__}: {error}"[:160]}
+                )
     times: dict[tuple[str, str], list[float]] = {k: [] for k in steps}
     keys = list(steps)
     for r in range(repeats):
@@ -162,7 +168,14 @@ def step_costs(
     base = statistics.median(times[("SGD", "eager")]) if ("SGD", "eager") in times else None
     for (name, mode), ts in times.items():
         ms = 1e3 * statistics.median(ts)
-        rows.append({"contender": name, "mode": mode, "ms": ms, "ratio_to_sgd_eager": ms / (1e3 * base) if base else None})
+        rows.append(
+            {
+                "contender": name,
+                "mode": mode,
+                "ms": ms,
+                "ratio_to_sgd_eager": ms / (1e3 * base) if base else None,
+            }
+        )
     return rows
 
 
@@ -190,24 +203,48 @@ def trainer_speed(device: torch.device, size: str, data_dir: str) -> list[dict[s
     rows = []
     for method in ("base", "fsam"):
         cfg = TrainConfig(
-            dataset="fashion-mnist", data_dir=data_dir, model="resnet20" if size == "full" else model_name,
-            epochs=2, train_subset=subset, test_subset=batch, batch_size=batch, device=str(device), method=method,
+            dataset="fashion-mnist",
+            data_dir=data_dir,
+            model="resnet20" if size == "full" else model_name,
+            epochs=2,
+            train_subset=subset,
+            test_subset=batch,
+            batch_size=batch,
+            device=str(device),
+            method=method,
         ).validate()
         with tempfile.TemporaryDirectory() as tmp:
             summary = train(cfg, Path(tmp) / "run", progress=False, log=lambda m: None)
-            ours = json.loads((Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()[-1])["images_per_s"]
+            ours = json.loads((Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()[-1])[
+                "images_per_s"
+            ]
         bare = bare_images_per_s(cfg, device)
-        rows.append({"method": method, "model": cfg.model, "batch": batch, "trainer_images_per_s": ours,
-                     "bare_images_per_s": bare, "trainer_over_bare": ours / bare, "world_size": summary["world_size"]})
+        rows.append(
+            {
+                "method": method,
+                "model": cfg.model,
+                "batch": batch,
+                "trainer_images_per_s": ours,
+                "bare_images_per_s": bare,
+                "trainer_over_bare": ours / bare,
+                "world_size": summary["world_size"],
+            }
+        )
     return rows
 
 
 def markdown(res: dict[str, Any]) -> str:
-    lines = [f"device: {res['device']}, torch {res['torch']}, size {res['size']}", "",
-             "| method | model | batch | trainer img/s | bare loop img/s | trainer / bare |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"device: {res['device']}, torch {res['torch']}, size {res['size']}",
+        "",
+        "| method | model | batch | trainer img/s | bare loop img/s | trainer / bare |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in res["trainer"]:
-        lines.append(f"| {r['method']} | {r['model']} | {r['batch']} | {r['trainer_images_per_s']:.0f} | "
-                     f"{r['bare_images_per_s']:.0f} | {r['trainer_over_bare']:.3f} |")
+        lines.append(
+            f"| {r['method']} | {r['model']} | {r['batch']} | {r['trainer_images_per_s']:.0f} | "
+            f"{r['bare_images_per_s']:.0f} | {r['trainer_over_bare']:.3f} |"
+        )
     lines += ["", "| contender | mode | step ms | / SGD eager |", "|---|---|---|---|"]
     for r in res["steps"]:
         if "error" in r:
@@ -222,10 +259,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
-    parser.add_argument("--modes", default="eager,compiled,graph", help="comma-separated: eager,compiled,graph")
+    parser.add_argument(
+        "--modes", default="eager,compiled,graph", help="comma-separated: eager,compiled,graph"
+    )
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--compile", default=",".join(COMPILED), help="contenders to compile, or 'all'")
-    parser.add_argument("--data-dir", default=os.environ.get("FSAM_DATA_DIR", "/usr/share/datasets") + "/fashion-mnist")
+    parser.add_argument(
+        "--data-dir", default=os.environ.get("FSAM_DATA_DIR", "/usr/share/datasets") + "/fashion-mnist"
+    )
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     device = torch.device(args.device)

@@ -87,7 +87,7 @@ def test_epoch_metrics_read_equals_eager_sums() -> None:
     torch.manual_seed(0)
     metrics = EpochMetrics(torch.device("cpu"))
     loss_sum, correct = 0.0, 0
-    for k in range(5):
+    for _ in range(5):
         logits, y = torch.randn(7, 4), torch.randint(0, 4, (9,))
         loss = torch.rand(()) * 3
         metrics.add(loss, logits, y)
@@ -95,4 +95,10 @@ def test_epoch_metrics_read_equals_eager_sums() -> None:
         correct += int((logits.argmax(1) == y[:7]).sum())
     assert metrics.read() == (loss_sum, correct)
     assert (metrics.scored, metrics.seen) == (35, 45)
-    assert [EpochMetrics.is_read_point(i, 45) for i in (18, 19, 20, 39, 44)] == [False, True, False, True, True]
+    assert [EpochMetrics.is_read_point(i, 45) for i in (18, 19, 20, 39, 44)] == [
+        False,
+        True,
+        False,
+        True,
+        True,
+    ]
