@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from ..files import check_memory, memory_available
 from .datasets import channel_stats
 from .image_augment import ResizedCropAugment
 from .imagefolder import (
@@ -65,14 +66,10 @@ _STATS_STREAM = 0x57A75
 
 
 def default_memory_budget() -> int:
-    """Half of the memory available now (Linux ``MemAvailable``), else 4 GiB."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024 // 2
-    except (OSError, ValueError, IndexError):
-        pass
-    return 4 << 30
+    """Half of the memory this process may use now (:func:`friendly_sam.files.memory_available`: the
+    least of ``MemAvailable``, the address-space limit and the container's limit), else 4 GiB."""
+    available, _ = memory_available()
+    return 4 << 30 if available is None else available // 2
 
 
 def default_num_workers() -> int:
@@ -235,6 +232,9 @@ def _choose_storage(storage: str, needed: int, budget: int | None) -> tuple[str,
     if storage not in STORAGE_CHOICES:
         raise ValueError(f"storage must be one of {', '.join(STORAGE_CHOICES)}, got {storage!r}")
     gib = f"{needed / (1 << 30):.2f} GiB"
+    if storage == "memory":  # refused with the number before the allocation fails with a traceback
+        check_memory(needed, "holding the decoded images in memory", "lower --image-size / --resize-size, or "
+                     "use --data-storage streaming (or auto)")  # fmt: skip
     if storage != "auto":
         return storage, f"{storage} requested (decoded images: {gib})"
     limit = default_memory_budget() if budget is None else int(budget)

@@ -28,6 +28,7 @@ from ..data import (
     train_val_split,
 )
 from ..distributed import DistributedContext
+from ..files import check_memory
 from ..models import model_in_channels
 from ..optim import SAM, FriendlySAM
 from .config import TrainConfig
@@ -126,6 +127,12 @@ def _load_folder(cfg: TrainConfig, log: Log | None) -> ImageFolderData:
     per_machine = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     budget = None if cfg.memory_budget is None else int(cfg.memory_budget * (1 << 30)) // per_machine
     assert cfg.data_dir is not None  # validate() requires it
+    side = cfg.resize_size or cfg.image_size
+    check_memory(  # a batch as float32, with the copies augmentation makes: before any allocation
+        cfg.batch_size * 3 * side * side * 4 * 3,
+        f"a batch of {cfg.batch_size} images of up to 3x{side}x{side}",
+        "lower --image-size (and --resize-size) or --batch-size",
+    )
     return load_image_folder(
         cfg.data_dir,
         image_size=cfg.image_size,

@@ -88,7 +88,7 @@ def train(
     configuration before any file is touched (docs/reliability.md). A diverging run (a loss not finite or
     above :data:`DIVERGENCE_LOSS`) stops with :class:`FloatingPointError`; nothing non-finite is written."""
     cfg.validate()
-    ctx = init_from_env(cfg.device)
+    ctx = init_from_env(cfg.device, timeout=cfg.dist_timeout)
     try:
         if not ctx.is_main:
             progress, log = False, lambda message: None
@@ -197,7 +197,7 @@ def _restore(state: TrainState, ckpt: dict[str, Any], ctx: DistributedContext) -
     torch.set_rng_state(ckpt["rng"]["torch"])
     state.start_epoch = state.epoch = state.checkpoint_epoch = ckpt["epoch"]
     state.elapsed_before = ckpt["elapsed"]
-    metrics = [m for m in rd.read_metrics(state.run_dir) if m["epoch"] <= state.start_epoch]
+    metrics = rd.metrics_until(state.run_dir, state.start_epoch)  # all of them, or refused
     state.metrics = metrics
     if not ctx.is_main:
         return
