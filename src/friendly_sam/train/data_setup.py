@@ -22,6 +22,7 @@ from ..data import (
     BatchSchedule,
     ImageData,
     ImageFolderData,
+    InMemorySamples,
     SplitPlan,
     load_dataset,
     load_image_folder,
@@ -122,6 +123,11 @@ def prepare_data(
         seed=cfg.seed,
     )
     data, noisy_indices = prepare_splits(_load(cfg, log), plan)
+    train = data.splits["train"]
+    if device.type == "cuda" and isinstance(train, InMemorySamples) and not isinstance(data, ImageFolderData):
+        # a built-in set lives on the GPU: one transfer, batches indexed there
+        on_gpu = InMemorySamples(train.images.to(device), train.labels.to(device))
+        data = dataclasses.replace(data, splits={**data.splits, "train": on_gpu})
     if log is not None and data.image_size >= _LARGE and ":" not in cfg.model and not cfg.model.endswith("_imagenet"):
         log(
             f"note: --model {cfg.model} keeps the full {data.image_size}x{data.image_size} resolution in its first "

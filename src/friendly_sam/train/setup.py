@@ -19,8 +19,15 @@ __all__ = ["OptimizerFactory", "build_optimizer", "lr_factor"]
 OptimizerFactory = Callable[[TrainConfig, nn.Module], torch.optim.Optimizer]
 
 
-def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """``--method base`` is the base optimizer (``--base``) alone; the other methods wrap it."""
+def build_optimizer(
+    cfg: TrainConfig, model: nn.Module, *, capturable: bool | None = None
+) -> torch.optim.Optimizer:
+    """``--method base`` is the base optimizer (``--base``) alone; the other methods wrap it.
+
+    ``capturable`` (two-pass methods): the step with no host synchronisation (docs/optimizer.md); default
+    (None): on when the model is on a CUDA device and the options allow it (no periodic perturbation, no
+    research options), so a GPU never waits for the host; off on the CPU, where a sync costs nothing.
+    """
     if cfg.base == "sgd":
         base_cls: type[torch.optim.Optimizer] = torch.optim.SGD
         base_kw: dict[str, Any] = {
@@ -42,6 +49,10 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
         "looksam_alpha": cfg.looksam_alpha,
         **base_kw,
     }
+    if capturable is None:
+        capturable = _capturable_fits(cfg, model)
+    if capturable:
+        common["capturable"] = True
     if cfg.method in ("sam", "asam"):
         return SAM(params, base_cls, adaptive=cfg.method == "asam", **common)
     return FriendlySAM(
@@ -54,6 +65,13 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
         track_diagnostics=cfg.decomposition,
         **common,
     )
+
+
+def _capturable_fits(cfg: TrainConfig, model: nn.Module) -> bool:
+    """On a CUDA model, unless an option decides on the host (periodic perturbation, research options)."""
+    on_cuda = any(p.is_cuda for p in model.parameters())
+    host_options = cfg.perturb_every != 1 or cfg.between != "base" or cfg.component == "full"
+    return on_cuda and not host_options and cfg.full_gradient != "oracle" and not cfg.decomposition
 
 
 def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
