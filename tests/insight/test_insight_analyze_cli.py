@@ -6,14 +6,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from testkit import FASHION_DIR, needs_fashion_mnist
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-pytestmark = pytest.mark.skipif(
-    not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists(), reason="real Fashion-MNIST not installed"
-)
+pytestmark = needs_fashion_mnist
 
 
 def fsam(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

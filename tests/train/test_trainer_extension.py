@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 import torch
+from testkit import FASHION_DIR
 
 from friendly_sam import SAM
 from friendly_sam.train import Callback, TrainConfig, TrainState, build_optimizer, train, training_step
 from friendly_sam.train import run_dir as rd
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 pytestmark = pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="real Fashion-MNIST not installed")
 DOC = Path(__file__).resolve().parents[2] / "docs" / "trainer.md"
 
