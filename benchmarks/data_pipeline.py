@@ -8,7 +8,7 @@ Side by side in one process, interleaved, median of repeats:
     memory (no indexing, no augmentation, no bookkeeping).
 Target: the pipeline costs at most 10 % (ratio >= 0.90).
 
-    python benchmarks/data_pipeline.py [--model resnet8] [--optimizer sgd] [--images 4096] [--repeats 3]
+    python benchmarks/data_pipeline.py [--model resnet8] [--method base] [--images 4096] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="resnet8")
-    parser.add_argument("--optimizer", default="sgd", help="sgd (cheapest step: the harshest test) or fsam")
+    parser.add_argument("--method", default="base", help="base (plain SGD, the cheapest step: the harshest test) or fsam")
     parser.add_argument("--images", type=int, default=4096, help="training images per measured epoch")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
@@ -67,7 +67,7 @@ def main() -> None:
     cfg = TrainConfig(
         dataset="fashion-mnist",
         model=args.model,
-        optimizer=args.optimizer,
+        method=args.method,
         epochs=1,
         batch_size=args.batch_size,
         train_subset=args.images,
@@ -89,7 +89,7 @@ def main() -> None:
     base = statistics.median(results["bare"])
     commit = benchkit.git_commit()
     print(
-        f"model {args.model}, optimizer {args.optimizer}, batch {args.batch_size}, {args.images} images/epoch, "
+        f"model {args.model}, method {args.method}, batch {args.batch_size}, {args.images} images/epoch, "
         f"{args.repeats} repeats, torch {torch.__version__}, {torch.get_num_threads()} threads, commit {commit}"
     )
     print("| loop | median img/s | runs | ratio to bare |")

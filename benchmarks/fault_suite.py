@@ -105,7 +105,7 @@ BAD_FLAGS = {
     "--rho -0.1": ["--rho", "-0.1"],
     "--rho inf": ["--rho", "inf"],
     "--momentum 2": ["--momentum", "2"],
-    "--optimizer sgd --component minibatch": ["--optimizer", "sgd", "--component", "minibatch"],
+    "--method base --component minibatch": ["--method", "base", "--component", "minibatch"],
     "--model unknown": ["--model", "nope"],
     "--dataset unknown": ["--dataset", "nope"],
     "--seed abc": ["--seed", "abc"],
@@ -164,7 +164,7 @@ class Workspace:
         self.template = root / "template"
         self.count = 0
         code = fsam_main(
-            ["train", "--out", str(self.template), *TINY, "--epochs", "2", "--optimizer", "fsam"]
+            ["train", "--out", str(self.template), *TINY, "--epochs", "2", "--method", "fsam"]
         )
         assert code == 0, "the template run failed"
 
@@ -266,7 +266,7 @@ def foreign_run(ws: Workspace) -> Path:
     run = ws.copy()
     other = ws.fresh()
     assert (
-        fsam_main(["train", "--out", str(other), *TINY, "--optimizer", "fsam", "--lr", "0.3", "--rho", "0.3"])
+        fsam_main(["train", "--out", str(other), *TINY, "--method", "fsam", "--lr", "0.3", "--rho", "0.3"])
         == 0
     )
     shutil.copy(other / rd.CHECKPOINT_FILE, run / rd.CHECKPOINT_FILE)
@@ -393,7 +393,7 @@ def _cases_1y(add: Callable[[Case], None]) -> None:
     add(
         Case(
             "train --rho 1e30 (perturbed gradient not finite)",
-            ["train", "--out", "{ws}/div1", *TINY, "--optimizer", "fsam", "--rho", "1e30"],
+            ["train", "--out", "{ws}/div1", *TINY, "--method", "fsam", "--rho", "1e30"],
         )
     )
     add(
@@ -404,7 +404,7 @@ def _cases_1y(add: Callable[[Case], None]) -> None:
                 "--out",
                 "{ws}/div2",
                 *TINY,
-                "--optimizer",
+                "--method",
                 "fsam",
                 "--rho",
                 "1e300",
@@ -416,7 +416,7 @@ def _cases_1y(add: Callable[[Case], None]) -> None:
     add(
         Case(
             "train --lr 1e12 (loss explodes)",
-            ["train", "--out", "{ws}/div3", *TINY, "--lr", "1e12", "--optimizer", "sgd"],
+            ["train", "--out", "{ws}/div3", *TINY, "--lr", "1e12", "--method", "base"],
         )
     )
 
@@ -426,7 +426,7 @@ def _cases_1b(add: Callable[[Case], None]) -> None:
     add(
         Case(
             "train --lr 1e12 sam (loss explodes)",
-            ["train", "--out", "{ws}/div4", *TINY, "--lr", "1e12", "--optimizer", "sam"],
+            ["train", "--out", "{ws}/div4", *TINY, "--lr", "1e12", "--method", "sam"],
         )
     )
     add(
@@ -993,7 +993,7 @@ def _damaged_metrics(ws: Workspace) -> Path:
 def _other_lr(ws: Workspace) -> Path:
     run = ws.fresh()
     assert (
-        fsam_main(["train", "--out", str(run), *TINY, "--epochs", "2", "--optimizer", "fsam", "--lr", "0.1"])
+        fsam_main(["train", "--out", str(run), *TINY, "--epochs", "2", "--method", "fsam", "--lr", "0.1"])
         == 0
     )
     return run

@@ -150,7 +150,7 @@ def main() -> None:
             data_dir=str(folder),
             image_size=32,
             model=args.model,
-            optimizer="sgd",
+            method="base",
             lr=0.05,
             epochs=args.epochs,
             batch_size=args.batch_size,

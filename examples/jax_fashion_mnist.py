@@ -163,9 +163,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 f"{name:5s} seed {seed}: test accuracy {r['test_accuracy']:.4f}  ({r['seconds']:.1f} s)",
                 flush=True,
             )
+    summary = {
+        name: {
+            "mean": float(np.mean(accs)),
+            "std": float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
+            "seeds": len(accs),
+        }
+        for name in args.optimizers
+        for accs in [[r["test_accuracy"] for r in results if r["optimizer"] == name]]
+    }
+    for name, s in summary.items():
+        print(
+            f"{name:5s} test accuracy {100 * s['mean']:.2f} ± {100 * s['std']:.2f} % over {s['seeds']} seed(s)"
+        )
     if args.json:
         args.json.write_text(
-            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=1)
+            json.dumps(
+                {"args": {k: str(v) for k, v in vars(args).items()}, "results": results, "summary": summary},
+                indent=1,
+            )
         )
     return results
 

@@ -65,7 +65,7 @@ MODE_TEXT = {
 BASE = {
     "dataset": "fashion-mnist",
     "model": "cnn_small",
-    "optimizer": "fsam",
+    "method": "fsam",
     "train_subset": 4096,
     "test_subset": 5000,
     "epochs": 3,
@@ -81,15 +81,15 @@ BASE = {
     "channels_last": True,  # fp32; bf16 is slow on this CPU
     "threads": 1,
     "oracle_every": 16,
-    "diagnostics": True,
-    "diagnostics_every": 16,
-    "diagnostics_subset": 1024,
+    "decomposition": True,
+    "decomposition_every": 16,
+    "decomposition_subset": 1024,
     "checkpoint_every": 1,
 }
 # Supplement: how well does the EMA estimate the full gradient, for several lmbda? SAM runs (the EMA is
 # tracked but unused, so the trajectory is the same for every lmbda), diagnostics every 8 steps.
 EMA_LMBDAS = (0.6, 0.9, 0.95)
-EMA_EXTRA = {"component": "minibatch", "diagnostics_every": 8}
+EMA_EXTRA = {"component": "minibatch", "decomposition_every": 8}
 SHARPNESS = {"subset": 512, "eig_iters": 10, "eig_tol": 1e-3, "parts": "eigenvalue", "bn_mode": "eval"}
 
 
@@ -419,8 +419,8 @@ def phase_report(args: argparse.Namespace) -> None:
         f"every {BASE['oracle_every']} steps over the whole training subset; seeds {args.seeds}.",
         f"- Sharpness: top Hessian eigenvalue (power iteration, <= {SHARPNESS['eig_iters']} HVPs, eval-mode BN) "
         f"on {SHARPNESS['subset']} fixed training images (with the run's labels).",
-        f"- Diagnostics: cosine between the EMA and the full gradient of {BASE['diagnostics_subset']} fixed "
-        f"training images every {BASE['diagnostics_every']} steps; cos(g, m) and ||g - m||/||m|| averaged over "
+        f"- Diagnostics: cosine between the EMA and the full gradient of {BASE['decomposition_subset']} fixed "
+        f"training images every {BASE['decomposition_every']} steps; cos(g, m) and ||g - m||/||m|| averaged over "
         "each epoch (m: the estimate the run uses, the oracle in oracle runs).",
         f"- Total training wall time of the ablation runs: {meta['total_train_time_s'] / 60:.1f} min (shared machine; see the notes).",
         "",
@@ -439,8 +439,8 @@ def phase_report(args: argparse.Namespace) -> None:
         lines += [
             "**How well does the EMA estimate the full gradient?** SAM runs (same settings; the EMA is tracked "
             "but unused, so the trajectory is identical for every lmbda), seeds "
-            f"{args.ema_seeds}; every {EMA_EXTRA['diagnostics_every']} steps the cosine with the full gradient "
-            f"of {BASE['diagnostics_subset']} fixed training images, of the EMA and of that step's own minibatch "
+            f"{args.ema_seeds}; every {EMA_EXTRA['decomposition_every']} steps the cosine with the full gradient "
+            f"of {BASE['decomposition_subset']} fixed training images, of the EMA and of that step's own minibatch "
             "gradient; averaged over the run.",
             "",
             "| label noise | lmbda | cos(EMA, full) | cos(minibatch g, full) | cos(g, EMA) last epoch |",

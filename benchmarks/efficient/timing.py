@@ -46,13 +46,13 @@ def contenders() -> dict[str, TrainConfig]:
     """name -> the configuration whose optimizer and step are timed (rho/lmbda do not change the cost)."""
     base = TrainConfig(model="resnet8", lr=0.05, rho=0.2, lmbda=0.6, device="cpu")
     out = {
-        "sgd": dataclasses.replace(base, optimizer="sgd"),
-        "sam": dataclasses.replace(base, optimizer="sam"),
-        "fsam": dataclasses.replace(base, optimizer="fsam"),
+        "sgd": dataclasses.replace(base, method="base"),
+        "sam": dataclasses.replace(base, method="sam"),
+        "fsam": dataclasses.replace(base, method="fsam"),
     }
     for name, (every, between, fraction) in VARIANTS.items():
         out[name] = dataclasses.replace(
-            base, optimizer="fsam", perturb_every=every, between=between, ascent_fraction=fraction
+            base, method="fsam", perturb_every=every, between=between, ascent_fraction=fraction
         )
     return out
 

@@ -6,64 +6,82 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .commands.analyze import DEFAULTS as ANALYZE_DEFAULTS
-from .commands.analyze import PARTS as ANALYZE_PARTS
-from .commands.analyze import analyze_run
+from .commands.analyze import AnalyzeOptions, analyze_run
 from .commands.compare import compare_runs
-from .commands.demo import DEMO_SETTINGS, SETTINGS, SUMMARY_NAME, run_demo
+from .commands.demo import SUMMARY_NAME, DemoOptions, run_demo
 from .commands.demo_report import demo_sentence, demo_table
 from .data import DatasetFormatError, DatasetNotFoundError
 from .models import describe_models
 from .train import CheckpointError, RunDirectoryError, load_run_config, train
-from .train.config import IDENTITY_KEYS, TrainConfig, read_config_file
+from .train.config import TrainConfig, differences, read_config_file
 from .train.lock import check_run_name
+from .train.options import build, declared, default_of, flag_name
 
 
-# --------------------------------------------------------------------------- config flags
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field; defaults are suppressed so that only given flags override."""
-    group = parser.add_argument_group("training options (override the config file)")
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kind = str(f.type)
-        default = f.default if f.default is not MISSING else None
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
-        if kind.startswith("bool"):
-            group.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
-            )
-        elif kind.startswith("list"):
-            group.add_argument(flag, type=float, nargs="+", default=argparse.SUPPRESS, help=help_text)
+# --------------------------------------------------------------------------- flags from declarations
+def add_option_flags(parser: Any, cls: Any, *, skip: tuple[str, ...] = (), defaults: bool = False) -> None:
+    """One flag per declared option of the dataclass ``cls`` (:mod:`friendly_sam.train.options`), with its
+    help, accepted values and default. Without ``defaults`` an absent flag is absent from the namespace
+    (only given flags override a config file). Old spellings (``cls.RENAMED``) stop with the new name."""
+    for name, (f, spec) in declared(cls).items():
+        if name in skip:
+            continue
+        default = default_of(f)
+        accepted = spec.describe()
+        text = f"{spec.help}{f'; {accepted}' if accepted else ''} (default: {default})".replace("%", "%%")
+        kind = str(f.type).removesuffix(" | None")
+        kwargs: dict[str, Any] = {"default": default if defaults else argparse.SUPPRESS, "help": text}
+        if kind == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif kind == "list[float]":
+            kwargs.update(type=float, nargs=spec.nargs or "+")
         else:
-            conv = int if kind.startswith("int") else float if kind.startswith("float") else str
-            group.add_argument(
-                flag, type=conv, default=argparse.SUPPRESS, help=help_text, metavar=f.name.upper()
-            )
+            kwargs.update(type={"int": int, "float": float}.get(kind, str), metavar=name.upper())
+        parser.add_argument(flag_name(name), **kwargs)
+    for old, (new, values) in getattr(cls, "RENAMED", {}).items():
+        parser.add_argument(
+            flag_name(old), action=_Renamed, new=new, values_map=values, help=argparse.SUPPRESS
+        )
+
+
+class _Renamed(argparse.Action):
+    """An old flag: stops with the new spelling (``--optimizer sgd`` -> ``--method base``)."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str, values_map: dict[str, str], **kw: Any):
+        super().__init__(option_strings, dest, nargs="?", **kw)
+        self.new, self.values_map = new, values_map
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        value = values if values is not None else ""
+        value = self.values_map.get(value, value)
+        parser.error(f"{option_string} was renamed: use {flag_name(self.new)} {value}".rstrip())
 
 
 def _given_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The training options set on the command line: the config file's, overridden by the flags."""
+    """The training options set on the command line: the config file's (checked, naming the file),
+    overridden by the flags."""
     values: dict[str, Any] = {}
     if args.config:
         values.update(read_config_file(args.config))
+        TrainConfig.from_dict(values, source=args.config)
     names = {f.name for f in fields(TrainConfig)}
     values.update({k: v for k, v in vars(args).items() if k in names})
     return values
 
 
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig.from_dict(_given_options(args), source=args.config or "flags").validate()
+    return TrainConfig.from_dict(_given_options(args), source="flags").validate()
 
 
 def _resume_config(args: argparse.Namespace, run_dir: Path) -> TrainConfig:
     """The run's own configuration; options given with --resume apply only where that is safe.
 
-    An option that defines the run (lr, rho, model, ...; ``IDENTITY_KEYS``) that differs from the run's
-    is refused; the others (epochs, device, threads, ...) are applied, and the trainer reports and
+    An option that defines the run (lr, rho, model, ...; the identity options) that differs from the
+    run's is refused; the others (epochs, device, threads, ...) are applied, and the trainer reports and
     records each change."""
     if args.out and Path(args.out).resolve() != run_dir.resolve():
         raise ValueError(f"--out {args.out} and --resume {run_dir} name different run directories; give one")
@@ -71,12 +89,10 @@ def _resume_config(args: argparse.Namespace, run_dir: Path) -> TrainConfig:
     given = _given_options(args)
     if not given:
         return cfg
-    wanted = TrainConfig.from_dict({**cfg.to_dict(), **given}, source=args.config or "flags").validate()
-    old, new = cfg.to_dict(), wanted.to_dict()
+    wanted = TrainConfig.from_dict({**cfg.to_dict(), **given}, source="flags").validate()
     refused = [
-        f"--{k.replace('_', '-')} {new[k]!r} (the run has {old[k]!r})"
-        for k in sorted(given)
-        if k in IDENTITY_KEYS and new[k] != old[k]
+        f"{flag_name(k)} {new!r} (the run has {old!r})"
+        for k, (old, new) in differences(cfg.to_dict(), wanted.to_dict()).items()
     ]
     if refused:
         raise ValueError(
@@ -132,15 +148,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """SGD, SAM and F-SAM on real Fashion-MNIST, everything equal but the optimizer; then the comparison."""
-    overrides = {
-        k: v
-        for k, v in {"epochs": args.epochs, "data_dir": args.data_dir, "seed": args.seed}.items()
-        if v is not None
-    }
-    if args.workers < 1:
-        raise ValueError(f"--workers {args.workers}: use 1 or more")
-    out = Path(args.out)
-    summary = run_demo(out, args.setting, overrides, workers=args.workers, progress=not args.quiet)
+    opts = build(DemoOptions, _declared_values(args, DemoOptions), source="flags")
+    out = Path(opts.out)
+    summary = run_demo(out, opts.setting, opts.overrides(), workers=opts.workers, progress=not opts.quiet)
     print()
     print(demo_table(summary))
     print()
@@ -154,59 +164,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    analyze_run(Path(args.run), vars(args))
+    analyze_run(Path(args.run), _declared_values(args, AnalyzeOptions))
     return 0
 
 
-# (flag, type, help) of the `fsam analyze` options with a default in commands.analyze.DEFAULTS
-_ANALYZE_NUMBERS = (
-    ("--subset", int, "training images analysed"),
-    ("--batch-size", int, "chunk size of the subset"),
-    ("--seed", int, "subset, start vector, probes, directions"),
-    ("--eig-iters", int, "max power iterations = HVPs"),
-    ("--eig-tol", float, "relative convergence tolerance"),
-    ("--trace-samples", int, "Hutchinson probes = HVPs"),
-    ("--sharpness-steps", int, "ascent steps"),
-    ("--span", float, "landscape range [-span, span]"),
-    ("--points-1d", int, "1-D landscape points"),
-    ("--points-2d", int, "2-D grid side; points**2 passes"),
+def _declared_values(args: argparse.Namespace, cls: Any) -> dict[str, Any]:
+    """The options of ``cls`` given on the command line (absent flags leave the declared default)."""
+    return {k: v for k, v in vars(args).items() if k in declared(cls)}
+
+
+ANALYZE_DESCRIPTION = (
+    "Load RUN_DIR's checkpoint and config, rebuild the model and its training data, and on a fixed "
+    "subset of training images (no augmentation, the run's labels) compute the top Hessian eigenvalue "
+    "(power iteration), the Hessian trace (Hutchinson), the worst-case loss increase within rho (the "
+    "run's rho) and 1-D/2-D filter-normalised loss landscapes. Writes analysis.json and "
+    "landscape_1d.png / landscape_2d.png into RUN_DIR. Cost: one HVP ~ 3 forward+backward passes over "
+    "the subset; eigenvalue <= --eig-iters HVPs, trace --trace-samples HVPs, sharpness "
+    "--sharpness-steps F+B, landscapes --points-1d + --points-2d**2 forward passes; every part records "
+    "its own time in analysis.json."
 )
-
-
-def _add_analyze_flags(p: argparse.ArgumentParser) -> None:
-    d = ANALYZE_DEFAULTS
-    p.description = (
-        "Load RUN_DIR's checkpoint and config, rebuild the model and its training data, and on a fixed "
-        "subset of training images (no augmentation, the run's labels) compute the top Hessian eigenvalue "
-        "(power iteration), the Hessian trace (Hutchinson), the worst-case loss increase within rho (the "
-        "run's rho) and 1-D/2-D filter-normalised loss landscapes. Writes analysis.json and "
-        "landscape_1d.png / landscape_2d.png into RUN_DIR. Cost: one HVP ~ 3 forward+backward passes over "
-        "the subset; eigenvalue <= --eig-iters HVPs, trace --trace-samples HVPs, sharpness "
-        "--sharpness-steps F+B, landscapes --points-1d + --points-2d**2 forward passes; every part records "
-        "its own time in analysis.json."
-    )
-    parts = ", ".join(ANALYZE_PARTS)
-    p.add_argument("--parts", default=d["parts"], help=f"comma-separated parts to compute: all or {parts}")
-    p.add_argument(
-        "--skip", action="append", default=[], help="parts to leave out (comma-separated, repeatable)"
-    )
-    p.add_argument(
-        "--bn-mode",
-        choices=("eval", "batch"),
-        default=d["bn_mode"],
-        help="BatchNorm: running stats or batch stats",
-    )
-    for flag, kind, text in _ANALYZE_NUMBERS:
-        default = d[flag[2:].replace("-", "_")]
-        p.add_argument(flag, type=kind, default=default, help=f"{text} (default: {default})")
-    p.add_argument(
-        "--rho", type=float, help="radius of the worst-case loss increase (default: the run's rho)"
-    )
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: the run's --threads)")
-    p.add_argument("--device", default=d["device"], help=f"cpu or cuda[:N] (default: {d['device']})")
-    p.add_argument("--checkpoint", help="checkpoint to analyse (default: RUN_DIR/checkpoint.pt)")
-    p.add_argument("--out", help="directory for analysis.json and the PNGs (default: RUN_DIR)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or messages")
 
 
 # --------------------------------------------------------------------------- parser
@@ -228,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar, one line per epoch (for logs)")
-    _add_config_flags(p)
+    add_option_flags(p.add_argument_group("training options (override the config file)"), TrainConfig)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -256,34 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
         "memorise them; 'clean': correct labels. Rerunning reuses finished runs and resumes interrupted "
         "ones of the same settings, and refuses a directory holding runs of other settings.",
     )
-    p.add_argument(
-        "--setting", choices=DEMO_SETTINGS, default="noisy", help="noisy (default) or clean labels"
-    )
-    p.add_argument("--out", default="runs/demo", help="directory for the three runs (default: runs/demo)")
-    p.add_argument(
-        "--epochs",
-        type=int,
-        help=f"epochs per run (default: {SETTINGS['noisy']['config']['epochs']} noisy, "
-        f"{SETTINGS['clean']['config']['epochs']} clean)",
-    )
-    p.add_argument("--data-dir", help="where the Fashion-MNIST files are (default: search)")
-    p.add_argument("--seed", type=int, help="seed (default: 0)")
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="runs trained at a time, one thread each (default: 1, so that each run's training time is "
-        "measured alone; 2 finishes sooner on 2 cores, but the runs then share the machine)",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_option_flags(p, DemoOptions)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(
         "analyze",
         help="sharpness of a trained run: Hessian eigenvalue/trace, worst-case loss, loss landscape",
+        description=ANALYZE_DESCRIPTION,
     )
     p.add_argument("run", metavar="RUN_DIR")
-    _add_analyze_flags(p)
+    add_option_flags(p, AnalyzeOptions)
     p.set_defaults(func=cmd_analyze)
     return parser
 

@@ -31,7 +31,7 @@ def test_configs_differ_only_in_the_optimizer():
     configs = demo_configs("noisy")
     dicts = {n: c.to_dict() for n, c in configs.items()}
     varying = {k for k in dicts["sgd"] if len({repr(d[k]) for d in dicts.values()}) > 1}
-    assert varying <= {"optimizer", "name", "rho"}
+    assert varying <= {"method", "name", "rho"}
     assert configs["sgd"].label_noise == 0.4 and configs["sgd"].val_size > 0
     with pytest.raises(ValueError, match="unknown demo setting"):
         demo_configs("cifar")

@@ -111,7 +111,7 @@ def test_damaged_file_is_named_or_skipped_and_counted(tmp_path, storage):
 
 def test_streaming_kill_and_resume_is_bit_exact(tmp_path, folder):
     args = tiny_args(folder, "--data-storage", "streaming", "--num-workers", "2", "--epochs", "4")
-    args += ["--optimizer", "fsam", "--train-subset", "240"]
+    args += ["--method", "fsam", "--train-subset", "240"]
     full = tmp_path / "full"
     assert fsam("train", "--out", str(full), *args).returncode == 0
     killed = tmp_path / "killed"
@@ -172,13 +172,13 @@ def test_image_folder_option_mistakes(tmp_path, folder):
 
 
 def test_analyze_and_diagnostics_on_a_streamed_folder(tmp_path, folder):
-    """The fixed training subset of `fsam analyze` and --diagnostics: the same images and values on both
+    """The fixed training subset of `fsam analyze` and --decomposition: the same images and values on both
     paths (a streamed folder decodes just that subset)."""
     found = {}
     for storage in ("memory", "streaming"):
         run = tmp_path / storage
-        args = tiny_args(folder, "--data-storage", storage, "--optimizer", "fsam", "--diagnostics")
-        result = fsam("train", "--out", str(run), *args, "--diagnostics-subset", "64")
+        args = tiny_args(folder, "--data-storage", storage, "--method", "fsam", "--decomposition")
+        result = fsam("train", "--out", str(run), *args, "--decomposition-subset", "64")
         assert result.returncode == 0, result.stderr
         result = fsam(
             "analyze", str(run), "--parts", "sharpness", "--subset", "64", "--sharpness-steps", "2", "--quiet"

@@ -19,13 +19,13 @@ from friendly_sam.train.run_dir import LOCK_FILE
 pytestmark = needs_fashion_mnist
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "sam", "asam", "fsam", "afsam"])
-def test_train_each_optimizer(tmp_path, optimizer):
-    run = tmp_path / optimizer
-    result = fsam("train", "--optimizer", optimizer, "--out", str(run), *TINY)
+@pytest.mark.parametrize("method", ["base", "sam", "asam", "fsam", "afsam"])
+def test_train_each_method(tmp_path, method):
+    run = tmp_path / method
+    result = fsam("train", "--method", method, "--out", str(run), *TINY)
     assert result.returncode == 0, result.stderr
     config = json.loads((run / "config.json").read_text())
-    assert config["optimizer"] == optimizer
+    assert config["method"] == method
     (record,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "train_time", "images_per_s"):
         assert key in record
@@ -33,7 +33,7 @@ def test_train_each_optimizer(tmp_path, optimizer):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["final_test_acc"] == record["test_acc"]
     ckpt = load_checkpoint(run / "checkpoint.pt")
-    if optimizer != "sgd":
+    if method != "base":
         assert "base_optimizer" in ckpt["optimizer"]  # the two-pass state dict carries the base state
 
 
@@ -41,13 +41,13 @@ def test_config_file_with_flag_override_and_label_noise(tmp_path):
     config = tmp_path / "run.toml"
     config.write_text(
         '[data]\ndataset = "fashion-mnist"\nlabel_noise = 0.25\nnoise_kind = "symmetric"\nval_size = 64\n'
-        '[optimizer]\noptimizer = "sam"\nrho = 0.2\n'
+        '[optimizer]\nmethod = "sam"\nrho = 0.2\n'
     )
     run = tmp_path / "run"
     result = fsam("train", "--config", str(config), "--rho", "0.07", "--out", str(run), *TINY)
     assert result.returncode == 0, result.stderr
     saved = json.loads((run / "config.json").read_text())
-    assert saved["rho"] == 0.07 and saved["optimizer"] == "sam" and saved["label_noise"] == 0.25
+    assert saved["rho"] == 0.07 and saved["method"] == "sam" and saved["label_noise"] == 0.25
     noise = json.loads((run / "label_noise.json").read_text())
     assert len(noise["indices"]) == round(0.25 * (256 - 64))
     record = json.loads((run / "metrics.jsonl").read_text())
@@ -74,7 +74,7 @@ def _final_weights(run):
 
 def test_kill_and_resume_gives_the_uninterrupted_result(tmp_path):
     args = [
-        "--optimizer",
+        "--method",
         "fsam",
         "--model",
         "cnn_small",
@@ -135,11 +135,10 @@ def test_corrupt_and_incompatible_checkpoints_are_refused_intact(tmp_path):
 
 def test_compare_prints_table_and_writes_plot(tmp_path):
     runs = []
-    for optimizer, seed in [("sgd", 0), ("sgd", 1), ("fsam", 0)]:
-        run = tmp_path / f"{optimizer}{seed}"
+    for method, seed in [("base", 0), ("base", 1), ("fsam", 0)]:  # --method base on SGD: labelled sgd
+        run = tmp_path / f"{method}{seed}"
         assert (
-            fsam("train", "--optimizer", optimizer, "--seed", str(seed), "--out", str(run), *TINY).returncode
-            == 0
+            fsam("train", "--method", method, "--seed", str(seed), "--out", str(run), *TINY).returncode == 0
         )
         runs.append(str(run))
     plot = tmp_path / "plot.png"
@@ -165,7 +164,7 @@ def test_tensorboard_logs_every_metric(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = tmp_path / "tb"
-    result = fsam("train", "--optimizer", "fsam", "--tensorboard", "--out", str(run), *TINY, "--epochs", "2")
+    result = fsam("train", "--method", "fsam", "--tensorboard", "--out", str(run), *TINY, "--epochs", "2")
     assert result.returncode == 0, result.stderr
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()

@@ -41,7 +41,7 @@ def test_torchrun_memory_and_streaming_give_the_same_run(tmp_path):
     data = _png_folder(tmp_path / "data", {"train": 20, "test": 5})
     args = [
         "--dataset", "imagefolder", "--data-dir", str(data), "--image-size", "28", "--model", "cnn_small",
-        "--optimizer", "fsam", "--batch-size", "48", "--epochs", "2", "--threads", "1", "--quiet",
+        "--method", "fsam", "--batch-size", "48", "--epochs", "2", "--threads", "1", "--quiet",
     ]  # fmt: skip
     runs = {}
     for storage, workers in (("memory", "0"), ("streaming", "1")):

@@ -29,7 +29,7 @@ pytestmark = [
 ]
 # 300 images in batches of 64: 4 full global batches and one of 44 (22 per rank), per epoch.
 ARGS = [
-    "--optimizer", "fsam", "--model", "cnn_small", "--train-subset", "300", "--batch-size", "64",
+    "--method", "fsam", "--model", "cnn_small", "--train-subset", "300", "--batch-size", "64",
     "--epochs", "3", "--test-subset", "200", "--rho", "0.1", "--lmbda", "0.6", "--threads", "1", "--quiet",
 ]  # fmt: skip
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -36,8 +36,8 @@ def test_analyze_writes_json_and_plots_and_compare_shows_them(tmp_path, capsys):
     run = tmp_path / "run"
     cfg = TrainConfig(
         data_dir=str(FASHION_DIR), model="cnn_small", train_subset=128, batch_size=64, epochs=1,
-        test_subset=100, threads=1, component="minibatch", diagnostics=True, diagnostics_every=1,
-        diagnostics_subset=64,
+        test_subset=100, threads=1, component="minibatch", decomposition=True, decomposition_every=1,
+        decomposition_subset=64,
     )  # fmt: skip
     threads = torch.get_num_threads()
     train(cfg, run, progress=False, log=lambda s: None)

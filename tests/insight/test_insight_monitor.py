@@ -119,8 +119,8 @@ def test_monitor_refuses_plain_optimizers():
 def test_config_validation():
     from friendly_sam.train import TrainConfig
 
-    with pytest.raises(ValueError, match="--optimizer fsam or afsam"):
-        TrainConfig(optimizer="sam", component="full").validate()
+    with pytest.raises(ValueError, match="--method fsam or afsam"):
+        TrainConfig(method="sam", component="full").validate()
     with pytest.raises(ValueError, match="--component"):
         TrainConfig(component="oracle").validate()
     with pytest.raises(ValueError, match="--full-gradient"):
@@ -148,15 +148,15 @@ def test_trainer_one_batch_oracle_run_equals_sgd(tmp_path):
     }
     oracle = TrainConfig(
         **base,
-        optimizer="fsam",
+        method="fsam",
         full_gradient="oracle",
         oracle_every=1,
-        diagnostics=True,
-        diagnostics_every=1,
-        diagnostics_subset=64,
+        decomposition=True,
+        decomposition_every=1,
+        decomposition_subset=64,
     )
     train(oracle, tmp_path / "oracle", progress=False, log=lambda s: None)
-    train(TrainConfig(**base, optimizer="sgd"), tmp_path / "sgd", progress=False, log=lambda s: None)
+    train(TrainConfig(**base, method="base"), tmp_path / "sgd", progress=False, log=lambda s: None)
     a = rd.read_checkpoint(tmp_path / "oracle")["model"]
     b = rd.read_checkpoint(tmp_path / "sgd")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)

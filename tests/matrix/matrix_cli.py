@@ -36,7 +36,7 @@ def _config(features: Features) -> TrainConfig:
         batch_size=64,
         threads=1,
         device="cpu",
-        optimizer="fsam",
+        method="fsam",
         schedule="constant",
         perturb_every=features.perturb_every,
         ascent_fraction=features.ascent_fraction,

@@ -18,7 +18,7 @@ def tiny_config(**changes: Any) -> TrainConfig:
     base: dict[str, Any] = dict(
         data_dir=str(FASHION),
         model="cnn_small",
-        optimizer="fsam",
+        method="fsam",
         train_subset=128,
         test_subset=100,
         batch_size=64,

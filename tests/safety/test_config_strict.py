@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-from dataclasses import fields
 
 import pytest
 from safety_helpers import fsam
 
 from friendly_sam.train import TrainConfig
-from friendly_sam.train.config import MAX_CONFIG_BYTES, ConfigError, check_option_type, read_config_file
+from friendly_sam.train.config import MAX_CONFIG_BYTES, ConfigError, read_config_file
+from friendly_sam.train.options import check_type, declared
 
 
 def _toml(tmp_path, text, name="c.toml"):
@@ -53,10 +53,10 @@ def test_ints_are_accepted_for_floats_and_validate_rechecks_types(tmp_path):
 
 def test_every_field_has_a_type_rule():
     defaults = TrainConfig()
-    for f in fields(TrainConfig):  # a new annotation without a rule raises TypeError here
-        check_option_type(f.name, getattr(defaults, f.name))
+    for name, (f, _) in declared(TrainConfig).items():  # a new annotation without a rule raises TypeError
+        check_type(f, getattr(defaults, name), name)
     with pytest.raises(ConfigError, match="'rho' must be a number"):
-        check_option_type("rho", None)  # None only where the option is optional
+        check_type(declared(TrainConfig)["rho"][0], None, "option 'rho'")  # None only where optional
 
 
 @pytest.mark.parametrize(

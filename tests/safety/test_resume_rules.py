@@ -45,7 +45,7 @@ def _changed(value):
         return not value
     if isinstance(value, (int, float)):
         return value + 1 if not isinstance(value, float) or value < 0.5 else value / 2
-    if isinstance(value, tuple):
+    if isinstance(value, (tuple, list)):
         return [0.3]
     return {"fashion-mnist": "mnist", "resnet8": "resnet20", "fsam": "sam", "sgd": "adamw"}.get(value, "x")
 
@@ -80,10 +80,10 @@ def test_epochs_may_grow_or_shrink_down_to_what_is_done():
 
 def test_a_key_missing_from_an_older_config_counts_as_its_default():
     old = _cfg()
-    del old["perturbation"], old["threads"]
+    del old["ddp_mode"], old["threads"]
     assert check_resume_config(old, _cfg(), 1).messages == []
-    with pytest.raises(CheckpointError, match="perturbation: checkpoint 'per-replica' vs now 'synchronized'"):
-        check_resume_config(old, _cfg(perturbation="synchronized"), 1)
+    with pytest.raises(CheckpointError, match="ddp_mode: checkpoint 'per-replica' vs now 'synchronized'"):
+        check_resume_config(old, _cfg(ddp_mode="synchronized"), 1)
     with pytest.raises(CheckpointError, match="mystery: checkpoint 1 vs now None"):  # unknown keys: identity
         check_resume_config({**_cfg(), "mystery": 1}, _cfg(), 1)
 

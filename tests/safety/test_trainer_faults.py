@@ -76,7 +76,7 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     run = tmp_path / "run"
     with pytest.raises(FloatingPointError) as info:
         train(
-            _cfg(epochs=3, optimizer="sgd"), run, progress=False, log=lambda m: None, callbacks=[_Explode(1)]
+            _cfg(epochs=3, method="base"), run, progress=False, log=lambda m: None, callbacks=[_Explode(1)]
         )
     message = str(info.value)
     assert "diverged in epoch 2/3" in message and "last good checkpoint (epoch 1) is kept" in message

@@ -27,14 +27,14 @@ def test_shipped_configs_are_valid(path):
             224,
             256,
         )
-        assert cfg.optimizer == path.stem.rsplit("_", 1)[1] and cfg.epochs == 90
+        assert cfg.label == path.stem.rsplit("_", 1)[1] and cfg.epochs == 90
     if path.stem.startswith("deit"):
         assert cfg.model.startswith("timm:deit_small") and cfg.pretrained and cfg.new_head
 
 
 def test_official_recipe_file_matches_the_reference():
     cfg = TrainConfig.from_file(Path(__file__).parents[2] / "configs/paper/cifar100_resnet18_fsam.toml")
-    assert (cfg.dataset, cfg.model, cfg.optimizer, cfg.lr, cfg.weight_decay) == (
+    assert (cfg.dataset, cfg.model, cfg.method, cfg.lr, cfg.weight_decay) == (
         "cifar100",
         "resnet18",
         "fsam",
@@ -46,7 +46,7 @@ def test_official_recipe_file_matches_the_reference():
 
 def test_yaml_needs_pyyaml_or_works(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("optimizer: sam\nrho: 0.3\n")
+    path.write_text("method: sam\nrho: 0.3\n")
     try:
         import yaml  # noqa: F401
     except ModuleNotFoundError:

@@ -92,7 +92,7 @@ def test_invalid_ascent_fraction_is_refused(fraction: float) -> None:
         ({"between": "skip"}, "--between"),
         ({"ascent_fraction": 0.0}, "--ascent-fraction"),
         ({"ascent_fraction": 1.5}, "--ascent-fraction"),
-        ({"optimizer": "sgd", "perturb_every": 2}, "not to --optimizer sgd"),
+        ({"method": "base", "perturb_every": 2}, "not to --method base"),
     ],
 )
 def test_config_refuses_invalid_values(overrides: dict[str, Any], match: str) -> None:
@@ -112,7 +112,7 @@ def tiny(**overrides: Any) -> TrainConfig:
         batch_size=64,
         threads=1,
         device="cpu",
-        optimizer="fsam",
+        method="fsam",
         perturb_every=4,
         between="looksam",
         ascent_fraction=0.5,
@@ -138,7 +138,7 @@ def test_trainer_resume_mid_period_is_bit_exact(tmp_path: Path) -> None:
 @needs_fashion
 def test_cli_flags_train_the_variant(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    args = ["--optimizer", "sam", "--perturb-every", "3", "--between", "looksam", "--looksam-alpha", "0.5"]
+    args = ["--method", "sam", "--perturb-every", "3", "--between", "looksam", "--looksam-alpha", "0.5"]
     args += [
         "--ascent-fraction",
         "0.5",
@@ -172,11 +172,11 @@ def test_cli_flags_train_the_variant(tmp_path: Path) -> None:
     assert (config["perturb_every"], config["between"], config["looksam_alpha"]) == (3, "looksam", 0.5)
     assert config["ascent_fraction"] == 0.5
     bad = subprocess.run(
-        [sys.executable, "-m", "friendly_sam.cli", "train", "--optimizer", "sgd", "--perturb-every", "2"],
+        [sys.executable, "-m", "friendly_sam.cli", "train", "--method", "base", "--perturb-every", "2"],
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert bad.returncode != 0 and "not to --optimizer sgd" in bad.stderr
+    assert bad.returncode != 0 and "not to --method base" in bad.stderr
     assert "Traceback" not in bad.stderr

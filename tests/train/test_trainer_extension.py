@@ -32,7 +32,7 @@ def tiny(**overrides: Any) -> TrainConfig:
         batch_size=128,
         threads=1,
         device="cpu",
-        optimizer="sam",
+        method="sam",
     )
     return TrainConfig(**{**values, **overrides}).validate()
 
@@ -141,7 +141,7 @@ def test_step_fn_replaces_the_step(tmp_path: Path) -> None:
         return training_step(model, optimizer, x, y, **kw)
 
     train(
-        tiny(epochs=1, optimizer="sgd"),
+        tiny(epochs=1, method="base"),
         tmp_path / "s",
         progress=False,
         log=lambda m: None,

@@ -28,11 +28,12 @@ function of the weights) or ``"batch"`` (per-batch statistics of ``batch_size`` 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-import re
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,44 +52,47 @@ from ..analysis import (
 from ..models import build_model
 from ..train import run_dir as rd
 from ..train.checkpoint import load_state_checked
+from ..train.options import build, option
 from ..train.progress import ProgressBar
 from ..train.run_dir import ANALYSIS_FILE, machine_description
 from ..train.setup import clean_training_subset, prepare_data
 
 ProgressFactory = Callable[[str], Callable[[int, int, str], None]]
 PARTS = ("eigenvalue", "trace", "sharpness", "landscape1d", "landscape2d")
-DEFAULTS: dict[str, Any] = {
-    "parts": "all",  # "all", or a comma-separated string / list of PARTS
-    "skip": (),  # parts to leave out
-    "subset": 512,  # training images
-    "batch_size": 256,  # chunk size (memory; with bn_mode="batch" also the BN statistics)
-    "bn_mode": "eval",
-    "seed": 0,  # subset choice, start vector, probes, directions
-    "eig_iters": 20,
-    "eig_tol": 1e-3,
-    "trace_samples": 10,
-    "rho": None,  # default: the run's rho
-    "adaptive": None,  # default: the run's optimizer is asam/afsam
-    "sharpness_steps": 5,
-    "span": 1.0,
-    "points_1d": 21,
-    "points_2d": 11,
-    "threads": None,  # default: the run's --threads, else torch's choice
-    "device": "cpu",
-    "checkpoint": None,  # default: RUN_DIR/checkpoint.pt
-    "out": None,  # default: RUN_DIR
-    "quiet": False,
-}
-_CLI_EXTRAS = {"command", "func", "run"}
 
 
-def _parse_parts(value: Any, name: str) -> list[str]:
-    if value in (None, "", ()):
-        return []
-    if isinstance(value, str):
-        items = [v.strip() for v in value.split(",") if v.strip()]
-    else:
-        items = [str(v).strip() for part in value for v in str(part).split(",") if v.strip()]
+@dataclass
+class AnalyzeOptions:
+    """The options of ``fsam analyze`` (its flags are derived from these declarations)."""
+
+    # fmt: off
+    parts: str = option("all", f"comma-separated parts to compute: all or {', '.join(PARTS)}")
+    skip: str | None = option(None, "comma-separated parts to leave out")
+    subset: int = option(512, "training images analysed", range=">= 1")
+    batch_size: int = option(256, "chunk size of the subset (memory; with --bn-mode batch also the BatchNorm "
+                             "statistics)", range=">= 1")
+    bn_mode: str = option("eval", "BatchNorm: running statistics (eval) or batch statistics (batch)",
+                          choices=("eval", "batch"))
+    seed: int = option(0, "seed of the subset, start vector, probes, directions", range=">= 0")
+    eig_iters: int = option(20, "max power iterations = HVPs", range=">= 1")
+    eig_tol: float = option(1e-3, "relative convergence tolerance", range="> 0.0")
+    trace_samples: int = option(10, "Hutchinson probes = HVPs", range=">= 1")
+    rho: float | None = option(None, "radius of the worst-case loss increase (default: the run's rho)", range="> 0.0")
+    adaptive: bool | None = option(None, "ASAM-style worst case (default: the run's method is asam/afsam)")
+    sharpness_steps: int = option(5, "ascent steps", range=">= 1")
+    span: float = option(1.0, "landscape range [-span, span]", range="> 0.0")
+    points_1d: int = option(21, "1-D landscape points", range=">= 2")
+    points_2d: int = option(11, "2-D grid side; points**2 passes", range=">= 2")
+    threads: int | None = option(None, "torch CPU threads (default: the run's --threads)", range=">= 1")
+    device: str = option("cpu", "cpu, cuda or cuda:N", pattern=r"cpu|cuda(:\d+)?")
+    checkpoint: str | None = option(None, "checkpoint to analyse (default: RUN_DIR/checkpoint.pt)")
+    out: str | None = option(None, "directory for analysis.json and the PNGs (default: RUN_DIR)")
+    quiet: bool = option(False, "no progress bars or messages")
+    # fmt: on
+
+
+def _parse_parts(value: str | None, name: str) -> list[str]:
+    items = [v.strip() for v in (value or "").split(",") if v.strip()]
     if items == ["all"]:
         return list(PARTS)
     bad = [v for v in items if v not in PARTS]
@@ -98,42 +102,12 @@ def _parse_parts(value: Any, name: str) -> list[str]:
 
 
 def resolve_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Defaults + ``options`` (CLI namespace keys are accepted; unknown keys are refused), validated."""
-    options = dict(options or {})
-    unknown = sorted(k for k in options if k not in DEFAULTS and k not in _CLI_EXTRAS)
-    if unknown:
-        raise ValueError(f"unknown analysis option(s): {', '.join(unknown)}; valid: {', '.join(DEFAULTS)}")
-    opts = {**DEFAULTS, **{k: v for k, v in options.items() if k in DEFAULTS and v is not None}}
-    parts = _parse_parts(opts["parts"], "parts")
+    """The declared defaults + ``options`` (unknown, mistyped and out-of-range options are refused), with
+    ``parts`` as the list of parts to compute (``skip`` removed)."""
+    opts = dataclasses.asdict(build(AnalyzeOptions, dict(options or {}), source="flags"))
     skip = set(_parse_parts(opts["skip"], "skip"))
-    opts["parts"] = [p for p in parts if p not in skip]
+    opts["parts"] = [p for p in _parse_parts(opts["parts"], "parts") if p not in skip]
     opts["skip"] = sorted(skip)
-    for name, low in (
-        ("subset", 1),
-        ("batch_size", 1),
-        ("eig_iters", 1),
-        ("trace_samples", 1),
-        ("sharpness_steps", 1),
-        ("points_1d", 2),
-        ("points_2d", 2),
-    ):
-        v = opts[name]
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise ValueError(
-                f"--{name.replace('_', '-')}: invalid value {v!r}; it must be an integer >= {low}"
-            )
-    if opts["bn_mode"] not in ("eval", "batch"):
-        raise ValueError(f"--bn-mode: unknown value {opts['bn_mode']!r}; use eval or batch")
-    for name in ("span", "eig_tol", "rho"):
-        v = opts[name]
-        if v is not None and not (_is_number(v) and math.isfinite(v) and v > 0):
-            raise ValueError(
-                f"--{name.replace('_', '-')}: invalid value {v!r}; it must be a finite number > 0"
-            )
-    if opts["threads"] is not None and (not isinstance(opts["threads"], int) or opts["threads"] < 1):
-        raise ValueError(f"--threads: invalid value {opts['threads']!r}; it must be an integer >= 1")
-    if not isinstance(opts["device"], str) or not re.fullmatch(r"cpu|cuda(:\d+)?", opts["device"]):
-        raise ValueError(f"--device: unknown value {opts['device']!r}; use cpu, cuda or cuda:N")
     if opts["device"].startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(
             f"--device {opts['device']}: CUDA is not available on this machine; use --device cpu"
@@ -148,10 +122,6 @@ def _all_finite(value: Any) -> bool:
     if isinstance(value, (list, tuple)):
         return all(_all_finite(v) for v in value)
     return True
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _progress_factory(
@@ -219,7 +189,7 @@ def _measure(
         return r, f"Hessian trace {r['trace']:.4g} ± {r['std_error']:.2g} ({r['hvps']} HVPs)"
     if part == "sharpness":
         rho = opts["rho"] if opts["rho"] is not None else cfg.rho
-        adaptive = opts["adaptive"] if opts["adaptive"] is not None else cfg.optimizer in ("asam", "afsam")
+        adaptive = opts["adaptive"] if opts["adaptive"] is not None else cfg.method in ("asam", "afsam")
         r = worst_case_loss_increase(
             model, loss_fn, batches, rho=rho, steps=opts["sharpness_steps"], adaptive=adaptive, **common
         ).to_dict()
@@ -257,7 +227,7 @@ def analyze_run(
 ) -> dict[str, Any]:
     """Run the chosen sharpness measures on a run's checkpoint; write ``analysis.json`` and PNGs.
 
-    ``options``: see :data:`DEFAULTS` (the ``fsam analyze`` flags). Returns the analysis dict as written.
+    ``options``: see :class:`AnalyzeOptions` (the ``fsam analyze`` flags). Returns the analysis dict as written.
     """
     run_dir = Path(run_dir)
     opts = resolve_options(options)
@@ -275,7 +245,7 @@ def analyze_run(
     run["model"].eval()
     epoch = int(run["ckpt"]["epoch"])
     say(
-        f"analyzing {run_dir} (epoch {epoch}, {cfg.model}, {cfg.optimizer}) on {run['n']} training images, "
+        f"analyzing {run_dir} (epoch {epoch}, {cfg.model}, {cfg.label}) on {run['n']} training images, "
         f"parts: {', '.join(opts['parts'])}"
     )
     load_time = time.perf_counter() - t_load
@@ -285,7 +255,8 @@ def analyze_run(
     analysis = {
         "run_dir": str(run_dir),
         "label": cfg.label,
-        "optimizer": cfg.optimizer,
+        "method": cfg.method,
+        "base": cfg.base,
         "model": cfg.model,
         "dataset": cfg.dataset,
         "checkpoint_epoch": epoch,

@@ -1,7 +1,7 @@
 """Compare runs: one row per setting with mean and spread over seeds, and a curve plot.
 
 Runs are grouped by their label (``--name``, else the optimizer) *and* their full setting: every option
-that defines a run (``IDENTITY_KEYS``: lr, rho, model, ...) except the seed, plus the epochs. Runs of one
+that defines a run (its identity options: lr, rho, model, ...) except the seed, plus the epochs. Runs of one
 label with different settings get separate rows, named by the options that differ. A directory given
 twice (also as another path to it) is counted once, with a note.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..train import run_dir as rd
-from ..train.config import IDENTITY_KEYS, TrainConfig
+from ..train.config import EPOCHS_KEY, IDENTITY_KEYS, label_of, run_setting, upgrade_saved
 from ..train.run_dir import ANALYSIS_FILE, METRICS_FILE, RunDirectoryError
 from .analyze import analysis_summary
 
@@ -27,20 +27,18 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     metrics = rd.read_metrics(run_dir)
     if not metrics:
         raise RunDirectoryError(f"{run_dir} has no finished epoch yet (empty {METRICS_FILE})")
-    label = config.get("name") or config.get("optimizer")
-    if not isinstance(label, str):
-        raise RunDirectoryError(f"{run_dir}: its {rd.CONFIG_FILE} names no optimizer")
-    return {"dir": run_dir, "config": config, "metrics": metrics, "label": label}
+    if not isinstance(upgrade_saved(config).get("method", ""), str):
+        raise RunDirectoryError(f"{run_dir}: its {rd.CONFIG_FILE} names no method")
+    return {"dir": run_dir, "config": config, "metrics": metrics, "label": label_of(config)}
 
 
-_DEFAULTS = TrainConfig().to_dict()
-_SETTING_KEYS = sorted({*IDENTITY_KEYS, "epochs"} - {"seed"})
+_SETTING_KEYS = sorted({*IDENTITY_KEYS, EPOCHS_KEY} - {"seed"})
 
 
 def _setting(run: dict[str, Any]) -> str:
-    """The run's setting as a canonical string (a key absent from an older config counts as its default)."""
-    cfg = run["config"]
-    return json.dumps({k: cfg.get(k, _DEFAULTS.get(k)) for k in _SETTING_KEYS}, sort_keys=True, default=str)
+    """The run's setting as a canonical string (the options that define a run, but the seed, and the
+    epochs; old spellings upgraded, a key absent from an older config counted as its default)."""
+    return json.dumps(run_setting(run["config"], _SETTING_KEYS), sort_keys=True, default=str)
 
 
 def group_runs(runs: list[dict[str, Any]]) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:

@@ -29,8 +29,8 @@ def _run_numbers(cfg: TrainConfig, metrics: list[dict[str, Any]]) -> dict[str, A
         "train_acc": metrics[-1]["train_acc"] if metrics else None,
         "train_seconds": sum(m["train_time"] for m in metrics),
         "epochs_done": len(metrics),
-        "rho": cfg.rho if cfg.optimizer != "sgd" else None,
-        "lmbda": cfg.lmbda if cfg.optimizer == "fsam" else None,
+        "rho": cfg.rho if cfg.method != "base" else None,
+        "lmbda": cfg.lmbda if cfg.method == "fsam" else None,
     }
 
 

@@ -70,8 +70,8 @@ def friendly_state(state: optax.OptState) -> FriendlyDirectionState:
 
 
 def _all_finite(tree: optax.Updates) -> jax.Array:
-    leaves = jax.tree.leaves(tree)
-    return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.array(True)
+    """Whether every element is finite: ``x * 0`` is 0, or nan for inf/nan (one reduction per leaf)."""
+    return jnp.isfinite(sum((jnp.sum(x * 0) for x in jax.tree.leaves(tree)), jnp.zeros([], jnp.float32)))
 
 
 def friendly_direction(sigma: float = 1.0, lmbda: float = 0.9) -> optax.GradientTransformation:
@@ -104,17 +104,18 @@ def friendly_direction(sigma: float = 1.0, lmbda: float = 0.9) -> optax.Gradient
         updates: optax.Updates, state: FriendlyDirectionState, params: optax.Params | None = None
     ) -> tuple[optax.Updates, FriendlyDirectionState]:
         del params
+        # Scalar coefficients instead of per-element branches (one fused pass): on the first step the EMA
+        # is zeros, so g - 0 * m = g and 0 * m + 1 * g = g exactly.
         first = state.count == 0
-        direction = jax.tree.map(lambda g, m: jnp.where(first, g, g - sigma * m), updates, state.ema)
-        ema = jax.tree.map(
-            lambda g, m: jnp.where(first, g, lmbda * m + (1.0 - lmbda) * g).astype(m.dtype),
-            updates,
-            state.ema,
-        )
+        c_sigma = jnp.where(first, 0.0, sigma)
+        c_m, c_g = jnp.where(first, 0.0, lmbda), jnp.where(first, 1.0, 1.0 - lmbda)
         finite = _all_finite(updates)
+        direction = jax.tree.map(lambda g, m: g - (c_sigma * m).astype(g.dtype), updates, state.ema)
+        ema = jax.tree.map(
+            lambda g, m: jnp.where(finite, (c_m * m + c_g * g).astype(m.dtype), m), updates, state.ema
+        )
         new_state = FriendlyDirectionState(
-            count=jnp.where(finite, optax.safe_increment(state.count), state.count),
-            ema=jax.tree.map(lambda new, old: jnp.where(finite, new, old), ema, state.ema),
+            jnp.where(finite, optax.safe_increment(state.count), state.count), ema
         )
         return direction, new_state
 

@@ -17,6 +17,7 @@ __all__ = [
     "check_number",
     "check_options",
     "check_schedule",
+    "describe_range",
 ]
 
 
@@ -27,15 +28,26 @@ def check_number(
     low: float,
     high: float | None = None,
     closed_high: bool = False,
+    open_low: bool = False,
     where: str = "",
 ) -> None:
     """Raise ValueError unless ``value`` is a finite real number in ``[low, high)`` (``[low, high]`` with
-    ``closed_high``; no upper bound when ``high`` is None)."""
+    ``closed_high``, ``(low, ...`` with ``open_low``; no upper bound when ``high`` is None)."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and value >= low and (high is None or (value <= high if closed_high else value < high))
+    ok = ok and (value > low if open_low else value >= low)
+    ok = ok and (high is None or (value <= high if closed_high else value < high))
     if not ok:
-        bound = f"[{low}, {high}{']' if closed_high else ')'}" if high is not None else f">= {low}"
+        bound = describe_range(low, high, closed_high=closed_high, open_low=open_low)
         raise ValueError(f"invalid {name}={value!r}{where}: it must be a finite number {bound}")
+
+
+def describe_range(
+    low: float, high: float | None = None, *, closed_high: bool = False, open_low: bool = False
+) -> str:
+    """``[low, high)``, ``(low, high]``, ``>= low`` or ``> low``: the range :func:`check_number` accepts."""
+    if high is None:
+        return f"{'>' if open_low else '>='} {low}"
+    return f"{'(' if open_low else '['}{low}, {high}{']' if closed_high else ')'}"
 
 
 def check_lr(value: Any, where: str = "") -> None:

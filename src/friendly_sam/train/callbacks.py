@@ -129,7 +129,7 @@ class TensorBoardCallback(Callback):
 
 
 class DecompositionCallback(Callback):
-    """``--full-gradient oracle`` and ``--diagnostics``: the oracle full gradient before the steps that need
+    """``--full-gradient oracle`` and ``--decomposition``: the oracle full gradient before the steps that need
     it and the decomposition measures in each epoch's record; see
     :mod:`friendly_sam.analysis.decomposition` for what is computed on which data."""
 
@@ -139,15 +139,15 @@ class DecompositionCallback(Callback):
     def on_train_start(self, state: TrainState) -> None:
         cfg, device, loader = state.cfg, state.device, state.data.train_loader
         fixed = None
-        if cfg.diagnostics:
-            fixed = clean_training_subset(state.data, cfg.diagnostics_subset, cfg.seed, device)
+        if cfg.decomposition:
+            fixed = clean_training_subset(state.data, cfg.decomposition_subset, cfg.seed, device)
         self.monitor = DecompositionMonitor(
             state.model,
             state.optimizer,
             loader,
             oracle_every=cfg.oracle_every if cfg.full_gradient == "oracle" else None,
-            diagnostics=cfg.diagnostics,
-            diagnostics_every=cfg.diagnostics_every,
+            diagnostics=cfg.decomposition,
+            diagnostics_every=cfg.decomposition_every,
             subset=fixed,
             batch_size=cfg.batch_size,
             autocast=lambda: autocast_context(device, cfg.bf16),
@@ -223,7 +223,7 @@ def builtin_callbacks(cfg: TrainConfig, is_main: bool) -> list[Callback]:
     """The callbacks a configuration asks for (the noisy-label fit with label noise, the decomposition monitor,
     ``--tensorboard`` on the main process)."""
     callbacks: list[Callback] = [NoisyLabelFit()] if cfg.label_noise > 0 else []
-    if cfg.full_gradient == "oracle" or cfg.diagnostics:
+    if cfg.full_gradient == "oracle" or cfg.decomposition:
         callbacks.append(DecompositionCallback())
     if cfg.tensorboard and is_main:
         callbacks.append(TensorBoardCallback())

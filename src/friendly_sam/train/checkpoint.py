@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .config import EPOCHS_KEY, IDENTITY_KEYS, SAFE_KEYS, TrainConfig
+from .config import EPOCHS_KEY, IDENTITY_KEYS, SAFE_KEYS, TrainConfig, differences, run_setting
 
 FORMAT = "friendly-sam-checkpoint"
 VERSION = 2
@@ -333,43 +333,31 @@ def check_resume_config(
 ) -> ResumeCheck:
     """Compare a checkpoint's config with the current one; refuse any change of the trajectory.
 
-    Every :class:`TrainConfig` field is classified in :mod:`friendly_sam.train.config`:
+    Every :class:`TrainConfig` field declares its resume class (:mod:`friendly_sam.train.config`):
     ``IDENTITY_KEYS`` must be equal (else :class:`CheckpointError` listing every difference),
     ``SAFE_KEYS`` may differ (each difference gives a message), ``epochs`` may change as long as it is
     at least ``done_epochs`` (fewer is refused: a checkpoint of epoch 6 cannot continue a 4-epoch run);
     a change stretches or shrinks the learning-rate schedule from this point on, which the message says.
-    A key absent from one side counts as its :class:`TrainConfig` default (configs of older versions)."""
-    defaults = TrainConfig().to_dict()
-
-    def value(cfg: dict[str, Any], key: str) -> Any:
-        v = cfg.get(key, defaults.get(key))
-        return list(v) if isinstance(v, tuple) else v
-
-    keys = sorted(set(saved) | set(current) | set(defaults))
-    unknown = [k for k in keys if k not in IDENTITY_KEYS and k not in SAFE_KEYS and k != EPOCHS_KEY]
-    diffs = [
-        f"{k}: checkpoint {value(saved, k)!r} vs now {value(current, k)!r}"
-        for k in keys
-        if (k in IDENTITY_KEYS or k in unknown) and value(saved, k) != value(current, k)
-    ]
-    epochs_now = value(current, EPOCHS_KEY)
+    A key absent from one side counts as its :class:`TrainConfig` default and old spellings are upgraded
+    (configs of older versions); the comparison is :func:`~friendly_sam.train.config.differences`."""
+    unknown = sorted((set(saved) | set(current)) - set(TrainConfig().to_dict()) - set(TrainConfig.RENAMED))
+    changed = differences(saved, current, [*IDENTITY_KEYS, *unknown])
+    diffs = [f"{k}: checkpoint {old!r} vs now {new!r}" for k, (old, new) in sorted(changed.items())]
+    setting = run_setting(current, [EPOCHS_KEY, "schedule", "warmup_epochs"])
+    epochs_now = setting[EPOCHS_KEY]
     if isinstance(epochs_now, int) and done_epochs > epochs_now:
         diffs.append(
             f"epochs: the checkpoint has {done_epochs} epochs done, more than the {epochs_now} asked"
         )
     if diffs:
         raise CheckpointError(f"checkpoint {source} belongs to a different run setting ({'; '.join(diffs)})")
-    check = ResumeCheck()
-    for key in sorted(SAFE_KEYS) + [EPOCHS_KEY]:
-        old, new = value(saved, key), value(current, key)
-        if old != new:
-            check.changes[key] = (old, new)
-            check.messages.append(f"{key} changed from {old!r} to {new!r}")
+    check = ResumeCheck(differences(saved, current, [*sorted(SAFE_KEYS), EPOCHS_KEY]))
+    check.messages = [f"{key} changed from {old!r} to {new!r}" for key, (old, new) in check.changes.items()]
     if EPOCHS_KEY in check.changes:
         old, new = check.changes[EPOCHS_KEY]
         effect = (
             "the learning rate is constant, so nothing else changes"
-            if value(current, "schedule") == "constant" and not value(current, "warmup_epochs")
+            if setting["schedule"] == "constant" and not setting["warmup_epochs"]
             else f"the learning-rate schedule now spans {new} epochs from here on (the next steps' lr "
             "differs from the one planned)"
         )

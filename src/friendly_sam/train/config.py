@@ -1,246 +1,178 @@
-"""The training configuration: one dataclass that is the single source of flags, file keys and help.
+"""The training configuration: one dataclass whose fields are the options, each declared once.
 
-A config file (TOML, or YAML when PyYAML is installed) gives any subset of the fields; command-line
-flags override the file; :meth:`TrainConfig.validate` checks everything before any work starts.
+Each field says its type (annotation), default, range or choices, help and resume class
+(:func:`~friendly_sam.train.options.option`); the ``fsam train`` flags, the config-file checks, validation and
+the resume rules are derived from these declarations. A config file (TOML, YAML when PyYAML is installed,
+or JSON) gives any subset of the fields; command-line flags override the file; :meth:`TrainConfig.validate`
+checks everything before any work starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
-import re
 import stat
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ..data import DATASET_NAMES, IMAGE_FOLDER, NOISE_KINDS, STORAGE_CHOICES
-from ..distributed import PERTURBATION_MODES as PERTURBATIONS  # under torchrun; see docs/distributed.md
+from ..distributed import PERTURBATION_MODES as DDP_MODES  # under torchrun; see docs/distributed.md
 from ..models import EXTERNAL_PREFIXES, available_models
 from ..optim import BETWEEN_MODES
 from ..optim.fsam import COMPONENTS
+from .options import EPOCHS, IDENTITY, SAFE, ConfigError, build, check_fields, declared, default_of, option
 
-OPTIMIZERS = ("sgd", "sam", "asam", "fsam", "afsam")
+__all__ = [
+    "EPOCHS_KEY",
+    "IDENTITY_KEYS",
+    "SAFE_KEYS",
+    "ConfigError",
+    "TrainConfig",
+    "differences",
+    "label_of",
+    "read_config_file",
+    "run_setting",
+    "upgrade_saved",
+]
+
+# The method: the base optimizer alone, or a sharpness-aware method around it (--base names the base).
+METHODS = ("base", "sam", "asam", "fsam", "afsam")
 BASE_OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 FULL_GRADIENTS = ("ema", "oracle")
 DATASETS = (*DATASET_NAMES, IMAGE_FOLDER)  # the built-in data sets, and your own image folder
-
-
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; refuse anything huge before reading
 
-# Resume rules (applied by friendly_sam.train.checkpoint.check_resume_config). Every TrainConfig field is
-# in exactly one of IDENTITY_KEYS, SAFE_KEYS or EPOCHS_KEY; tests/safety fails on an unclassified field.
-# Identity: a change alters the training trajectory (data and its order, augmentation, model, algorithm
-# and its hyper-parameters, schedule shape, numerics, evaluation subsets, extra diagnostic passes), so
-# resuming with it is refused.
-IDENTITY_KEYS = (
-    "dataset",
-    "train_subset",
-    "val_size",
-    "test_subset",
-    "label_noise",
-    "noise_kind",
-    "crop",
-    "flip",
-    "cutout",
-    "model",
-    "optimizer",
-    "base",
-    "lr",
-    "momentum",
-    "nesterov",
-    "weight_decay",
-    "rho",
-    "sigma",
-    "lmbda",
-    "max_grad_norm",
-    "component",
-    "full_gradient",
-    "oracle_every",
-    "diagnostics",
-    "diagnostics_every",
-    "diagnostics_subset",
-    "batch_size",
-    "schedule",
-    "milestones",
-    "gamma",
-    "warmup_epochs",
-    "seed",
-    "bf16",
-    "perturbation",
-    "sync_bn",
-    "image_size",
-    "resize_size",
-    "skip_bad_images",
-    "pretrained",
-    "new_head",
-    "perturb_every",
-    "between",
-    "looksam_alpha",
-    "ascent_fraction",
-)
-# Safe: where the (MD5-checked) data files are, hardware and speed settings (results equal up to float
-# rounding, as on another machine), evaluation batch size, bookkeeping and the label. Changes are reported.
-SAFE_KEYS = (
-    "data_dir",
-    "download",
-    "device",
-    "threads",
-    "channels_last",
-    "deterministic",
-    "eval_batch_size",
-    "checkpoint_every",
-    "tensorboard",
-    "name",
-    "data_storage",
-    "memory_budget",
-    "num_workers",
-)
-# May change on resume, but never below the epochs already done; the schedule then spans the new length.
-EPOCHS_KEY = "epochs"
+
+def _external_model(name: Any) -> bool:
+    return isinstance(name, str) and name.partition(":")[0].strip().lower() in EXTERNAL_PREFIXES
 
 
-class ConfigError(ValueError):
-    """A configuration file or option that cannot be used; the message names the file and the key."""
-
-
-def _opt(default: Any, help: str, **extra: Any) -> Any:
-    return field(default=default, metadata={"help": help, **extra})
+# Resume classes (friendly_sam.train.options): IDENTITY options change the training trajectory (data and
+# its order, augmentation, model, algorithm and its hyper-parameters, schedule shape, numerics, evaluation
+# subsets, extra passes): resuming with another value is refused. SAFE options (where the MD5-checked data
+# is, hardware and speed settings whose results are equal up to float rounding, evaluation batch size,
+# bookkeeping, the label) may change; each change is reported. EPOCHS may grow or shrink, never below the
+# epochs done.
+_I, _S = {"resume": IDENTITY}, {"resume": SAFE}
 
 
 @dataclass
 class TrainConfig:
     """Everything a run needs. Defaults: a small, quick F-SAM run on Fashion-MNIST."""
 
+    # Old spellings (flags, config keys; saved run configs are upgraded): old -> (new, {old value: new}).
+    RENAMED: ClassVar[dict[str, tuple[str, dict[str, str]]]] = {
+        "optimizer": ("method", {"sgd": "base"}),
+        "perturbation": ("ddp_mode", {}),
+        "diagnostics": ("decomposition", {}),
+        "diagnostics_every": ("decomposition_every", {}),
+        "diagnostics_subset": ("decomposition_subset", {}),
+    }
+
+    # One declaration per option: type, default, help, range or choices, resume class.
+    # fmt: off
     # data
-    dataset: str = _opt(
-        "fashion-mnist", "data set: fashion-mnist, mnist, cifar10, cifar100, or imagefolder (--data-dir)"
-    )
-    data_dir: str | None = _opt(
-        None, "directory holding the data set files (else FSAM_DATA_DIR, the cache, ...)"
-    )
-    download: bool = _opt(False, "download the data set (MD5-checked) when it is not found locally")
-    train_subset: int | None = _opt(None, "train on a random subset of this many images")
-    val_size: int = _opt(0, "hold out this many training images as a validation split (0: none)")
-    test_subset: int | None = _opt(
-        None, "evaluate on a fixed random subset of this many test images (quick checks)"
-    )
-    label_noise: float = _opt(0.0, "fraction of training labels to corrupt, in [0, 1]")
-    noise_kind: str = _opt("symmetric", "label noise kind: symmetric or asymmetric")
-    crop: bool = _opt(True, "random crop with padding (4 pixels at 32x32, 3 at 28x28)")
-    flip: bool | None = _opt(None, "random horizontal flip (default: on for CIFAR, off for digits/clothes)")
-    cutout: bool = _opt(False, "Cutout 16x16 with p=0.5 (the paper's CIFAR recipe; 8x8 at 28x28)")
+    dataset: str = option("fashion-mnist", "data set (imagefolder: your own, with --data-dir)", choices=DATASETS, **_I)
+    data_dir: str | None = option(None, "directory holding the data set files (else FSAM_DATA_DIR, the cache, ...)", **_S)
+    download: bool = option(False, "download the data set (MD5-checked) when it is not found locally", **_S)
+    train_subset: int | None = option(None, "train on a random subset of this many images", range=">= 1", **_I)
+    val_size: int = option(0, "hold out this many training images as a validation split (0: none)", range=">= 0", **_I)
+    test_subset: int | None = option(None, "evaluate on a fixed random subset of this many test images", range=">= 1", **_I)
+    label_noise: float = option(0.0, "fraction of training labels to corrupt", range="[0.0, 1.0]", **_I)
+    noise_kind: str = option("symmetric", "label noise kind", choices=NOISE_KINDS, **_I)
+    crop: bool = option(True, "random crop with padding (4 pixels at 32x32, 3 at 28x28)", **_I)
+    flip: bool | None = option(None, "random horizontal flip (default: on for CIFAR, off for digits/clothes)", **_I)
+    cutout: bool = option(False, "Cutout 16x16 with p=0.5 (the paper's CIFAR recipe; 8x8 at 28x28)", **_I)
     # your own images: --dataset imagefolder --data-dir DIR (docs/own_data.md)
-    image_size: int = _opt(224, "imagefolder: side of the images the model sees")
-    resize_size: int | None = _opt(
-        None, "imagefolder: shorter side resized to this, centre square kept (default: --image-size)"
-    )
-    skip_bad_images: bool = _opt(
-        False, "imagefolder: leave unreadable image files out (listed) instead of stopping"
-    )
-    data_storage: str = _opt(
-        "auto", "imagefolder: auto (in memory if it fits --memory-budget), memory or streaming"
-    )
-    memory_budget: float | None = _opt(
-        None,
-        "imagefolder: GiB of decoded images to hold in memory, per machine (default: half the free memory)",
-    )
-    num_workers: int | None = _opt(None, "imagefolder: decoding processes (default: the CPUs, at most 8)")
+    image_size: int = option(224, "imagefolder: side of the images the model sees", range=">= 1", **_I)
+    resize_size: int | None = option(None, "imagefolder: shorter side resized to this, centre square kept (default: "
+                                     "--image-size)", range=">= 1", **_I)
+    skip_bad_images: bool = option(False, "imagefolder: leave unreadable image files out (listed), not stop", **_I)
+    data_storage: str = option("auto", "imagefolder: auto (in memory if it fits --memory-budget), memory or "
+                               "streaming", choices=STORAGE_CHOICES, **_S)
+    memory_budget: float | None = option(None, "imagefolder: GiB of decoded images to hold in memory, per machine "
+                                         "(default: half the free memory)", range="> 0.0", **_S)
+    num_workers: int | None = option(None, "imagefolder: decoding processes (default: the CPUs, at most 8)", range=">= 0", **_S)
     # model
-    model: str = _opt("resnet8", "network; `fsam models` lists them; or torchvision:<name>, timm:<name>")
-    pretrained: str | None = _opt(None, "initial weights: a state dict file (torch.save(model.state_dict()))")
-    new_head: bool = _opt(False, "with --pretrained: a new classifier for this data's classes (fine-tuning)")
+    model: str = option("resnet8", "network (`fsam models` lists them), or torchvision:<name>, timm:<name>",
+                        choices=available_models, also=_external_model, **_I)
+    pretrained: str | None = option(None, "initial weights: a state dict file (torch.save(model.state_dict()))", **_I)
+    new_head: bool = option(False, "with --pretrained: a new classifier for this data's classes (fine-tuning)", **_I)
     # optimizer
-    optimizer: str = _opt("fsam", "sgd, sam, asam (adaptive SAM), fsam, afsam (adaptive F-SAM)")
-    base: str = _opt("sgd", "base optimizer: sgd or adamw")
-    lr: float = _opt(0.05, "peak learning rate")
-    momentum: float = _opt(0.9, "SGD momentum")
-    nesterov: bool = _opt(False, "Nesterov momentum (SGD)")
-    weight_decay: float = _opt(5e-4, "weight decay (coupled for SGD, decoupled for AdamW)")
-    rho: float = _opt(0.05, "SAM / F-SAM neighbourhood radius")
-    sigma: float = _opt(1.0, "F-SAM: fraction of the estimated full gradient removed")
-    lmbda: float = _opt(0.6, "F-SAM: EMA decay of the full-gradient estimate, in [0, 1)")
-    max_grad_norm: float | None = _opt(
-        None, "clip the (perturbed) gradient to this norm before the base step"
-    )
-    component: str = _opt(
-        "noise",
-        "F-SAM perturbation component: noise (g - sigma*m, F-SAM), full (m only), minibatch (g, as SAM)",
-    )
-    full_gradient: str = _opt(
-        "ema", "F-SAM full-gradient estimate m: ema, or oracle (true full-batch gradient every N steps)"
-    )
-    oracle_every: int = _opt(10, "--full-gradient oracle: recompute it every N steps (1 full F+B pass)")
-    perturb_every: int = _opt(1, "SAM/F-SAM: perturb every N-th step only (1: every step); docs/efficient.md")
-    between: str = _opt(
-        "base",
-        "--perturb-every > 1: the other steps use the clean gradient (base) or LookSAM's reuse (looksam)",
-    )
-    looksam_alpha: float = _opt(0.7, "--between looksam: weight of the reused sharpness component")
-    ascent_fraction: float = _opt(
-        1.0, "SAM/F-SAM: the clean (ascent) pass uses this fraction of each batch, in (0, 1]"
-    )
-    diagnostics: bool = _opt(
-        False, "log cos(g, m), ||g - sigma m||/||sigma m|| and the EMA-vs-full-gradient cosine per epoch"
-    )
-    diagnostics_every: int = _opt(50, "--diagnostics: EMA-vs-full-gradient cosine every N steps")
-    diagnostics_subset: int = _opt(2048, "--diagnostics: training images for that full gradient")
+    method: str = option("fsam", "base (the --base optimizer alone), sam, asam (adaptive SAM), fsam, afsam "
+                         "(adaptive F-SAM)", choices=METHODS, **_I)
+    base: str = option("sgd", "base optimizer: the step every method takes", choices=BASE_OPTIMIZERS, **_I)
+    lr: float = option(0.05, "peak learning rate", range="> 0.0", **_I)
+    momentum: float = option(0.9, "SGD momentum", range="[0.0, 1.0)", **_I)
+    nesterov: bool = option(False, "Nesterov momentum (SGD)", **_I)
+    weight_decay: float = option(5e-4, "weight decay (coupled for SGD, decoupled for AdamW)", range=">= 0.0", **_I)
+    rho: float = option(0.05, "SAM / F-SAM neighbourhood radius", range=">= 0.0", **_I)
+    sigma: float = option(1.0, "F-SAM: fraction of the estimated full gradient removed", range=">= 0.0", **_I)
+    lmbda: float = option(0.6, "F-SAM: EMA decay of the full-gradient estimate; 0.6 is the official training "
+                          "recipe (FriendlySAM's own default, 0.9, is the official class's)", range="[0.0, 1.0)", **_I)
+    max_grad_norm: float | None = option(None, "clip the (perturbed) gradient to this norm before the base step",
+                                         range="> 0.0", **_I)
+    component: str = option("noise", "F-SAM perturbation component: noise (g - sigma*m, F-SAM), full (m only), "
+                            "minibatch (g, as SAM)", choices=COMPONENTS, **_I)
+    full_gradient: str = option("ema", "F-SAM full-gradient estimate m: ema, or oracle (true full-batch gradient "
+                                "every N steps)", choices=FULL_GRADIENTS, **_I)
+    oracle_every: int = option(10, "--full-gradient oracle: recompute it every N steps (1 full F+B pass)", range=">= 1", **_I)
+    perturb_every: int = option(1, "perturb every N-th step only (1: every step); docs/efficient.md", range=">= 1", **_I)
+    between: str = option("base", "--perturb-every > 1: what the unperturbed steps do: a base step on the clean "
+                          "gradient (base) or LookSAM's reuse (looksam)", choices=BETWEEN_MODES, **_I)
+    looksam_alpha: float = option(0.7, "--between looksam: weight of the reused sharpness component", range=">= 0.0", **_I)
+    ascent_fraction: float = option(1.0, "the clean (ascent) pass uses this fraction of each batch", range="(0.0, 1.0]", **_I)
+    decomposition: bool = option(False, "the decomposition study: log cos(g, m), ||g - sigma m||/||sigma m|| and "
+                                 "the EMA-vs-full-gradient cosine per epoch", **_I)
+    decomposition_every: int = option(50, "--decomposition: EMA-vs-full-gradient cosine every N steps", range=">= 1", **_I)
+    decomposition_subset: int = option(2048, "--decomposition: training images for that full gradient", range=">= 1", **_I)
     # schedule
-    epochs: int = _opt(5, "number of epochs")
-    batch_size: int = _opt(128, "training batch size")
-    schedule: str = _opt("cosine", "learning-rate schedule: cosine (per iteration, to 0), step, constant")
-    milestones: list[float] = _opt(
-        (0.5, 0.75), "step schedule: fractions of training where lr drops", nargs="+"
-    )
-    gamma: float = _opt(0.1, "step schedule: factor at each milestone")
-    warmup_epochs: float = _opt(0.0, "linear warm-up length in epochs")
+    epochs: int = option(5, "number of epochs", range=">= 1", resume=EPOCHS)
+    batch_size: int = option(128, "training batch size", range=">= 1", **_I)
+    schedule: str = option("cosine", "learning-rate schedule: cosine (per iteration, to 0), step, constant",
+                           choices=SCHEDULES, **_I)
+    milestones: list[float] = option((0.5, 0.75), "step schedule: fractions of training where lr drops", nargs="+", **_I)
+    gamma: float = option(0.1, "step schedule: factor at each milestone", range="(0.0, 1.0]", **_I)
+    warmup_epochs: float = option(0.0, "linear warm-up length in epochs", range=">= 0.0", **_I)
     # speed and reproducibility
-    seed: int = _opt(0, "seed of everything (initialisation, data order, augmentation, label noise)")
-    bf16: bool = _opt(False, "bfloat16 autocast for forward/backward (fast on recent CPUs and GPUs)")
-    channels_last: bool = _opt(False, "channels_last memory format (faster convolutions on CPU)")
-    device: str = _opt("auto", "cpu, cuda, cuda:N or auto")
-    threads: int | None = _opt(None, "torch CPU threads (default: torch's choice)")
-    deterministic: bool = _opt(False, "torch.use_deterministic_algorithms (GPU runs become reproducible)")
-    eval_batch_size: int = _opt(256, "batch size for evaluation")
+    seed: int = option(0, "seed of everything (initialisation, data order, augmentation, label noise)", range=">= 0", **_I)
+    bf16: bool = option(False, "bfloat16 autocast for forward/backward (fast on recent CPUs and GPUs)", **_I)
+    channels_last: bool = option(False, "channels_last memory format (faster convolutions on CPU)", **_S)
+    device: str = option("auto", "use cpu, cuda, cuda:N or auto", pattern=r"auto|cpu|cuda(:\d+)?", **_S)
+    threads: int | None = option(None, "torch CPU threads (default: torch's choice)", range=">= 1", **_S)
+    deterministic: bool = option(False, "torch.use_deterministic_algorithms (GPU runs become reproducible)", **_S)
+    eval_batch_size: int = option(256, "batch size for evaluation", range=">= 1", **_S)
     # several processes (torchrun; docs/distributed.md)
-    perturbation: str = _opt(
-        "per-replica",
-        "under torchrun: per-replica (each replica perturbs with its local gradient and keeps its own "
-        "F-SAM EMA) or synchronized (all-reduced first gradient, as one process over the global batch)",
-    )
-    sync_bn: bool = _opt(False, "under torchrun: SyncBatchNorm (batch statistics over all replicas; CUDA)")
+    ddp_mode: str = option("per-replica", "under torchrun: per-replica (each replica perturbs with its local "
+                           "gradient and keeps its own F-SAM EMA) or synchronized (all-reduced first gradient, as one "
+                           "process over the global batch)", choices=DDP_MODES, **_I)
+    sync_bn: bool = option(False, "under torchrun: SyncBatchNorm (batch statistics over all replicas; CUDA)", **_I)
     # run bookkeeping
-    checkpoint_every: int = _opt(1, "write a checkpoint every N epochs (the last epoch always)")
-    tensorboard: bool = _opt(False, "also log to TensorBoard (needs the tensorboard package)")
-    name: str | None = _opt(None, "a label for comparisons (default: the optimizer name)")
+    checkpoint_every: int = option(1, "write a checkpoint every N epochs (the last epoch always)", range=">= 1", **_S)
+    tensorboard: bool = option(False, "also log to TensorBoard (needs the tensorboard package)", **_S)
+    name: str | None = option(None, "a label for comparisons (default: the method, or the base optimizer alone)", **_S)
+    # fmt: on
 
     @property
     def label(self) -> str:
-        return self.name or self.optimizer
+        return label_of(self.to_dict())
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
-        """Build from a flat dict (a file's options, flags): unknown keys and wrong types are refused.
+    def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> TrainConfig:
+        """Build from a flat dict (a file's options, flags): unknown, renamed, mistyped and out-of-range
+        options are refused. ``-`` in keys reads as ``_``; a key given both ways is refused. Errors are
+        :class:`ConfigError` (a ``ValueError``) naming the key and ``source`` (``"flags"``: as flags)."""
+        return build(cls, values, source)
 
-        ``-`` in keys reads as ``_``; a key given both ways is refused. Errors are :class:`ConfigError`
-        (a ``ValueError``) naming the key and ``source``."""
-        known = {f.name: f for f in fields(cls)}
-        normalized: dict[str, Any] = {}
-        for key, value in values.items():
-            name = str(key).replace("-", "_")
-            if name in normalized:
-                raise ConfigError(f"{source}: option {name!r} is given twice (as {key!r} and once more)")
-            normalized[name] = value
-        unknown = sorted(set(normalized) - set(known))
-        if unknown:
-            raise ConfigError(
-                f"{source}: unknown option(s) {', '.join(unknown)}; valid options: {', '.join(known)}"
-            )
-        return cls(**{k: check_option_type(k, v, source) for k, v in normalized.items()})
+    @classmethod
+    def from_saved(cls, values: Mapping[str, Any], source: str) -> TrainConfig:
+        """A run's own saved configuration (``config.json``, a checkpoint's), old spellings upgraded."""
+        return cls.from_dict(upgrade_saved(values), source)
 
     @classmethod
     def from_file(cls, path: str | Path) -> TrainConfig:
@@ -260,96 +192,17 @@ class TrainConfig:
     # ------------------------------------------------------------------ validation
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the option and the fix for any invalid value; return self."""
-
-        def choice(name: str, options: tuple[str, ...] | list[str]) -> None:
-            value = getattr(self, name)
-            if value not in options:
-                raise ValueError(
-                    f"--{name.replace('_', '-')}: unknown value {value!r}; choose one of: {', '.join(options)}"
-                )
-
-        def number(
-            name: str, low: float, high: float | None = None, *, open_low=False, open_high=False
-        ) -> None:
-            v = getattr(self, name)
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            ok = ok and (v > low if open_low else v >= low)
-            ok = ok and (high is None or (v < high if open_high else v <= high))
-            if not ok:
-                lo, hi = ("(" if open_low else "["), (")" if open_high else "]")
-                rng = f"{lo}{low}, {high}{hi}" if high is not None else f"{'>' if open_low else '>='} {low}"
-                raise ValueError(
-                    f"--{name.replace('_', '-')}: invalid value {v!r}; it must be a number in {rng}"
-                )
-
-        def integer(name: str, low: int, optional: bool = False) -> None:
-            v = getattr(self, name)
-            if optional and v is None:
-                return
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(
-                    f"--{name.replace('_', '-')}: invalid value {v!r}; it must be an integer >= {low}"
-                )
-
-        for f in fields(self):  # Python callers and replace() bypass from_dict's checks
-            check_option_type(f.name, getattr(self, f.name), "config")
-        choice("dataset", list(DATASETS))
-        if self.model.partition(":")[0].strip().lower() not in EXTERNAL_PREFIXES:  # torchvision:/timm:
-            choice("model", list(available_models()))
-        choice("data_storage", STORAGE_CHOICES)
-        integer("image_size", 1)
-        integer("resize_size", 1, optional=True)
-        integer("num_workers", 0, optional=True)
-        if self.memory_budget is not None:
-            number("memory_budget", 0.0, open_low=True)
-        choice("optimizer", OPTIMIZERS)
-        choice("base", BASE_OPTIMIZERS)
-        choice("schedule", SCHEDULES)
-        choice("noise_kind", NOISE_KINDS)
-        choice("perturbation", PERTURBATIONS)
-        number("label_noise", 0.0, 1.0)
-        number("lr", 0.0, open_low=True)
-        number("momentum", 0.0, 1.0, open_high=True)
-        number("weight_decay", 0.0)
-        number("rho", 0.0)
-        number("sigma", 0.0)
-        number("lmbda", 0.0, 1.0, open_high=True)
-        number("gamma", 0.0, 1.0, open_low=True)
-        number("warmup_epochs", 0.0)
-        integer("epochs", 1)
-        integer("batch_size", 1)
-        integer("eval_batch_size", 1)
-        integer("val_size", 0)
-        integer("train_subset", 1, optional=True)
-        integer("test_subset", 1, optional=True)
-        integer("threads", 1, optional=True)
-        integer("checkpoint_every", 1)
-        integer("seed", 0)
-        choice("component", COMPONENTS)
-        choice("between", BETWEEN_MODES)
-        integer("perturb_every", 1)
-        number("looksam_alpha", 0.0)
-        number("ascent_fraction", 0.0, 1.0, open_low=True)
-        choice("full_gradient", FULL_GRADIENTS)
-        integer("oracle_every", 1)
-        integer("diagnostics_every", 1)
-        integer("diagnostics_subset", 1)
-        if self.max_grad_norm is not None:
-            number("max_grad_norm", 0.0, open_low=True)
-        return self._check_combinations()
-
-    def _check_combinations(self) -> TrainConfig:
-        """The checks that involve several options (after each has its type and range)."""
-        uses_fsam = self.component != "noise" or self.full_gradient == "oracle" or self.diagnostics
-        if uses_fsam and self.optimizer not in ("fsam", "afsam"):
+        check_fields(self)  # Python callers and replace() bypass from_dict's checks
+        uses_fsam = self.component != "noise" or self.full_gradient == "oracle" or self.decomposition
+        if uses_fsam and self.method not in ("fsam", "afsam"):
             raise ValueError(
-                f"--component/--full-gradient/--diagnostics need --optimizer fsam or afsam, not "
-                f"{self.optimizer!r} (SAM is --optimizer fsam --component minibatch)"
+                f"--component/--full-gradient/--decomposition need --method fsam or afsam, not "
+                f"{self.method!r} (SAM is --method fsam --component minibatch)"
             )
-        if self.optimizer == "sgd" and (self.perturb_every != 1 or self.ascent_fraction != 1.0):
+        if self.method == "base" and (self.perturb_every != 1 or self.ascent_fraction != 1.0):
             raise ValueError(
                 "--perturb-every and --ascent-fraction apply to sam, asam, fsam and afsam, not to "
-                "--optimizer sgd (which never perturbs); remove them or choose a sharpness-aware optimizer"
+                "--method base (which never perturbs); remove them or choose a sharpness-aware method"
             )
         if self.warmup_epochs >= self.epochs:
             raise ValueError(
@@ -358,8 +211,6 @@ class TrainConfig:
         if any(not (0 < m < 1) for m in self.milestones):
             raise ValueError(f"--milestones: {list(self.milestones)} must be fractions of training in (0, 1)")
         self._check_image_folder()
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
-            raise ValueError(f"--device: unknown value {self.device!r}; use cpu, cuda, cuda:N or auto")
         return self
 
     def _check_image_folder(self) -> None:
@@ -385,44 +236,62 @@ class TrainConfig:
             )
 
 
-# --------------------------------------------------------------------------- strict option types
-_TYPE_NAMES = {
-    "str": "a string",
-    "bool": "true or false",
-    "int": "an integer",
-    "float": "a number",
-    "list[float]": "a list of numbers",
-}
+_DEFAULTS = {name: default_of(f) for name, (f, _) in declared(TrainConfig).items()}
 
 
-def check_option_type(name: str, value: Any, source: str = "config") -> Any:
-    """Return ``value`` if it has the type of option ``name`` (ints become floats where floats are due).
+def upgrade_saved(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A configuration saved by an older version, in today's spellings (``optimizer: sgd`` ->
+    ``method: base``, ``perturbation`` -> ``ddp_mode``, ...). Today's configurations pass unchanged."""
+    out = dict(values)
+    for old, (new, renamed_values) in TrainConfig.RENAMED.items():
+        if old in out and new not in out:
+            value = out.pop(old)
+            out[new] = renamed_values.get(value, value) if isinstance(value, str) else value
+    return out
 
-    Strict: booleans are booleans (``"false"`` is refused), integers are integers (``True`` is not one),
-    floats accept integers, lists are lists of numbers, strings are strings; ``None`` only where the
-    option is optional. :class:`ConfigError` names the option and ``source`` otherwise."""
-    spec = {f.name: str(f.type) for f in fields(TrainConfig)}.get(name)
-    if spec is None:
-        return value
-    kind, optional = spec.removesuffix(" | None"), spec.endswith(" | None")
-    if value is None and optional:
-        return None
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind == "bool" and isinstance(value, bool):
-        return value
-    if kind == "int" and number and isinstance(value, int):
-        return value
-    if kind == "float" and number:
-        return float(value)
-    if kind == "str" and isinstance(value, str):
-        return value
-    if kind == "list[float]" and isinstance(value, (list, tuple)):
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            return [float(v) for v in value]
-    if kind not in _TYPE_NAMES:  # a new annotation must get a rule here (tests/safety checks all fields)
-        raise TypeError(f"TrainConfig.{name}: no type rule for annotation {spec!r}")
-    wanted = _TYPE_NAMES[kind] + (" (or null / omitted)" if optional else "")
-    raise ConfigError(f"{source}: option {name!r} must be {wanted}, not {value!r} ({type(value).__name__})")
+
+def label_of(values: Mapping[str, Any]) -> str:
+    """A run's label: its ``name``, else what trained it: the method (``fsam``; ``fsam-adamw`` on an AdamW
+    base), or the base optimizer alone (``sgd``, ``adamw``)."""
+    values = upgrade_saved(values)
+    if values.get("name"):
+        return str(values["name"])
+    method, base = values.get("method", _DEFAULTS["method"]), values.get("base", _DEFAULTS["base"])
+    if method == "base":
+        return str(base)
+    return str(method) if base == _DEFAULTS["base"] else f"{method}-{base}"
+
+
+# --------------------------------------------------------------------------- the one "same run?" comparison
+def keys_of(resume: str) -> tuple[str, ...]:
+    """The options of one resume class (IDENTITY, SAFE or EPOCHS), in declaration order."""
+    return tuple(name for name, (_, spec) in declared(TrainConfig).items() if spec.resume == resume)
+
+
+IDENTITY_KEYS, SAFE_KEYS = keys_of(IDENTITY), keys_of(SAFE)
+(EPOCHS_KEY,) = keys_of(EPOCHS)
+
+
+def run_setting(values: Mapping[str, Any], keys: Iterable[str] = IDENTITY_KEYS) -> dict[str, Any]:
+    """The values of ``keys`` in a (saved) configuration: old spellings upgraded, an absent key (a config
+    of an older version) counted as its default, tuples as lists."""
+    values = upgrade_saved(values)
+
+    def value(key: str) -> Any:
+        v = values.get(key, _DEFAULTS.get(key))
+        return list(v) if isinstance(v, tuple) else v
+
+    return {key: value(key) for key in keys}
+
+
+def differences(
+    a: Mapping[str, Any], b: Mapping[str, Any], keys: Iterable[str] = IDENTITY_KEYS
+) -> dict[str, tuple[Any, Any]]:
+    """The one "same run?" comparison: each of ``keys`` (default: the options that define a run) whose
+    value differs between configurations ``a`` and ``b`` -> (a's value, b's value)."""
+    keys = list(keys)
+    left, right = run_setting(a, keys), run_setting(b, keys)
+    return {k: (left[k], right[k]) for k in keys if left[k] != right[k]}
 
 
 # --------------------------------------------------------------------------- config files

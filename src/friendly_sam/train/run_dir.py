@@ -108,7 +108,7 @@ def read_config(run_dir: Path) -> TrainConfig:
         raise RunDirectoryError(
             f"{run_dir} holds no run to resume or analyse (no {CONFIG_FILE}); start one with fsam train"
         )
-    return TrainConfig.from_dict(read_config_dict(run_dir), source=str(path)).validate()
+    return TrainConfig.from_saved(read_config_dict(run_dir), source=str(path)).validate()
 
 
 def record_resume(run_dir: Path, entry: dict[str, Any]) -> None:
@@ -202,12 +202,6 @@ def has_data_record(run_dir: Path) -> bool:
 def write_data_record(run_dir: Path, record: dict[str, Any]) -> None:
     """``classes.json``: an image folder's record (``ImageFolderData.record()``: classes, skipped files)."""
     write_text_atomic(run_dir / DATA_RECORD_FILE, json.dumps(record, indent=1) + "\n")
-
-
-def read_data_record(run_dir: Path) -> dict[str, Any] | None:
-    """The ``classes.json`` of an image-folder run, or None for a run on a built-in data set."""
-    path = run_dir / DATA_RECORD_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def has_checkpoint(run_dir: Path) -> bool:

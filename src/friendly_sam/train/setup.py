@@ -196,7 +196,7 @@ def clean_training_subset(
 ) -> tuple[Tensor, Tensor]:
     """``n`` training images chosen by :func:`~friendly_sam.data.subset` with ``seed`` (the same choice on
     every data path), without augmentation (``eval_transform``), with their training labels, on ``device``:
-    the fixed data of ``fsam analyze`` and ``--diagnostics``. A streamed image folder decodes just these."""
+    the fixed data of ``fsam analyze`` and ``--decomposition``. A streamed image folder decodes just these."""
     loader = data.train_loader
     n = min(n, loader.num_samples)
     images = getattr(loader, "images", None)
@@ -213,7 +213,7 @@ def clean_training_subset(
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """``sgd`` is the base optimizer alone; the others wrap it."""
+    """``--method base`` is the base optimizer (``--base``) alone; the other methods wrap it."""
     if cfg.base == "sgd":
         base_cls: type[torch.optim.Optimizer] = torch.optim.SGD
         base_kw: dict[str, Any] = {
@@ -225,7 +225,7 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
     else:
         base_cls, base_kw = torch.optim.AdamW, {"lr": cfg.lr, "weight_decay": cfg.weight_decay}
     params = model.parameters()
-    if cfg.optimizer == "sgd":
+    if cfg.method == "base":
         return base_cls(params, **base_kw)
     common = {
         "rho": cfg.rho,
@@ -235,16 +235,16 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
         "looksam_alpha": cfg.looksam_alpha,
         **base_kw,
     }
-    if cfg.optimizer in ("sam", "asam"):
-        return SAM(params, base_cls, adaptive=cfg.optimizer == "asam", **common)
+    if cfg.method in ("sam", "asam"):
+        return SAM(params, base_cls, adaptive=cfg.method == "asam", **common)
     return FriendlySAM(
         params,
         base_cls,
         sigma=cfg.sigma,
         lmbda=cfg.lmbda,
-        adaptive=cfg.optimizer == "afsam",
+        adaptive=cfg.method == "afsam",
         component=cfg.component,
-        track_diagnostics=cfg.diagnostics,
+        track_diagnostics=cfg.decomposition,
         **common,
     )
 

@@ -144,7 +144,7 @@ def ddp_training_step(
         raise ValueError(
             "between='looksam' under DDP needs the perturbation mode 'synchronized': in 'per-replica' mode each "
             "replica's own clean gradient would give it its own LookSAM component, and the replicas would "
-            "drift apart on the unperturbed steps; use --perturbation synchronized or --between base"
+            "drift apart on the unperturbed steps; use --ddp-mode synchronized or --between base"
         )
     if is_ddp and mode == PER_REPLICA and is_two_pass(optimizer) and perturbs:
         context = model.no_sync()

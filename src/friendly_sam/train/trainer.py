@@ -92,8 +92,8 @@ def train(
     try:
         if not ctx.is_main:
             progress, log = False, lambda message: None
-        if ctx.enabled and (cfg.full_gradient == "oracle" or cfg.diagnostics):
-            raise ValueError("--full-gradient oracle and --diagnostics need a single process (not torchrun)")
+        if ctx.enabled and (cfg.full_gradient == "oracle" or cfg.decomposition):
+            raise ValueError("--full-gradient oracle and --decomposition need a single process (not torchrun)")
         if ctx.enabled and step_fn is not None:
             raise ValueError("step_fn replaces the single-process step; under torchrun the DDP step is used")
         run_dir = Path(run_dir)
@@ -230,7 +230,7 @@ def _choose_step(
                 optimizer,
                 x,
                 y,
-                mode=cfg.perturbation,
+                mode=cfg.ddp_mode,
                 global_batch_size=size,
                 bf16=cfg.bf16,
                 max_grad_norm=cfg.max_grad_norm,
@@ -408,7 +408,7 @@ def _save_checkpoint(state: TrainState, ctx: DistributedContext, elapsed: float)
     cfg = state.cfg
     # per-replica F-SAM: every rank's own EMA (a collective); else [] without communicating
     replicas = (
-        gather_replica_states(state.optimizer) if ctx.enabled and cfg.perturbation == "per-replica" else []
+        gather_replica_states(state.optimizer) if ctx.enabled and cfg.ddp_mode == "per-replica" else []
     )
     if not ctx.is_main:
         return
@@ -431,7 +431,8 @@ def summarize(cfg: TrainConfig, metrics: list[dict[str, Any]]) -> dict[str, Any]
     last = metrics[-1]
     summary = {
         "label": cfg.label,
-        "optimizer": cfg.optimizer,
+        "method": cfg.method,
+        "base": cfg.base,
         "dataset": cfg.dataset,
         "model": cfg.model,
         "seed": cfg.seed,
