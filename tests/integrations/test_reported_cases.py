@@ -204,3 +204,12 @@ def test_a_perturbed_pass_that_raises_leaves_the_weights_unperturbed():
         assert torch.equal(p, before[name]), f"{name} left perturbed"
     assert not opt.is_perturbed
     training_step(net, opt, x, y)  # the optimizer takes the next update normally
+
+
+def test_samtrainer_builds_the_efficient_variants_it_is_given(tmp_path):
+    trainer = _sam_trainer(tmp_path, rho=0.1, perturb_every=2, ascent_fraction=0.5)
+    trainer.train()
+    sam = trainer.sam_optimizer
+    assert sam.perturb_every == 2 and {g["rho"] for g in sam.param_groups} == {0.1}
+    assert trainer._sam_engine.ascent_fraction == 0.5
+    assert sam.steps_taken == 2  # 16 samples, batch 8: one perturbed and one unperturbed update
