@@ -18,6 +18,8 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from .files import write_atomic
+
 INSTALL_HINT = "pip install 'friendly-sam[plot]' (or pip install matplotlib)"
 
 
@@ -77,9 +79,11 @@ def new_figure(what: str, figsize: tuple[float, float] = (6.0, 4.0), dpi: int = 
 
 
 def save_figure(fig: Any, path: str | PathLike[str]) -> Path:
-    """Lay the figure out and write it as a PNG (parent folders created); returns the path."""
+    """Lay the figure out and write it (parent folders created) through the file layer: atomically, never
+    through a link; PNG unless the name ends in .pdf or .svg. Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    kind = path.suffix[1:].lower() if path.suffix.lower() in (".pdf", ".svg") else "png"
+    write_atomic(path, lambda f: fig.savefig(f, format=kind))
     return path

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from testkit import FASHION_DIR
 
-from friendly_sam.data import read_idx
+from friendly_sam.data.readers import read_idx
 
 # Folder names whose sorted order differs from Fashion-MNIST's label order, so the tests see the
 # labels come from the folder names.

@@ -13,7 +13,7 @@ from PIL import Image
 from test_train_torchrun import checkpoint, finish, launch, metrics
 from testkit import FASHION_DIR, needs_fashion_mnist
 
-from friendly_sam.data import read_idx
+from friendly_sam.data.readers import read_idx
 
 pytestmark = [pytest.mark.slow, needs_fashion_mnist]
 
