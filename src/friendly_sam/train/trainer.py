@@ -26,11 +26,13 @@ from . import run_dir as rd
 from .callbacks import Callback, CallbackList, TrainState, builtin_callbacks
 from .checkpoint import CheckpointError, check_resume_config, load_state_checked, make_checkpoint
 from .config import TrainConfig
+from .data_setup import check_data_identity, prepare_data
+from .evaluation import evaluate
 from .lock import RunLock, create_run_dir, open_run_dir
 from .metrics import EpochMetrics
 from .progress import ProgressBar, format_seconds
 from .run_dir import RunDirectoryError, machine_description
-from .setup import OptimizerFactory, build_optimizer, evaluate_split, lr_factor, prepare_data
+from .setup import OptimizerFactory, build_optimizer, lr_factor
 from .step import ddp_training_step, training_step
 
 __all__ = ["DIVERGENCE_LOSS", "RunDirectoryError", "StepFn", "load_run_config", "summarize", "train"]
@@ -154,6 +156,8 @@ def _build(
     """Data, run directory, model, optimizer and schedule; restored from ``ckpt`` when resuming."""
     try:  # a missing data set, package or weights file leaves no run directory behind
         data = prepare_data(cfg, ctx.device, shard=(ctx.rank, ctx.world_size), log=log)
+        if ckpt is not None:  # before anything of the run is touched
+            check_data_identity(ckpt.get("data"), data, cfg, f"checkpoint {run_dir / rd.CHECKPOINT_FILE}", log)
         ctx.check_batches(data.train_loader.num_samples, cfg.batch_size)
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model, data.num_classes, data.in_channels)
@@ -342,7 +346,7 @@ def _evaluate_splits(
     (``null`` in metrics.jsonl: not measured)."""
     data, cfg = state.data, state.cfg
     chosen = hooks.splits_to_evaluate(record["epoch"], tuple(data.eval_sets))
-    measure = partial(evaluate_split, transform=data.eval_transform, cfg=cfg, device=state.device, ctx=ctx)
+    measure = partial(evaluate, cfg=cfg, device=state.device, ctx=ctx)
     for split, source in data.eval_sets.items():
         if split in chosen:
             record[f"{split}_loss"], record[f"{split}_acc"] = measure(state.model, source)
@@ -419,6 +423,7 @@ def _save_checkpoint(state: TrainState, ctx: DistributedContext, elapsed: float)
         rng={"torch": torch.get_rng_state()},
         replica_states=replicas,
         world_size=ctx.world_size,
+        data=state.data.fingerprint,
     )
     rd.write_checkpoint(state.run_dir, checkpoint)
 
