@@ -196,9 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train",
         help="train one run (config file and/or flags)",
-        description="Train one run. A config file (TOML/YAML) sets options; flags override it.",
+        description="Train one run. A config file (TOML, YAML or JSON) sets options; flags override it.",
     )
-    p.add_argument("--config", help="TOML or YAML config file (see configs/)")
+    p.add_argument("--config", help="TOML, YAML or JSON config file (see configs/)")
     p.add_argument(
         "--out", help="run directory to create (default: runs/<time>-<label>-<dataset>-<model>-s<seed>)"
     )
@@ -283,10 +283,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fsam {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(
-            f"\nfsam {args.command}: interrupted; resume with `fsam train --resume RUN_DIR`", file=sys.stderr
-        )
+        print(f"\nfsam {args.command}: interrupted; {_after_interrupt(args)}", file=sys.stderr)
         return 130
+
+
+def _after_interrupt(args: argparse.Namespace) -> str:
+    """What to do after Ctrl-C, for the command that was interrupted."""
+    if args.command == "train":
+        run = args.resume or args.out or "RUN_DIR"
+        return f"continue from its last checkpoint (written at each epoch's end) with `fsam train --resume {run}`"
+    if args.command == "demo":
+        return "run the same `fsam demo` again: finished runs are reused, interrupted ones resumed"
+    if args.command == "analyze":
+        return "analysis.json is written only once all chosen parts are done: run the command again"
+    return "nothing was written"
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from .callbacks import (
     Callback,
     DecompositionCallback,
+    EarlyStopping,
     EvaluateEvery,
     NoisyLabelFit,
     TensorBoardCallback,
@@ -19,6 +20,7 @@ __all__ = [
     "Callback",
     "CheckpointError",
     "DecompositionCallback",
+    "EarlyStopping",
     "EvaluateEvery",
     "NoisyLabelFit",
     "OptimizerFactory",

@@ -45,7 +45,11 @@ REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
     "scheduler": dict,
     "rng": dict,
 }
-OPTIONAL_KEYS: dict[str, type | tuple[type, ...]] = {"replica_states": list, "world_size": int}
+OPTIONAL_KEYS: dict[str, type | tuple[type, ...]] = {
+    "replica_states": list,
+    "world_size": int,
+    "callbacks": dict,  # the callbacks' state_dict()s, by key (only when one has state)
+}
 # Temporary files of the atomic writers below: `.NAME.RANDOM.tmp` (and `.NAME.tmp` of older versions).
 TEMP_PREFIX, TEMP_SUFFIX = ".", ".tmp"
 
