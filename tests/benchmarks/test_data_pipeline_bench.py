@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "data_pipeline.py"
+MODULE = "benchmarks.data_pipeline"
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not FASHION.exists(), reason="real Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"
 )
@@ -32,7 +33,7 @@ def test_data_pipeline_benchmark_runs_and_reports(tmp_path: Path) -> None:
         "1",
     ]
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), *args, "--json", str(out_json)],
+        [sys.executable, "-m", MODULE, *args, "--json", str(out_json)],
         capture_output=True,
         text=True,
         timeout=600,

@@ -27,6 +27,7 @@ def fsam(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_analyze_writes_json_and_plots_and_compare_shows_them(tmp_path, capsys):
     import torch
 

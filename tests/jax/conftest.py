@@ -1,4 +1,4 @@
-"""JAX tests: each module starts with ``require_jax()`` (from ``jax_helpers``), so that where JAX is not
+"""JAX tests: each module starts with ``pytest.importorskip("optax", reason=...)``, so that where JAX is not
 installed they are skipped with the reason and the fix (``pip install 'friendly-sam[jax]'``)."""
 
 from __future__ import annotations

@@ -137,7 +137,8 @@ def opaque_step(tx, loss=mlp_loss):
 
 
 def run_mapped(mapper, mode: str, replicas: int = REPLICAS, opaque_mode: bool = True):
-    """F-SAM with ``batch_axis_name`` under ``mapper`` (``jax.vmap`` / ``jax.pmap``); (params, state)."""
+    """F-SAM with ``batch_axis_name`` under ``mapper`` (``jax.vmap``, ``jax.pmap``, or a shard_map wrapper
+    of the same signature) over arguments stacked along a leading replica axis; (params, state)."""
     params, xs, ys = dp_problem(replicas)
     tx = fsam_jax.fsam(dp_base(), **DP_HYPER, batch_axis_name="batch", mode=mode, opaque_mode=opaque_mode)
     grad = jax.grad(mlp_loss)
@@ -149,7 +150,7 @@ def run_mapped(mapper, mode: str, replicas: int = REPLICAS, opaque_mode: bool = 
         return p, s
 
     step = mapper(opaque_step(tx) if opaque_mode else alternating, axis_name="batch")
-    step = step if mapper is jax.pmap else jax.jit(step)
+    step = step if mapper is jax.pmap else jax.jit(step)  # vmap, shard_map: compiled by jit
     p = jax.tree.map(lambda a: jnp.stack([a] * replicas), params)
     s = jax.vmap(tx.init)(p)
     for t in range(DP_STEPS):

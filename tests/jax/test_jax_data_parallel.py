@@ -1,6 +1,6 @@
 """Data parallelism (``batch_axis_name``): the two perturbation modes of the PyTorch side, run as a named
-``vmap`` (the same collectives as ``pmap``); ``pmap`` and a sharded ``jit`` run in a subprocess with two
-host devices.
+``vmap`` (the same collectives as ``pmap``); ``pmap``, ``shard_map`` and a sharded ``jit`` run in a
+subprocess with two host devices.
 
 * synchronized: one process running F-SAM on the global batch, identical state on every replica;
 * per-replica: each replica perturbs with its own gradient and EMA, the base step averages the perturbed
@@ -87,8 +87,10 @@ def test_per_replica_with_alternating_calls_is_refused() -> None:
         fsam(optax.sgd(0.1), batch_axis_name="batch", mode="sync")
 
 
-def test_pmap_and_sharded_jit_on_two_devices(tmp_path: Path, x64) -> None:
-    """Under ``pmap`` on two (host) devices both modes equal the named vmap, the replicas agree exactly;
+@pytest.mark.slow
+def test_pmap_shard_map_and_sharded_jit_on_two_devices(tmp_path: Path, x64) -> None:
+    """Under ``pmap`` and ``shard_map`` on two (host) devices both modes equal the named vmap, the replicas
+    agree exactly;
     a ``jit`` over batches sharded on both devices equals the unsharded program."""
     out = tmp_path / "params.npz"
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
@@ -99,8 +101,11 @@ def test_pmap_and_sharded_jit_on_two_devices(tmp_path: Path, x64) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     got = np.load(out)
     for mode in ("per-replica", "synchronized"):
-        by_pmap = {k.split("/")[1]: got[k] for k in got.files if k.startswith(mode + "/")}
-        _assert_same_on_every_replica(by_pmap)
-        _assert_close(by_pmap, run_mapped(jax.vmap, mode, replicas=2)[0])
+        by_vmap = run_mapped(jax.vmap, mode, replicas=2)[0]
+        for mapper in ("pmap", "shard_map"):
+            mapped = {k.split("/")[1]: got[k] for k in got.files if k.startswith(f"{mapper}:{mode}/")}
+            assert set(mapped) == set(by_vmap), (mapper, mode)
+            _assert_same_on_every_replica(mapped)
+            _assert_close(mapped, by_vmap)
     sharded = {k.split("/")[1]: got[k] for k in got.files if k.startswith("sharded-jit/")}
     _assert_close(sharded, run_global_batch(replicas=2)[0])

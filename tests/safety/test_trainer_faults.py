@@ -7,14 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from safety_helpers import FASHION, fsam, tiny_config
+from testkit import fsam, needs_fashion_mnist, tiny_config
 
 from friendly_sam.train import Callback, train
 from friendly_sam.train import run_dir as rd
 
-pytestmark = pytest.mark.skipif(
-    not (FASHION / "t10k-images-idx3-ubyte.gz").exists(), reason="no Fashion-MNIST"
-)
+pytestmark = needs_fashion_mnist
 
 
 def _cfg(**changes):
@@ -37,6 +35,7 @@ def _strict(path: Path) -> list:
     return [json.loads(line, parse_constant=reject) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_a_kill_during_the_checkpoint_write_then_resume_is_bit_exact(tmp_path):
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     train(_cfg(), whole, progress=False, log=lambda m: None)
@@ -91,6 +90,7 @@ class _SkipTestIn(Callback):
             state.splits = [s for s in state.splits if s != "test"]
 
 
+@pytest.mark.slow
 def test_a_skipped_split_is_null_in_strict_json(tmp_path):
     run = tmp_path / "run"
     summary = train(_cfg(), run, progress=False, log=lambda m: None, callbacks=[_SkipTestIn()])
@@ -104,6 +104,7 @@ def test_a_skipped_split_is_null_in_strict_json(tmp_path):
     assert result.returncode == 0 and "counted once" in result.stdout
 
 
+@pytest.mark.slow
 def test_resume_applies_safe_options_and_records_them(tmp_path):
     run = tmp_path / "run"
     train(_cfg(epochs=1), run, progress=False, log=lambda m: None)

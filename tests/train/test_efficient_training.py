@@ -135,6 +135,7 @@ def test_trainer_resume_mid_period_is_bit_exact(tmp_path: Path) -> None:
     assert all(0.0 <= m["train_acc"] <= 100.0 for m in metrics)
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_cli_flags_train_the_variant(tmp_path: Path) -> None:
     run = tmp_path / "run"

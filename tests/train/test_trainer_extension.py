@@ -37,6 +37,7 @@ def tiny(**overrides: Any) -> TrainConfig:
     return TrainConfig(**{**values, **overrides}).validate()
 
 
+@pytest.mark.slow
 def test_the_documented_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     block = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)[-1]
     assert "callbacks=[TestAtEnds()]" in block
@@ -125,6 +126,7 @@ class DuckSAM(torch.optim.Optimizer):
         self.inner.load_state_dict(state_dict)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step")  # it never sees our step()
 def test_optimizer_factory_duck_typed_two_pass_gives_our_numbers(tmp_path: Path) -> None:
     """An optimizer with first_step/second_step (no subclass, no adapter) takes the same two passes:

@@ -70,7 +70,8 @@ class BatchAugment:
         flip: random horizontal flips (leave off for digits).
         cutout_size: side of the Cutout square (0 disables it; the paper recipe is 16).
         cutout_p: probability of applying Cutout to an image (paper recipe: 0.5).
-        mean, std: per-channel normalisation of the [0, 1]-scaled images (``None``: no normalisation).
+        mean: per-channel mean for normalising the [0, 1]-scaled images (``None``: no normalisation).
+        std: per-channel standard deviation for that normalisation (``None``: none).
         cutout_value: value written into the Cutout square, in output (normalised) units.
 
     With every step disabled the call is a plain uint8 -> float conversion (+ normalisation):

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from ..files import check_memory, memory_available
 from .datasets import channel_stats
 from .image_augment import ResizedCropAugment
 from .imagefolder import (
@@ -65,14 +66,10 @@ _STATS_STREAM = 0x57A75
 
 
 def default_memory_budget() -> int:
-    """Half of the memory available now (Linux ``MemAvailable``), else 4 GiB."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024 // 2
-    except (OSError, ValueError, IndexError):
-        pass
-    return 4 << 30
+    """Half of the memory this process may use now (:func:`friendly_sam.files.memory_available`: the
+    least of ``MemAvailable``, the address-space limit and the container's limit), else 4 GiB."""
+    available, _ = memory_available()
+    return 4 << 30 if available is None else available // 2
 
 
 def default_num_workers() -> int:
@@ -235,6 +232,9 @@ def _choose_storage(storage: str, needed: int, budget: int | None) -> tuple[str,
     if storage not in STORAGE_CHOICES:
         raise ValueError(f"storage must be one of {', '.join(STORAGE_CHOICES)}, got {storage!r}")
     gib = f"{needed / (1 << 30):.2f} GiB"
+    if storage == "memory":  # refused with the number before the allocation fails with a traceback
+        check_memory(needed, "holding the decoded images in memory", "lower --image-size / --resize-size, or "
+                     "use --data-storage streaming (or auto)")  # fmt: skip
     if storage != "auto":
         return storage, f"{storage} requested (decoded images: {gib})"
     limit = default_memory_budget() if budget is None else int(budget)
@@ -319,13 +319,13 @@ def load_image_folder(
 
     Args:
         image_size: side of the images the model sees.
-        resize_size: side of the base images: the shorter side is resized to it and the centre
-            square kept; evaluation then takes the centre ``image_size`` crop (ImageNet: 256 / 224).
-            Default: ``image_size``.
+        resize_size: side of the base images (shorter side resized, centre square kept; evaluation takes
+            the centre ``image_size`` crop; ImageNet: 256 / 224). Default: ``image_size``.
         channels: 1 (grey) or 3 (RGB); ``None``: 1 when the training images are grey, else 3.
-        random_crop, crop_scale, flip: training augmentation (random-resized-crop of the base
-            image with area fraction in ``crop_scale``; horizontal flips).
-        mean, std: normalisation; ``None``: computed on up to ``stats_images`` training images.
+        random_crop: random-resized-crop of the base image in training (area fraction in ``crop_scale``).
+        crop_scale: the range of that area fraction.
+        flip: horizontal flips in training.
+        mean: normalisation mean (``std`` likewise); ``None``: computed on up to ``stats_images`` images.
         storage: ``auto`` (in memory when the decoded images fit ``memory_budget`` bytes, default
             :func:`default_memory_budget`), ``memory`` or ``streaming``.
         skip_bad_images: leave unreadable files out (listed in ``skipped``) instead of raising;

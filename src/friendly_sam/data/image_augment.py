@@ -66,7 +66,8 @@ class ResizedCropAugment:
         scale: range of the crop's area as a fraction of the base image (torchvision: (0.08, 1)).
         ratio: range of the crop's aspect ratio, sampled log-uniformly (torchvision: (3/4, 4/3)).
         flip: random horizontal flips (p = 0.5).
-        mean, std: per-channel normalisation of the [0, 1]-scaled images (``None``: none).
+        mean: per-channel mean for normalising the [0, 1]-scaled images (``None``: none).
+        std: per-channel standard deviation for that normalisation (``None``: none).
     """
 
     def __init__(

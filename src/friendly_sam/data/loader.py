@@ -287,10 +287,23 @@ class TensorBatchLoader(BatchSchedule):
             raise ValueError(f"labels must be integers, got {labels.dtype}")
         self.images = images
         self.labels = labels
+        self._device_perm: tuple[tuple[int, int, torch.device], torch.Tensor] | None = None
+
+    def _indices_on(self, device: torch.device, epoch: int, b: int, idx: torch.Tensor) -> torch.Tensor:
+        """``idx`` (batch ``b``'s slice of the epoch's CPU permutation) on ``device``: off the CPU, the
+        permutation is moved there once per epoch and sliced, not copied batch by batch (a blocking copy to a
+        GPU waits for its queue)."""
+        if device.type == "cpu":
+            return idx
+        key = (self.seed, epoch, device)
+        if self._device_perm is None or self._device_perm[0] != key:
+            self._device_perm = (key, self.permutation(epoch).to(device))
+        start = b * self.batch_size
+        return self._device_perm[1][start : start + len(idx)]
 
     def _batch(self, epoch: int, b: int, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.images.index_select(0, idx.to(self.images.device))
-        y = self.labels.index_select(0, idx.to(self.labels.device))
+        x = self.images.index_select(0, self._indices_on(self.images.device, epoch, b, idx))
+        y = self.labels.index_select(0, self._indices_on(self.labels.device, epoch, b, idx))
         if self.device is not None:
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)

@@ -49,7 +49,12 @@ class StreamingBatchLoader(BatchSchedule):
 
     Args:
         split: the files and labels (:func:`~friendly_sam.data.imagefolder.scan_split`).
-        batch_size, shuffle, drop_last, seed, device, shard: as :class:`TensorBatchLoader`.
+        batch_size: as :class:`TensorBatchLoader`.
+        shuffle: as :class:`TensorBatchLoader`.
+        drop_last: as :class:`TensorBatchLoader`.
+        seed: as :class:`TensorBatchLoader`.
+        device: as :class:`TensorBatchLoader`.
+        shard: as :class:`TensorBatchLoader`.
         channels: channels of the decoded images (1 or 3).
         base_size: side of the decoded base images (shorter side resized, centre square).
         augment: applied to each uint8 ``(N, C, base, base)`` batch on ``device`` with the batch's

@@ -3,8 +3,9 @@ method."""
 
 from .batchnorm import frozen_bn_stats
 from .fsam import COMPONENTS, FriendlySAM
+from .phase import Phase
 from .sam import SAM
-from .two_pass import BETWEEN_MODES, NORM_EPS, Phase, TwoPassOptimizer
+from .two_pass import BETWEEN_MODES, NORM_EPS, TwoPassOptimizer
 
 __all__ = [
     "BETWEEN_MODES",

@@ -89,11 +89,15 @@ class FriendlySAM(FSAMResearch, TwoPassOptimizer):
             engine (``friendly_sam.train.training_step`` and the integrations over it) runs the clean pass of
             a perturbed step on the leading ``ceil(fraction * batch)`` samples; a hand-written loop slices
             its own clean pass. The base step always applies the whole batch's perturbed gradient.
+        capturable: no host synchronisation in the step (``torch.compile(fullgraph=True)``, CUDA graphs):
+            every decision on the device, and a step with an inf/nan gradient is skipped (counted in the device
+            tensor ``skipped_steps``) instead of raising. See ``friendly_sam.optim.capturable`` and
+            ``docs/optimizer.md``.
         track_diagnostics: record ``cos(g, m)`` and the noise/full norm ratio (see above).
-        process_group, replica_group: distributed training (keywords): the group the parameters are
-            sharded over, and the DDP replicas that agree on skipping an fp16 overflow; see
-            :class:`TwoPassOptimizer` and ``docs/distributed.md``.
-        **base_kwargs: arguments of the base optimizer (``lr``, ``momentum``, ``weight_decay``, ...).
+        **base_kwargs: arguments of the base optimizer (``lr``, ``momentum``, ``weight_decay``, ...),
+            and the two distributed-training keywords of :class:`TwoPassOptimizer`: ``process_group``
+            (the group the parameters are sharded over) and ``replica_group`` (the DDP replicas that
+            agree on skipping an fp16 overflow); see ``docs/distributed.md``.
 
     **What m averages with** ``perturb_every > 1``: every clean minibatch gradient, unperturbed steps
     included (each step has one, so ``m <- lmbda m + (1 - lmbda) g`` runs on every step; ``lmbda`` keeps its
@@ -123,6 +127,7 @@ class FriendlySAM(FSAMResearch, TwoPassOptimizer):
         between: str = "base",
         looksam_alpha: float = 0.7,
         ascent_fraction: float = 1.0,
+        capturable: bool = False,
         track_diagnostics: bool = False,
         **base_kwargs: Any,
     ) -> None:
@@ -135,6 +140,7 @@ class FriendlySAM(FSAMResearch, TwoPassOptimizer):
             between=between,
             looksam_alpha=looksam_alpha,
             ascent_fraction=ascent_fraction,
+            capturable=capturable,
             rho=rho,
             sigma=sigma,
             lmbda=lmbda,
@@ -142,6 +148,10 @@ class FriendlySAM(FSAMResearch, TwoPassOptimizer):
             component=component,
             **base_kwargs,
         )
+        if capturable and track_diagnostics:
+            raise ValueError(
+                "FriendlySAM(capturable=True) does not support track_diagnostics (they sync to read)"
+            )
         self._init_research(track_diagnostics)
 
     def _validate_group(self, group: dict[str, Any], where: str) -> None:
@@ -150,6 +160,10 @@ class FriendlySAM(FSAMResearch, TwoPassOptimizer):
         check_number("lmbda", group["lmbda"], low=0.0, high=1.0, where=where)
         if not isinstance(group["adaptive"], bool):
             raise ValueError(f"invalid adaptive={group['adaptive']!r}{where}: it must be True or False")
+        if group["component"] == "full" and getattr(self, "capturable", False):
+            raise ValueError(
+                f"component='full'{where} is not supported with capturable=True (a research option)"
+            )
         if group["component"] not in COMPONENTS:
             raise ValueError(
                 f"invalid component={group['component']!r}{where}: use 'noise' (F-SAM: g - sigma*m), "
@@ -208,6 +222,11 @@ class FriendlySAM(FSAMResearch, TwoPassOptimizer):
             if not emas:
                 continue
             decay = lmbda + (1.0 - lmbda) * sigma if recovered else lmbda
+            mask = self._run.state_mask
+            if mask is not None:  # capturable: no update on a skipped step (gs are zero there), no sync
+                ops.scale_(emas, torch.where(mask, emas[0].new_full((), decay), emas[0].new_ones(())))
+                ops.add_(emas, gs, 1.0 - lmbda)
+                continue
             F.ema_(ops, emas, gs, decay, 1.0 - lmbda)
             if noise and not recovered:  # the oracle's share of g = d + sigma * o
                 ops.add_(emas, ms, (1.0 - lmbda) * sigma)

@@ -37,20 +37,18 @@ class PeriodicSteps:
 
     def _init_periodic(self, perturb_every: int, between: str, looksam_alpha: float) -> None:
         self.perturb_every, self.between, self.looksam_alpha = perturb_every, between, float(looksam_alpha)
-        self._steps = 0  # full steps finished (perturbed or not): decides which steps perturb
-        self._component_valid = False  # LookSAM: the "looksam" buffers hold a measured component
 
     @property
     def next_step_perturbs(self) -> bool:
         """Whether the next ``first_step`` perturbs (step ``t`` perturbs when ``t % perturb_every == 0``, ``t``
         counting finished steps from 0). Loops that prepare the clean pass differently for the two kinds
         (sub-batch ascent, per-replica DDP's ``no_sync``) read it before the clean pass."""
-        return self._steps % self.perturb_every == 0
+        return self._run.steps % self.perturb_every == 0
 
     @property
     def steps_taken(self) -> int:
         """Full steps finished (each first_step/second_step pair; part of ``state_dict()``)."""
-        return self._steps
+        return self._run.steps
 
     @torch.no_grad()
     def _unperturbed_step(self, buckets: list, zero_grad: bool, skip: bool) -> None:
@@ -88,11 +86,11 @@ class PeriodicSteps:
             return
         for bucket, ops in buckets:
             ops.copy_([self._looksam_buffer(p) for p in bucket.params], bucket.grads)
-        self._component_valid = False
+        self._run.component_valid = False
 
     def _looksam_add(self, buckets: list, grad_norm: float) -> None:
         """LookSAM: ``g <- g + alpha * ||g|| / ||v|| * v`` with ``v`` the stored sharpness component."""
-        if not self._component_valid:
+        if not self._run.component_valid:
             return  # none measured yet (or the last measurement overflowed): a plain base step
         parts = []
         for bucket, ops in buckets:
@@ -120,7 +118,7 @@ class PeriodicSteps:
             if p.grad is not None and "looksam" in self.state[p]
         ]
         if pairs and F.looksam_component_(pairs):
-            self._component_valid = True
+            self._run.component_valid = True
 
     def _looksam_buffer(self, p: Tensor) -> Tensor:
         buf = self.state[p].get("looksam")

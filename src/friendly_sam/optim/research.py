@@ -43,6 +43,8 @@ class FSAMResearch:
                 or a mapping parameter -> tensor covering every parameter. Copied (into a buffer kept
                 across calls); must be finite.
         """
+        if getattr(self, "capturable", False):
+            raise ValueError("set_full_gradient() is not supported with capturable=True (a research option)")
         if self.is_perturbed:
             raise RuntimeError("set_full_gradient() between first_step() and second_step()")
         params = self._params()

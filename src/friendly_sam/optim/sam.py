@@ -47,10 +47,14 @@ class SAM(TwoPassOptimizer):
             engine (``friendly_sam.train.training_step`` and the integrations over it) runs the clean pass of
             a perturbed step on the leading ``ceil(fraction * batch)`` samples; a hand-written loop slices
             its own clean pass. The base step always applies the whole batch's perturbed gradient.
-        process_group, replica_group: distributed training (keywords): the group the parameters are
-            sharded over, and the DDP replicas that agree on skipping an fp16 overflow; see
-            :class:`TwoPassOptimizer` and ``docs/distributed.md``.
-        **base_kwargs: arguments of the base optimizer (``lr``, ``momentum``, ``weight_decay``, ...).
+        capturable: no host synchronisation in the step (``torch.compile(fullgraph=True)``, CUDA graphs):
+            every decision on the device, and a step with an inf/nan gradient is skipped (counted in the device
+            tensor ``skipped_steps``) instead of raising. See ``friendly_sam.optim.capturable`` and
+            ``docs/optimizer.md``.
+        **base_kwargs: arguments of the base optimizer (``lr``, ``momentum``, ``weight_decay``, ...),
+            and the two distributed-training keywords of :class:`TwoPassOptimizer`: ``process_group``
+            (the group the parameters are sharded over) and ``replica_group`` (the DDP replicas that
+            agree on skipping an fp16 overflow); see ``docs/distributed.md``.
 
     Use ``first_step()`` / ``second_step()`` around your two forward/backward passes, or ``step(closure)``.
     With ``perturb_every > 1`` run the second pass only ``if opt.is_perturbed``.
@@ -71,6 +75,7 @@ class SAM(TwoPassOptimizer):
         between: str = "base",
         looksam_alpha: float = 0.7,
         ascent_fraction: float = 1.0,
+        capturable: bool = False,
         **base_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -82,6 +87,7 @@ class SAM(TwoPassOptimizer):
             between=between,
             looksam_alpha=looksam_alpha,
             ascent_fraction=ascent_fraction,
+            capturable=capturable,
             rho=rho,
             adaptive=adaptive,
             **base_kwargs,

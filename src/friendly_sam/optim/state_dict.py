@@ -22,10 +22,10 @@ class StateDictMixin:
             "base_class": type(self.base_optimizer).__name__,
             "format": STATE_FORMAT,
             "max_grad_norm": self.max_grad_norm,
-            "steps": self._steps,  # the period's position: resuming mid-period perturbs on the same steps
+            "steps": self._run.steps,  # the period's position: resuming mid-period perturbs on the same steps
             "perturb_every": self.perturb_every,
             "between": self.between,
-            "component_valid": self._component_valid,
+            "component_valid": self._run.component_valid,
             "ascent_fraction": self.ascent_fraction,
         }
 
@@ -62,6 +62,6 @@ class StateDictMixin:
         self.max_grad_norm = meta["max_grad_norm"]
         # perturb_every/between/looksam_alpha/ascent_fraction are this optimizer's construction arguments;
         # the counter and the LookSAM component's validity travel (format < 3: every step perturbed)
-        self._steps = int(meta.get("steps", 0))
-        self._component_valid = bool(meta.get("component_valid", False)) and self.between == "looksam"
+        self._run.steps = int(meta.get("steps", 0))
+        self._run.component_valid = bool(meta.get("component_valid", False)) and self.between == "looksam"
         upgrade_groups(self.param_groups, self.hyperparameter_defaults())

@@ -27,9 +27,6 @@ _NOT_COPIED = ("step",)
 class StepProtocol:
     """first_step / second_step / step(closure) around the optimizer's ``_first_step`` / ``_second_step``."""
 
-    def _init_step_protocol(self) -> None:
-        self._grads_from_step = False  # p.grad holds what our last step(closure) left (its second pass)
-
     @torch.no_grad()
     def first_step(self, zero_grad: bool = True, scaler: torch.amp.GradScaler | None = None) -> None:
         """Perturb the weights ``w <- w + e`` along the direction built from the clean gradient in ``p.grad``.
@@ -87,7 +84,7 @@ class StepProtocol:
                 step's clean gradient, which was finite).
         """
         self._second_step(zero_grad, scaler)
-        self._grads_from_step = False
+        self._run.grads_from_step = False
         self._run_step_hooks(pre=False)
 
     def step(  # type: ignore[override]
@@ -126,7 +123,9 @@ class StepProtocol:
                 "and second_step() around your own two passes"
             )
         self._refuse_foreign_gradient()
-        passes = ClosurePasses(self, closure)  # BatchNorm frozen and RNG replayed in the perturbed call (engine)
+        passes = ClosurePasses(
+            self, closure
+        )  # BatchNorm frozen and RNG replayed in the perturbed call (engine)
         self.zero_grad(set_to_none=True)  # what our last step left: a closure that does not zero stays right
         try:
             with torch.enable_grad():
@@ -142,7 +141,7 @@ class StepProtocol:
             if self.is_perturbed:  # the second closure raised: never leave w + e behind
                 self._restore()
             raise
-        self._grads_from_step = True
+        self._run.grads_from_step = True
         passes.finished(self)
         return loss
 
@@ -152,7 +151,7 @@ class StepProtocol:
         would be added to the clean one (a silently wrong direction) unless the closure zeroes it. Refuse
         a non-zero gradient that the previous ``step(closure)`` did not leave (checked until the first
         such step: one host sync, once)."""
-        if self._grads_from_step:
+        if self._run.grads_from_step:
             return
         grads = [p.grad for p in self._params() if p.grad is not None]
         if grads and bool(torch.stack([g.detach().abs().amax().to(torch.float32) for g in grads]).amax() > 0):

@@ -18,8 +18,19 @@ TensorList = Sequence[Tensor]
 
 
 def _copy_per_tensor(dst: TensorList, src: TensorList) -> None:
+    if _compiling() and hasattr(torch, "_foreach_copy_") and not any(hasattr(d, "to_local") for d in dst):
+        # Under torch.compile, inductor turns ``saved.copy_(w); w.add_(...)`` into a copy that aliases w and
+        # is read after w is updated (the saved weights come out perturbed, torch 2.13): the multi-tensor
+        # copy is traced as a real copy. Same values (a copy is exact).
+        torch._foreach_copy_(dst, src)
+        return
     for d, s in zip(dst, src):
         d.copy_(s)
+
+
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling()
 
 
 def _copy_foreach(dst: TensorList, src: TensorList) -> None:

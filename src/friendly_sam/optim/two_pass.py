@@ -30,7 +30,6 @@ optimizer's defaults too; ``GradScaler.step(opt, closure)`` goes through the AMP
 from __future__ import annotations
 
 import dataclasses
-import enum
 import inspect
 import math
 from collections.abc import Iterable
@@ -42,10 +41,13 @@ from torch.optim import Optimizer
 
 from . import functional as F
 from .amp import unscale_once
-from .collectives import clip_sharded_, sharded_norm, share_overflow
+from .capturable import CapturableSteps, check_capturable
+from .collectives import sharded_norm, share_overflow
 from .engine import bind_model
+from .gradient_checks import GradientChecks
 from .migration import check_base_class, take_migration_kwargs
 from .periodic import BETWEEN_MODES, PeriodicSteps
+from .phase import Phase, StepState
 from .state_dict import StateDictMixin
 from .steps import StepProtocol
 from .tensor_ops import FOREACH, PER_TENSOR, TensorOps
@@ -61,17 +63,6 @@ from .validation import (
 __all__ = ["BETWEEN_MODES", "NORM_EPS", "Bucket", "Phase", "TwoPassOptimizer"]
 
 NORM_EPS = F.NORM_EPS
-
-
-class Phase(enum.Enum):
-    """Where the optimizer is within one step (the one state of the step machine)."""
-
-    IDLE = "idle"  # between steps: first_step() comes next
-    PERTURBED = "perturbed"  # the weights are w + e: run the second pass, then second_step()
-    SKIPPING = (
-        "skipping"  # the clean gradient overflowed under a GradScaler: second_step() skips the base step
-    )
-    STEPPED = "stepped"  # an unperturbed step (perturb_every > 1) already stepped: second_step() closes it
 
 
 class Bucket:
@@ -91,7 +82,9 @@ class Bucket:
 _FOREACH_DTENSOR = dataclasses.replace(FOREACH, name="foreach (DTensor)", copy_=PER_TENSOR.copy_)
 
 
-class TwoPassOptimizer(PeriodicSteps, StepProtocol, StateDictMixin, Optimizer):
+class TwoPassOptimizer(
+    CapturableSteps, GradientChecks, PeriodicSteps, StepProtocol, StateDictMixin, Optimizer
+):
     """Base class of :class:`SAM` and :class:`FriendlySAM`; subclasses define the perturbation direction.
 
     Subclasses list their per-group hyperparameters in ``HYPERPARAMETERS`` (defaults: the subclass's
@@ -134,12 +127,16 @@ class TwoPassOptimizer(PeriodicSteps, StepProtocol, StateDictMixin, Optimizer):
         process_group: Any = None,
         replica_group: Any = None,
         model: torch.nn.Module | None = None,
+        capturable: bool = False,
         **kwargs: Any,
     ) -> None:
         check_base_class(base_optimizer, type(self).__name__)
         check_schedule(perturb_every, between, looksam_alpha, process_group)
         check_options(max_grad_norm, foreach, process_group, replica_group)
         self.ascent_fraction = check_fraction("ascent_fraction", ascent_fraction)
+        if capturable:
+            check_capturable(type(self).__name__, perturb_every, between, process_group, replica_group)
+        self._init_capturable(capturable)
         take_migration_kwargs(kwargs)
         own = {k: kwargs.pop(k) for k in list(kwargs) if k in self.HYPERPARAMETERS}
         defaults = {**self.hyperparameter_defaults(), **own}
@@ -150,12 +147,12 @@ class TwoPassOptimizer(PeriodicSteps, StepProtocol, StateDictMixin, Optimizer):
         if "lr" in kwargs:  # before the base optimizer, which may accept nan or word it its own way
             check_lr(kwargs["lr"])
         self._saved: dict[Tensor, Tensor] = {}
-        self._phase, self._open = Phase.IDLE, []  # the step's phase; the buckets perturbed by first_step
+        self._run = StepState()  # the step's phase, counter, ...: see phase.py (why not attributes)
         self._init_periodic(perturb_every, between, looksam_alpha)
-        self._init_step_protocol()
         super().__init__(params, defaults)
         check_base_kwargs(type(self).__name__, self.own_arguments(), base_optimizer, kwargs)
         self.base_optimizer = base_optimizer(self.param_groups, **kwargs)
+        self._capturable_buffers(self._params())
         # One list of group dicts shared by both: schedulers, add_param_group and state_dict see one truth.
         self.param_groups = self.base_optimizer.param_groups
         # The base optimizer's defaults too: schedulers that cycle momentum (OneCycleLR) look for them here.
@@ -188,7 +185,7 @@ class TwoPassOptimizer(PeriodicSteps, StepProtocol, StateDictMixin, Optimizer):
                 self._validate_group(group, where=f" in param group {i}")
             except ValueError as error:
                 raise ValueError(
-                    f"{type(self).__name__}, step {self._steps}: {error} (the value was changed after "
+                    f"{type(self).__name__}, step {self._run.steps}: {error} (the value was changed after "
                     "construction, e.g. by a scheduler or by hand; nothing was stepped)"
                 ) from None
 
@@ -248,12 +245,12 @@ class TwoPassOptimizer(PeriodicSteps, StepProtocol, StateDictMixin, Optimizer):
         ``w + e``): the loop must run the second (perturbed) pass. False after the :meth:`first_step` of an
         unperturbed step (``perturb_every > 1``), which has already stepped: skip the second pass and call
         :meth:`second_step` to finish the step."""
-        return self._phase in (Phase.PERTURBED, Phase.SKIPPING)
+        return self._run.phase in (Phase.PERTURBED, Phase.SKIPPING)
 
     @property
     def phase(self) -> Phase:
         """The step's :class:`Phase` (read-only)."""
-        return self._phase
+        return self._run.phase
 
     def buffer_tensors(self) -> dict[str, list[Tensor]]:
         """Parameter-sized tensors this wrapper holds beyond the base optimizer's state, by role
@@ -270,7 +267,7 @@ class TwoPassOptimizer(PeriodicSteps, StepProtocol, StateDictMixin, Optimizer):
     @torch.no_grad()
     def _first_step(self, zero_grad: bool, scaler: torch.amp.GradScaler | None) -> None:
         """:meth:`first_step` without the hooks (documented there)."""
-        if self._phase is not Phase.IDLE:
+        if self._run.phase is not Phase.IDLE:
             raise RuntimeError("first_step() called twice: call second_step() to finish the step first")
         self._check_hyperparameters()
         if scaler is not None:
@@ -280,7 +277,7 @@ class TwoPassOptimizer(PeriodicSteps, StepProtocol, StateDictMixin, Optimizer):
         buckets = self._buckets()
         if not self.next_step_perturbs:
             self._unperturbed_step(buckets, zero_grad, skip=scaler is not None)
-            self._phase = Phase.STEPPED
+            self._run.phase = Phase.STEPPED
             return
         self._looksam_keep_clean(buckets)
         directions = [
@@ -288,6 +285,12 @@ class TwoPassOptimizer(PeriodicSteps, StepProtocol, StateDictMixin, Optimizer):
         ]
         # Direction (F-SAM: subtract sigma * EMA) and its norm, checked finite before any state changes.
         contexts = [self._direction_(bucket, ops, dirs) for (bucket, ops), dirs in zip(buckets, directions)]
+        if self.capturable:  # the same decisions on the device, no sync (capturable.py)
+            self._capturable_perturb(buckets, directions, contexts)
+            if zero_grad:
+                self._drop_grads()
+            self._run.open, self._run.phase = buckets, Phase.PERTURBED
+            return
         total = self._global_norm([n for (_, ops), dirs in zip(buckets, directions) for n in ops.norms(dirs)])
         if not math.isfinite(total):
             if scaler is None:
@@ -298,7 +301,7 @@ class TwoPassOptimizer(PeriodicSteps, StepProtocol, StateDictMixin, Optimizer):
                 )
             if zero_grad:
                 self.zero_grad(set_to_none=True)
-            self._open, self._phase = [], Phase.SKIPPING
+            self._run.open, self._run.phase = [], Phase.SKIPPING
             return
         adaptive = any(bucket.group["adaptive"] for bucket, _ in buckets)
         if not adaptive:
@@ -317,20 +320,7 @@ class TwoPassOptimizer(PeriodicSteps, StepProtocol, StateDictMixin, Optimizer):
         self._perturb(buckets, directions, total)
         if zero_grad:
             self.zero_grad(set_to_none=True)
-        self._open, self._phase = buckets, Phase.PERTURBED
-
-    def _check_scales(self, buckets: list[tuple[Bucket, TensorOps]], total: float) -> None:
-        """Refuse, before the weights change, a perturbation scale a parameter's dtype cannot hold (a huge
-        rho): torch would raise part-way (a float alpha) or silently write inf (addcmul's value)."""
-        for bucket, _ in buckets:
-            scale = F.perturbation_scale(bucket.group["rho"], total)
-            dtype = bucket.params[0].dtype
-            if dtype.is_floating_point and scale > torch.finfo(dtype).max:
-                raise FloatingPointError(
-                    f"{type(self).__name__}.first_step: the perturbation scale rho / ||d|| = {scale:.3g} "
-                    f"overflows {dtype} (rho={bucket.group['rho']!r}, ||d||={total:.3g}); weights and "
-                    "optimizer state are unchanged. Use a smaller rho"
-                )
+        self._run.open, self._run.phase = buckets, Phase.PERTURBED
 
     def _perturb(self, buckets: list[tuple[Bucket, TensorOps]], directions: list[list[Tensor]], total: float):
         """Save and perturb every bucket; if anything raises part-way, restore those already touched."""
@@ -349,15 +339,22 @@ class TwoPassOptimizer(PeriodicSteps, StepProtocol, StateDictMixin, Optimizer):
     @torch.no_grad()
     def _second_step(self, zero_grad: bool, scaler: torch.amp.GradScaler | None) -> None:
         """:meth:`second_step` without the hooks (documented there)."""
-        if self._phase is Phase.STEPPED:  # first_step() already took this unperturbed step: only finish it
+        if (
+            self._run.phase is Phase.STEPPED
+        ):  # first_step() already took this unperturbed step: only finish it
             self._finish_step(zero_grad)
             return
-        if self._phase is Phase.IDLE:
+        if self._run.phase is Phase.IDLE:
             raise RuntimeError(
                 "second_step() called without first_step(): compute the clean gradient, call first_step(), "
                 "then the perturbed gradient, then second_step()"
             )
-        skip = self._phase is Phase.SKIPPING
+        if self.capturable:
+            self._restore()
+            self._capturable_base_step(scaler)
+            self._finish_step(zero_grad)
+            return
+        skip = self._run.phase is Phase.SKIPPING
         if not skip:
             self._looksam_measure()
         self._restore()
@@ -370,51 +367,21 @@ class TwoPassOptimizer(PeriodicSteps, StepProtocol, StateDictMixin, Optimizer):
         self._finish_step(zero_grad)
 
     def _finish_step(self, zero_grad: bool) -> None:
-        self._steps += 1
-        self._phase = Phase.IDLE
+        self._run.steps += 1
+        self._run.phase = Phase.IDLE
         # LR schedulers warn unless the optimizer's (patched) step() ran; our step is second_step.
         self._opt_called = True
         if zero_grad:
-            self.zero_grad(set_to_none=True)
+            if self.capturable:
+                self._drop_grads()
+            else:
+                self.zero_grad(set_to_none=True)
 
     @torch.no_grad()
     def _restore(self) -> None:
-        for bucket, ops in self._open:
+        for bucket, ops in self._run.open:
             F.restore_(ops, bucket.params, bucket.saved)
-        self._open, self._phase = [], Phase.IDLE
-
-    def _clip_and_check(self, scaler: torch.amp.GradScaler | None) -> None:
-        """Clip the perturbed gradient to ``max_grad_norm``; without a scaler, refuse an inf/nan one (with a
-        scaler, ``scaler.step`` detects it, skips the step and records the overflow). One norm serves both:
-        one host sync per step without a scaler, none added with one."""
-        params = [p for p in self._params() if p.grad is not None]
-        grads = [p.grad for p in params]
-        if self.max_grad_norm is None and scaler is not None:
-            return
-        if self.max_grad_norm is not None:
-            if scaler is not None:
-                scaler.unscale_(self.base_optimizer)
-            total = self._clip(params, sync=scaler is None)
-        else:
-            plain = grads and self._use_foreach(grads) and not hasattr(grads[0], "to_local")
-            ops = FOREACH if plain else PER_TENSOR
-            total = self._global_norm(ops.norms(grads))
-        if scaler is None and not math.isfinite(total):
-            raise FloatingPointError(
-                f"{type(self).__name__}.second_step: the perturbed gradient holds inf or nan (norm {total}); "
-                "the weights are restored and the base optimizer did not step. The perturbed loss diverged: "
-                "lower rho or the learning rate, or for fp16 pass the GradScaler to both steps"
-            )
-
-    def _clip(self, params: list[Tensor], sync: bool = True) -> float:
-        """Clip the gradients of ``params`` to ``max_grad_norm``; their global norm before clipping (0.0
-        unless ``sync``, to spare a host sync, or under sharding, where it is always known)."""
-        assert self.max_grad_norm is not None
-        params = [p for p in params if p.grad is not None]
-        if self.process_group is None:
-            norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=self.foreach)
-            return float(norm) if sync else 0.0
-        return clip_sharded_([p.grad for p in params], self.max_grad_norm, self.process_group)
+        self._run.open, self._run.phase = [], Phase.IDLE
 
     # ----------------------------------------------------------------- what a method defines
     def _direction_(self, bucket: Bucket, ops: TensorOps, directions: list[Tensor]) -> Any:

@@ -54,7 +54,8 @@ class DecompositionMonitor:
             oracle mode, the cosine between the EMA and each oracle, for free).
         subset: ``(images, labels)`` of the fixed diagnostics subset, already transformed (float, clean).
         batch_size: chunk size for the subset gradient (the training batch size: same BN statistics).
-        autocast, prepare: as in :func:`full_batch_gradient`.
+        autocast: as in :func:`full_batch_gradient`.
+        prepare: as in :func:`full_batch_gradient`.
     """
 
     def __init__(

@@ -28,6 +28,7 @@ from ..data import (
     train_val_split,
 )
 from ..distributed import DistributedContext
+from ..files import check_memory
 from ..models import model_in_channels
 from ..optim import SAM, FriendlySAM
 from .config import TrainConfig
@@ -97,6 +98,8 @@ def prepare_data(
         mean=ds.mean,
         std=ds.std,
     )
+    if device.type == "cuda":  # an in-memory set lives on the GPU: one transfer, batches indexed there
+        images, labels = images.to(device), labels.to(device)
     loader = TensorBatchLoader(
         images,
         labels,
@@ -124,6 +127,12 @@ def _load_folder(cfg: TrainConfig, log: Log | None) -> ImageFolderData:
     per_machine = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     budget = None if cfg.memory_budget is None else int(cfg.memory_budget * (1 << 30)) // per_machine
     assert cfg.data_dir is not None  # validate() requires it
+    side = cfg.resize_size or cfg.image_size
+    check_memory(  # a batch as float32, with the copies augmentation makes: before any allocation
+        cfg.batch_size * 3 * side * side * 4 * 3,
+        f"a batch of {cfg.batch_size} images of up to 3x{side}x{side}",
+        "lower --image-size (and --resize-size) or --batch-size",
+    )
     return load_image_folder(
         cfg.data_dir,
         image_size=cfg.image_size,
@@ -212,8 +221,15 @@ def clean_training_subset(
     return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]).to(torch.int64)
 
 
-def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """``--method base`` is the base optimizer (``--base``) alone; the other methods wrap it."""
+def build_optimizer(
+    cfg: TrainConfig, model: nn.Module, *, capturable: bool | None = None
+) -> torch.optim.Optimizer:
+    """``--method base`` is the base optimizer (``--base``) alone; the other methods wrap it.
+
+    ``capturable`` (two-pass methods): the step with no host synchronisation (docs/optimizer.md); default
+    (None): on when the model is on a CUDA device and the options allow it (no periodic perturbation, no
+    research options), so a GPU never waits for the host; off on the CPU, where a sync costs nothing.
+    """
     if cfg.base == "sgd":
         base_cls: type[torch.optim.Optimizer] = torch.optim.SGD
         base_kw: dict[str, Any] = {
@@ -235,6 +251,10 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
         "looksam_alpha": cfg.looksam_alpha,
         **base_kw,
     }
+    if capturable is None:
+        capturable = _capturable_fits(cfg, model)
+    if capturable:
+        common["capturable"] = True
     if cfg.method in ("sam", "asam"):
         return SAM(params, base_cls, adaptive=cfg.method == "asam", **common)
     return FriendlySAM(
@@ -247,6 +267,13 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
         track_diagnostics=cfg.decomposition,
         **common,
     )
+
+
+def _capturable_fits(cfg: TrainConfig, model: nn.Module) -> bool:
+    """On a CUDA model, unless an option decides on the host (periodic perturbation, research options)."""
+    on_cuda = any(p.is_cuda for p in model.parameters())
+    host_options = cfg.perturb_every != 1 or cfg.between != "base" or cfg.component == "full"
+    return on_cuda and not host_options and cfg.full_gradient != "oracle" and not cfg.decomposition
 
 
 def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:

@@ -27,6 +27,7 @@ from .checkpoint import CheckpointError, check_resume_config, load_state_checked
 from .config import TrainConfig
 from .divergence import DIVERGENCE_LOSS, all_finite, check_diverged, check_weights_finite
 from .lock import RunLock, create_run_dir, open_run_dir
+from .metrics import EpochMetrics
 from .progress import ProgressBar, epoch_line
 from .run_dir import RunDirectoryError
 from .setup import OptimizerFactory, build_optimizer, evaluate_split, lr_factor, prepare_data
@@ -36,7 +37,6 @@ from .summary import summarize
 __all__ = ["DIVERGENCE_LOSS", "RunDirectoryError", "StepFn", "load_run_config", "summarize", "train"]
 
 Log = Callable[[str], None]
-_CHECK_EVERY = 20  # steps between the in-epoch checks for a non-finite loss (each one is a device sync)
 
 
 class StepFn(Protocol):
@@ -86,7 +86,7 @@ def train(
     configuration before any file is touched (docs/reliability.md). A diverging run (a loss not finite or
     above :data:`DIVERGENCE_LOSS`) stops with :class:`FloatingPointError`; nothing non-finite is written."""
     cfg.validate()
-    ctx = init_from_env(cfg.device)
+    ctx = init_from_env(cfg.device, timeout=cfg.dist_timeout)
     try:
         if not ctx.is_main:
             progress, log = False, lambda message: None
@@ -210,7 +210,7 @@ def _restore(state: TrainState, ckpt: dict[str, Any], ctx: DistributedContext) -
     torch.set_rng_state(ckpt["rng"]["torch"])
     state.start_epoch = state.epoch = state.checkpoint_epoch = ckpt["epoch"]
     state.elapsed_before = ckpt["elapsed"]
-    metrics = [m for m in rd.read_metrics(state.run_dir) if m["epoch"] <= state.start_epoch]
+    metrics = rd.metrics_until(state.run_dir, state.start_epoch)  # all of them, or refused
     state.metrics = metrics
     if not ctx.is_main:
         return
@@ -344,9 +344,8 @@ def _train_epoch(
     cfg, device, loader = state.cfg, state.device, state.data.train_loader
     loader.set_epoch(epoch)
     bar = ProgressBar(state.steps_per_epoch, f"{cfg.label} epoch {epoch + 1}/{cfg.epochs}", enabled=progress)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen = scored = 0
+    metrics = EpochMetrics(device)  # sums on the device: read every READ_EVERY steps, not every step
+    shown: dict[str, float] = {}
     t0 = time.perf_counter()
     for i, (x, y) in enumerate(loader):
         if cfg.channels_last:
@@ -358,20 +357,18 @@ def _train_epoch(
         state.loss = loss
         hooks.call("after_step", state)
         # the clean pass's samples: a sub-batch on perturbed steps with --ascent-fraction < 1
-        loss_sum += loss.float() * len(logits)
-        correct += (logits.argmax(1) == y[: len(logits)]).sum()
-        scored += len(logits)
-        seen += len(y)
-        if not ctx.enabled and (i + 1) % _CHECK_EVERY == 0:  # stop early; under DDP at the epoch's end
-            check_diverged(state, epoch, {"training loss": float(loss_sum) / seen})
+        metrics.add(loss, logits, y)
+        if EpochMetrics.is_read_point(i, state.steps_per_epoch) and (progress or not ctx.enabled):
+            loss_sum, correct = metrics.read()  # the one host synchronisation of these steps
+            if not ctx.enabled:  # stop early; under DDP at the epoch's end
+                check_diverged(state, epoch, {"training loss": loss_sum / metrics.seen})
+            shown = {"loss": loss_sum / metrics.scored, "acc": 100.0 * correct / metrics.scored}
         if progress:
-            rate = seen / (time.perf_counter() - t0)
-            bar.update(
-                i + 1, loss=float(loss_sum) / scored, acc=100.0 * int(correct) / scored, **{"img/s": rate}
-            )
+            bar.update(i + 1, **shown, **{"img/s": metrics.seen / (time.perf_counter() - t0)})
+    sums = metrics.read()  # waits for the device's last step: train_time includes it
     train_time = time.perf_counter() - t0
     bar.close()
-    total_loss, total_correct, scored, seen = ctx.all_sum([float(loss_sum), int(correct), scored, seen])
+    total_loss, total_correct, scored, seen = ctx.all_sum([*sums, metrics.scored, metrics.seen])
     return {
         "epoch": epoch + 1,
         "train_loss": total_loss / scored,

@@ -1,0 +1,156 @@
+"""``capturable=True``: a two-pass step with no host synchronisation (torch's name, as in Adam/AdamW).
+
+The default mode turns the global norm into a Python float to choose between perturbing, skipping and
+raising. Here every decision is made on the device, so the step can run under ``torch.compile(fullgraph=True)``
+and inside a CUDA graph:
+
+* the scale ``rho / (||d|| + 1e-12)`` stays a 0-dim tensor; ``ok = isfinite(||d||)`` (and, in the second
+  step, ``isfinite(||g'||)``) is a boolean tensor;
+* a step whose clean or perturbed gradient holds inf/nan (fp16 overflow with a GradScaler, or a diverging
+  loss without one) is **skipped** instead of raising FloatingPointError: the weights stay as they were
+  (``torch.where`` against the saved copy), F-SAM's EMA is not updated, the base optimizer's tensor state is
+  put back (``torch.where`` against a copy taken before its step), and ``skipped_steps`` (an int64 device
+  tensor) counts it. Read it when convenient: ``int(opt.skipped_steps)`` is one sync, yours to place;
+* with a GradScaler, both gradients are unscaled with ``scaler.unscale_`` (which records overflows on the
+  device) and the base step is taken directly, never through ``scaler.step`` (which syncs); call
+  ``scaler.update()`` as usual: it lowers the scale after an overflow without a sync.
+
+Limits (refused at construction or at the step): ``perturb_every > 1`` and LookSAM (the schedule is host
+state), sharded ``process_group`` / ``replica_group`` (collectives decide on the host), F-SAM's research
+options (``component="full"``, the oracle full gradient, diagnostics). The base optimizer must itself be
+sync-free to capture a CUDA graph (SGD; Adam/AdamW with ``capturable=True``). A skipped very first step
+initialises the base optimizer's state as for a zero gradient (for SGD the same as no step). ``steps_taken``
+counts Python calls: under CUDA-graph replay it does not advance.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import functional as F
+
+__all__ = ["CapturableSteps", "check_capturable"]
+
+
+def check_capturable(
+    name: str, perturb_every: int, between: str, process_group: Any, replica_group: Any
+) -> None:
+    """Refuse the options whose decisions live on the host."""
+    if perturb_every != 1 or between != "base":
+        raise ValueError(
+            f"{name}(capturable=True) does not support perturb_every > 1 or between='looksam' (the schedule is "
+            "decided on the host); use capturable=False for the efficient variants"
+        )
+    if process_group is not None or replica_group is not None:
+        raise ValueError(
+            f"{name}(capturable=True) does not support process_group / replica_group (their collectives decide "
+            "on the host); use capturable=False under sharding or per-replica fp16"
+        )
+
+
+def _zero_out_(dirs: list[Tensor], ok: Tensor) -> None:
+    """``d <- d`` where the step is ok, else ``d <- 0`` (also where d held inf/nan): no sync, exact when ok."""
+    if not dirs:
+        return
+    torch._foreach_mul_(dirs, ok.to(dirs[0].dtype))
+    for d in dirs:
+        d.nan_to_num_(0.0, 0.0, 0.0)
+
+
+def _base_step(base: torch.optim.Optimizer) -> None:
+    """``base.step()``; under torch.compile its undecorated body: torch's optimizers break the graph on purpose
+    around their step (``_use_grad_for_differentiable``), which ``fullgraph=True`` refuses. We are already
+    under ``no_grad``; the base optimizer's own step hooks are not run there (ours run, once per step)."""
+    if torch.compiler.is_compiling():
+        inspect.unwrap(type(base).step)(base)
+    else:
+        base.step()
+
+
+class CapturableSteps:
+    """The sync-free first and second step (a mixin of TwoPassOptimizer)."""
+
+    def _init_capturable(self, capturable: bool) -> None:
+        self.capturable = bool(capturable)
+        self.skipped_steps: Tensor | None = None  # allocated with the first parameter (device)
+
+    def _capturable_buffers(self, params: list[Tensor]) -> None:
+        if self.capturable and self.skipped_steps is None and params:
+            self.skipped_steps = torch.zeros((), dtype=torch.int64, device=params[0].device)
+
+    def _device_norm(self, norms: list[Tensor], like: Tensor) -> Tensor:
+        return F.global_norm(norms) if norms else torch.zeros((), dtype=torch.float64, device=like.device)
+
+    def _capturable_perturb(self, buckets: list, directions: list[list[Tensor]], contexts: list[Any]) -> None:
+        """First step, after the direction: norm, mask, state update, perturbation; all on the device."""
+        like = self.skipped_steps
+        total = self._device_norm(
+            [n for (_, ops), ds in zip(buckets, directions) for n in ops.norms(ds)], like
+        )
+        ok = torch.isfinite(total)
+        for dirs in directions:
+            _zero_out_(dirs, ok)
+        self._run.state_mask = ok  # F-SAM's EMA update reads it: no update on a skipped step
+        try:
+            for (bucket, ops), dirs, context in zip(buckets, directions, contexts):
+                self._update_state_(bucket, ops, dirs, context)
+        finally:
+            self._run.state_mask = None
+        if any(bucket.group["adaptive"] for bucket, _ in buckets):
+            norms = []
+            for (bucket, ops), dirs in zip(buckets, directions):
+                if bucket.group["adaptive"]:
+                    F.asam_direction_(ops, dirs, bucket.params)
+                norms.extend(ops.norms(dirs))
+            total = self._device_norm(norms, like)
+            ok = ok & torch.isfinite(total)
+            for dirs in directions:
+                _zero_out_(dirs, ok)
+        for (bucket, ops), dirs in zip(buckets, directions):
+            scale = torch.where(ok, F.perturbation_scale(bucket.group["rho"], total), total.new_zeros(()))
+            ops.copy_(bucket.saved, bucket.params)
+            ops.scale_(dirs, scale)
+            if bucket.group["adaptive"]:
+                ops.addcmul_(bucket.params, bucket.params, dirs, 1.0)
+            else:
+                ops.add_(bucket.params, dirs, 1.0)
+        self._run.ok = ok
+
+    def _capturable_base_step(self, scaler: torch.amp.GradScaler | None) -> None:
+        """Second step, after the restore: check (and clip) the perturbed gradient, then the base step,
+        undone on the device when the step is not ok."""
+        params = [p for p in self._params() if p.grad is not None]
+        grads = [p.grad for p in params]
+        ok = (
+            self._run.ok
+            if self._run.ok is not None
+            else torch.ones((), dtype=torch.bool, device=self.skipped_steps.device)
+        )
+        self._run.ok = None
+        if scaler is not None:
+            scaler.unscale_(self.base_optimizer)
+        if grads:
+            if self.max_grad_norm is not None:
+                total = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=self.foreach)
+            else:
+                total = F.global_norm(torch._foreach_norm(grads))
+            ok = ok & torch.isfinite(total)
+            _zero_out_(grads, ok)
+        state = [t for p in params for t in self.base_optimizer.state[p].values() if torch.is_tensor(t)]
+        before = [t.clone() for t in state]
+        _base_step(self.base_optimizer)
+        for t, old in zip(state, before):
+            t.copy_(torch.where(ok, t, old))
+        for p in params:
+            p.copy_(torch.where(ok, p, self._saved[p]))
+        self.skipped_steps.add_((~ok).to(torch.int64))
+
+    def _drop_grads(self) -> None:
+        """``zero_grad(set_to_none=True)`` without torch's dynamo-disabled wrapper (no graph break)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
