@@ -25,12 +25,14 @@ from . import run_dir as rd
 from .callbacks import Callback, CallbackList, TrainState, builtin_callbacks
 from .checkpoint import CheckpointError, check_resume_config, load_state_checked, make_checkpoint
 from .config import TrainConfig
+from .data_setup import check_data_identity, prepare_data
 from .divergence import DIVERGENCE_LOSS, all_finite, check_diverged, check_weights_finite
+from .evaluation import evaluate
 from .lock import RunLock, create_run_dir, open_run_dir
 from .metrics import EpochMetrics
 from .progress import ProgressBar, epoch_line
 from .run_dir import RunDirectoryError
-from .setup import OptimizerFactory, build_optimizer, evaluate_split, lr_factor, prepare_data
+from .setup import OptimizerFactory, build_optimizer, lr_factor
 from .step import ddp_training_step, training_step
 from .summary import summarize
 
@@ -167,6 +169,8 @@ def _build(
     """Data, run directory, model, optimizer and schedule; restored from ``ckpt`` when resuming."""
     try:  # a missing data set, package or weights file leaves no run directory behind
         data = prepare_data(cfg, ctx.device, shard=(ctx.rank, ctx.world_size), log=log)
+        if ckpt is not None:  # before anything of the run is touched
+            check_data_identity(ckpt.get("data"), data, cfg, f"checkpoint {run_dir / rd.CHECKPOINT_FILE}", log)
         ctx.check_batches(data.train_loader.num_samples, cfg.batch_size)
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model, data.num_classes, data.in_channels)
@@ -388,7 +392,7 @@ def _evaluate_splits(
     state.splits = list(data.eval_sets)
     hooks.call("before_evaluation", state)
     chosen = state.splits
-    measure = partial(evaluate_split, transform=data.eval_transform, cfg=cfg, device=state.device, ctx=ctx)
+    measure = partial(evaluate, cfg=cfg, device=state.device, ctx=ctx)
     for split, source in data.eval_sets.items():
         if split in chosen:
             record[f"{split}_loss"], record[f"{split}_acc"] = measure(state.model, source)
@@ -412,6 +416,7 @@ def _save_checkpoint(state: TrainState, ctx: DistributedContext, hooks: Callback
         rng={"torch": torch.get_rng_state()},
         replica_states=replicas,
         world_size=ctx.world_size,
+        data=state.data.fingerprint,
         **({"callbacks": states} if (states := hooks.state_dict()) else {}),  # only if a callback has state
     )
     rd.write_checkpoint(state.run_dir, checkpoint)
