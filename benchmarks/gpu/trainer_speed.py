@@ -115,7 +115,14 @@ def capture_graph(step: Step, x: Tensor, y: Tensor) -> Step:
     return replay
 
 
-def build_step(name: str, mode: str, device: torch.device, size: str, compiled: tuple[str, ...]) -> Step:
+def build_step(
+    name: str,
+    mode: str,
+    device: torch.device,
+    size: str,
+    compiled: tuple[str, ...],
+    backend: str = "inductor",
+) -> Step:
     model_name, channels, side, batch, _, _ = SIZES[size]
     if mode == "compiled" and name not in compiled:
         raise RuntimeError("not compiled in this run (device time): --compile all compiles every contender")
@@ -125,7 +132,9 @@ def build_step(name: str, mode: str, device: torch.device, size: str, compiled: 
     step = sgd_step(model, opt) if name == "SGD" else two_pass_step(model, opt)
     capturable = name == "SGD" or "capturable" in name
     if mode == "compiled":
-        return torch.compile(step, fullgraph=capturable)
+        return torch.compile(
+            step, backend=backend
+        )  # backward() breaks the graph: fullgraph only for the optimizer steps
     if mode == "graph":
         if device.type != "cuda":
             raise RuntimeError("CUDA graphs need a CUDA device")
@@ -138,7 +147,12 @@ def build_step(name: str, mode: str, device: torch.device, size: str, compiled: 
 
 
 def step_costs(
-    device: torch.device, size: str, modes: list[str], warmup: int, compiled: tuple[str, ...]
+    device: torch.device,
+    size: str,
+    modes: list[str],
+    warmup: int,
+    compiled: tuple[str, ...],
+    backend: str = "inductor",
 ) -> list[dict[str, Any]]:
     _, channels, side, batch, _, repeats = SIZES[size]
     x = torch.randn(batch, channels, side, side, device=device)
@@ -147,7 +161,7 @@ def step_costs(
     for name in optimizers():
         for mode in modes:
             try:
-                step = build_step(name, mode, device, size, compiled)
+                step = build_step(name, mode, device, size, compiled, backend)
                 for _ in range(warmup):  # compilation happens here
                     step(x, y)
                 _sync(device)
@@ -263,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         "--modes", default="eager,compiled,graph", help="comma-separated: eager,compiled,graph"
     )
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--backend", default="inductor", help="torch.compile backend ('eager': trace only)")
     parser.add_argument("--compile", default=",".join(COMPILED), help="contenders to compile, or 'all'")
     parser.add_argument(
         "--data-dir", default=os.environ.get("FSAM_DATA_DIR", "/usr/share/datasets") + "/fashion-mnist"
@@ -278,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "size": args.size,
         "trainer": trainer_speed(device, args.size, args.data_dir),
-        "steps": step_costs(device, args.size, args.modes.split(","), args.warmup, compiled),
+        "steps": step_costs(device, args.size, args.modes.split(","), args.warmup, compiled, args.backend),
     }
     print(markdown(res))
     if args.json:
