@@ -215,9 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train",
         help="train one run (config file and/or flags)",
-        description="Train one run. A config file (TOML/YAML) sets options; flags override it.",
+        description="Train one run. A config file (TOML, YAML or JSON) sets options; flags override it.",
     )
-    p.add_argument("--config", help="TOML or YAML config file (see configs/)")
+    p.add_argument("--config", help="TOML, YAML or JSON config file (see configs/)")
     p.add_argument(
         "--out", help="run directory to create (default: runs/<time>-<label>-<dataset>-<model>-s<seed>)"
     )

@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 from friendly_sam import FriendlySAM, frozen_bn_stats
-from friendly_sam.analysis.decomposition import DecompositionMonitor, cosine, full_batch_gradient
+from friendly_sam.analysis.decomposition import cosine, full_batch_gradient
 from friendly_sam.data import BatchAugment, TensorBatchLoader
 from friendly_sam.models import build_model
 from friendly_sam.train import run_dir as rd
+from friendly_sam.train.decomposition import DecompositionMonitor
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion_mnist = pytest.mark.skipif(
