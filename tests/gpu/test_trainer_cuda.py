@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from friendly_sam.train import Callback, TrainConfig, train
+from friendly_sam.train import Callback, TrainConfig, TrainState, train
 from friendly_sam.train.metrics import EpochMetrics
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -23,13 +23,13 @@ class SyncWarningsPerStep(Callback):
     def __init__(self, caught: list[warnings.WarningMessage]) -> None:
         self.caught, self.marks = caught, []
 
-    def on_train_start(self, state) -> None:
+    def on_train_start(self, state: TrainState) -> None:
         torch.cuda.set_sync_debug_mode("warn")  # after the set-up (its copies are not per step)
 
-    def before_step(self, step: int, epoch: int) -> None:
+    def before_step(self, state: TrainState) -> None:
         self.marks.append(sum("synchroniz" in str(w.message) for w in self.caught))
 
-    def on_epoch_record(self, record) -> None:
+    def on_epoch_record(self, state: TrainState) -> None:
         torch.cuda.set_sync_debug_mode("default")
 
 
