@@ -26,10 +26,10 @@ class SyncWarningsPerStep(Callback):
     def on_train_start(self, state) -> None:
         torch.cuda.set_sync_debug_mode("warn")  # after the set-up (its copies are not per step)
 
-    def before_step(self, step: int, epoch: int) -> None:
+    def before_step(self, state) -> None:
         self.marks.append(sum("synchroniz" in str(w.message) for w in self.caught))
 
-    def on_epoch_record(self, record) -> None:
+    def on_epoch_record(self, state) -> None:
         torch.cuda.set_sync_debug_mode("default")
 
 
