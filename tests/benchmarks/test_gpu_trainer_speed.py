@@ -6,8 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks.gpu import trainer_speed
+from benchmarks.gpu.reference_sam import Davda54SAM, OfficialFSAM
+from friendly_sam.optim import SAM, FriendlySAM
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -35,10 +38,6 @@ def test_trainer_speed_runs_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_reference_steps_equal_ours() -> None:
     """The transcribed official F-SAM and davda54 SAM compute our trajectories (so the timing compares the
     same work)."""
-    import torch
-
-    from benchmarks.gpu.reference_sam import Davda54SAM, OfficialFSAM
-    from friendly_sam.optim import SAM, FriendlySAM
 
     def run(make):
         torch.manual_seed(0)
@@ -58,3 +57,20 @@ def test_reference_steps_equal_ours() -> None:
     ours = run(lambda m: SAM(m.parameters(), torch.optim.SGD, rho=0.05, **kw))
     theirs = run(lambda m: Davda54SAM(m.parameters(), torch.optim.SGD, rho=0.05, **kw))
     assert torch.allclose(ours, theirs, rtol=0, atol=1e-10)
+
+
+@pytest.mark.slow
+def test_compiled_mode_runs_on_cpu() -> None:
+    """The compiled mode traces (dynamo, the 'eager' backend: no inductor build on a busy CPU) and times."""
+    rows = trainer_speed.step_costs(
+        torch.device("cpu"), "tiny", ["eager", "compiled"], 1, ("ours F-SAM capturable",), backend="eager"
+    )
+    compiled = {r["contender"]: r for r in rows if r["mode"] == "compiled"}
+    assert compiled["ours F-SAM capturable"]["ms"] > 0
+    assert "not compiled in this run" in compiled["davda54 SAM"]["error"]
+
+
+def test_contenders_past_the_budget_are_reported_not_run() -> None:
+    rows = trainer_speed.step_costs(torch.device("cpu"), "tiny", ["eager"], 1, (), deadline=0.0)
+    assert len(rows) == len(trainer_speed.optimizers())
+    assert all(r["error"] == "over the device-time budget (--budget-s)" for r in rows)

@@ -5,13 +5,15 @@ TorchDispatchMode over a real `train()` run, with a capturable two-pass optimize
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from friendly_sam.train import Callback, TrainConfig, build_optimizer, train
+from friendly_sam.data import TensorBatchLoader
+from friendly_sam.train import Callback, TrainConfig, build_optimizer, setup, train
 from friendly_sam.train import metrics as train_metrics
 from friendly_sam.train.metrics import EpochMetrics
 
@@ -37,7 +39,7 @@ class SyncsPerStep(Callback):
     def __init__(self, counter: SyncCounter) -> None:
         self.counter, self.marks = counter, []
 
-    def before_step(self, step: int, epoch: int) -> None:
+    def before_step(self, state: Any) -> None:
         self.marks.append(self.counter.count)
 
 
@@ -102,3 +104,34 @@ def test_epoch_metrics_read_equals_eager_sums() -> None:
         True,
         True,
     ]
+
+
+def test_build_optimizer_chooses_capturable_on_cuda_only() -> None:
+    cfg = TrainConfig(dataset="fashion-mnist", model="cnn_small", method="fsam").validate()
+    model = torch.nn.Linear(3, 2)
+    assert not build_optimizer(cfg, model).capturable  # CPU: the default mode and its immediate errors
+    assert build_optimizer(cfg, model, capturable=True).capturable
+
+    class OnCuda(torch.nn.Module):  # what _capturable_fits looks at: where the parameters live
+        def parameters(self, recurse: bool = True) -> Any:
+            return iter([SimpleNamespace(is_cuda=True)])
+
+    assert setup._capturable_fits(cfg, OnCuda())
+    for options in ({"perturb_every": 2}, {"component": "full"}, {"decomposition": True}):
+        host = TrainConfig(dataset="fashion-mnist", model="cnn_small", method="fsam", **options)
+        assert not setup._capturable_fits(host, OnCuda()), options
+
+
+def test_device_resident_loader_moves_the_order_once_per_epoch() -> None:
+    """Images held on another device (meta here: shapes only, the same code path as a GPU) are indexed there
+    with the epoch's order moved once, sliced per batch (no host copy per batch)."""
+    images = torch.zeros(10, 1, 4, 4, dtype=torch.uint8, device="meta")
+    labels = torch.zeros(10, dtype=torch.int64, device="meta")
+    loader = TensorBatchLoader(images, labels, 4, shuffle=True, seed=3)
+    batches = list(loader.iter_from(0, epoch=0))
+    assert [len(y) for _, y in batches] == [4, 4, 2] and all(x.device.type == "meta" for x, _ in batches)
+    moved = loader._device_perm[1]
+    list(loader.iter_from(1, epoch=0))
+    assert loader._device_perm[1] is moved  # the same epoch: not moved again
+    list(loader.iter_from(0, epoch=1))
+    assert loader._device_perm[0][1] == 1 and loader._device_perm[1] is not moved
