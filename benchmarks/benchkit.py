@@ -1,10 +1,7 @@
 """The benchmarks' shared kit: machine description, git state, memory accounting, mean ± std, reports.
 
-Every benchmark script imports it (the scripts put ``benchmarks/`` on ``sys.path`` first, since they run as
-``python benchmarks/.../x.py``)::
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared kit
-    import benchkit
+Every benchmark imports it as ``from benchmarks import benchkit`` (the benchmarks are a package, run from
+the repository root with ``python -m benchmarks.<name>``).
 """
 
 from __future__ import annotations
@@ -14,6 +11,7 @@ import importlib.metadata
 import json
 import os
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +19,7 @@ from typing import Any
 
 import torch
 
-from friendly_sam.commands.compare import mean_std
+from friendly_sam.reporting import mean_std
 from friendly_sam.train.run_dir import machine_description
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +31,7 @@ __all__ = [
     "machine",
     "mean_std",
     "pto_version",
+    "python_module",
     "src_env",
     "step_alloc_peak",
     "write_report",
@@ -71,10 +70,17 @@ def machine(**extra: Any) -> dict[str, Any]:
 
 
 def src_env(**extra: str) -> dict[str, str]:
-    """The environment for a benchmark's subprocess: this checkout's ``src`` first on ``PYTHONPATH``."""
+    """The environment for a benchmark's subprocess: this checkout's ``src`` and root (the ``benchmarks``
+    package) first on ``PYTHONPATH``."""
     env = {**os.environ, **extra}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), str(REPO), env.get("PYTHONPATH")]))
     return env
+
+
+def python_module(name: str) -> list[str]:
+    """The command line that runs benchmark module ``name`` (e.g. ``__spec__.name``) in a new interpreter;
+    run it with ``cwd=REPO`` and :func:`src_env`."""
+    return [sys.executable, "-m", name]
 
 
 # --------------------------------------------------------------------------- memory accounting

@@ -8,7 +8,7 @@ Side by side in one process, interleaved, median of repeats:
     memory (no indexing, no augmentation, no bookkeeping).
 Target: the pipeline costs at most 10 % (ratio >= 0.90).
 
-    python benchmarks/data_pipeline.py [--model resnet8] [--method base] [--images 4096] [--repeats 3]
+    python -m benchmarks.data_pipeline [--model resnet8] [--method base] [--images 4096] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -25,9 +25,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: the shared kit
-import benchkit  # noqa: E402
-
+from benchmarks import benchkit
 from friendly_sam.data import load_dataset
 from friendly_sam.models import build_model
 from friendly_sam.train import TrainConfig, build_optimizer, train, training_step

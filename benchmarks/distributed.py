@@ -1,6 +1,6 @@
 """F-SAM under DDP: step time with 1 vs 2 processes, and bytes all-reduced per step in each mode.
 
-    python benchmarks/distributed.py [--model resnet8] [--batch-size 128] [--steps 10]
+    python -m benchmarks.distributed [--model resnet8] [--batch-size 128] [--steps 10]
 
 Measures, on random 28x28 grey images (the data do not matter for speed), one training step of the
 global batch:
@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,9 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: the shared kit
-import benchkit  # noqa: E402
-
+from benchmarks import benchkit
 from friendly_sam import FriendlySAM
 from friendly_sam.distributed import AllReduceCounter
 from friendly_sam.models import build_model
@@ -127,8 +124,7 @@ def two_processes(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     with tempfile.TemporaryDirectory() as tmp:
         rdzv = Path(tmp) / "rdzv"
         cmd = [
-            sys.executable,
-            __file__,
+            *benchkit.python_module(__spec__.name),
             "--worker",
             str(rdzv),
             "--model",
@@ -140,8 +136,8 @@ def two_processes(args: argparse.Namespace) -> dict[str, dict[str, float]]:
             "--warmup",
             str(args.warmup),
         ]
-        env = {**os.environ, "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
-        procs = [subprocess.Popen(cmd, env={**env, "RANK": str(r)}) for r in range(2)]
+        env = benchkit.src_env(WORLD_SIZE="2", OMP_NUM_THREADS="1")
+        procs = [subprocess.Popen(cmd, env={**env, "RANK": str(r)}, cwd=benchkit.REPO) for r in range(2)]
         for p in procs:
             if p.wait() != 0:
                 raise RuntimeError("a benchmark worker failed")
@@ -157,7 +153,7 @@ def markdown(args: argparse.Namespace, result: dict) -> str:
     lines = [
         "# F-SAM under DDP: step time and communication",
         "",
-        f"`python benchmarks/distributed.py` — model `{args.model}` (1x28x28 input), global batch {b}, "
+        f"`python -m benchmarks.distributed` — model `{args.model}` (1x28x28 input), global batch {b}, "
         f"{args.steps} timed steps after {args.warmup} warm-up steps, gloo on CPU. "
         f"Machine: {result['machine']['cpu']}, torch {result['machine']['torch']}; load average "
         f"{load_before[0]:.1f} before, {result['load_average_after'][0]:.1f} after (the machine is shared).",

@@ -28,7 +28,7 @@ the faster plain SGD, and memory:
 
 Usage::
 
-    python benchmarks/optimizer_step.py [--repeats N] [--quick] [--params resnet18|small]
+    python -m benchmarks.optimizer_step [--repeats N] [--quick] [--params resnet18|small]
                                         [--json PATH] [--markdown PATH] [--profile] [--threads N]
                                         [--against SRC_DIR]
 
@@ -58,10 +58,8 @@ import torch
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: the shared kit
-import benchkit  # noqa: E402
-
-from friendly_sam.optim import SAM, FriendlySAM  # noqa: E402
+from benchmarks import benchkit
+from friendly_sam.optim import SAM, FriendlySAM
 
 try:  # benchmark-only extra: pip install "friendly-sam[bench]"
     from pytorch_optimizer import FriendlySAM as PtoFriendlySAM

@@ -9,7 +9,7 @@ of an epoch). Epoch 1 of the streaming run includes starting its worker processe
 steady state (persistent workers). Both paths must give identical losses (checked and recorded).
 Target: streaming at most 10 % slower (ratio >= 0.90).
 
-    python benchmarks/streaming.py [--images 512] [--epochs 2] [--repeats 2] [--threads 1]
+    python -m benchmarks.streaming [--images 512] [--epochs 2] [--repeats 2] [--threads 1]
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/: the shared kit
-import benchkit  # noqa: E402
-
-from friendly_sam.data import read_idx
+from benchmarks import benchkit
+from friendly_sam.data.readers import read_idx
 from friendly_sam.train import TrainConfig, train
 from friendly_sam.train.run_dir import read_metrics
 

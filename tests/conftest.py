@@ -1,4 +1,5 @@
-"""Test plumbing for the whole suite (never part of the package).
+"""Test plumbing for the whole suite (never part of the package): one intra-op thread per test, the in-process
+``cli`` fixture (the shared constants and subprocess runners are in testkit.py), and torchvision's operators.
 
 torchvision on CPU-only torch: PyPI's torchvision 0.28.0 (the build for torch 2.13) ships a ``_C.so``
 linked against CUDA libraries. Next to the CPU torch it fails to load, torchvision's own import tolerates
@@ -14,8 +15,12 @@ defined. The package never does this (docs/integrations.md, "timm").
 from __future__ import annotations
 
 import importlib.util
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import torch
 
 _TORCHVISION_LIBRARY: torch.library.Library | None = None  # kept alive: its definitions die with it
@@ -43,3 +48,47 @@ def define_torchvision_operators() -> bool:
 
 
 define_torchvision_operators()
+
+
+@pytest.fixture(autouse=True)
+def _one_intra_op_thread() -> Iterator[None]:
+    """Every test runs with one intra-op thread, and leaves the count as it found it (``fsam train``
+    sets it from ``--threads``). The models in tests are tiny; on the shared 2-core machines, and with
+    one pytest-xdist worker per core, more threads only oversubscribe the cores (several times slower)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@dataclass
+class CliResult:
+    """What an in-process ``fsam`` call returned and printed (the fields of ``CompletedProcess``)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
+    """``cli("train", "--out", ...)``: ``fsam`` in this process through ``friendly_sam.cli.main``, with
+    its exit status (argparse's ``SystemExit`` included) and captured output; use a subprocess
+    (testkit.fsam) only where the process itself is under test."""
+
+    def run(*args: str) -> CliResult:
+        from friendly_sam.cli import main as fsam_main  # imported when used: collection stays light
+
+        capsys.readouterr()
+        try:
+            code = fsam_main(list(args))
+        except SystemExit as exc:  # argparse (2), or sys.exit(message) as the interpreter would print it
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+            if isinstance(exc.code, str):
+                print(exc.code, file=sys.stderr)
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run

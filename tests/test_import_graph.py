@@ -1,7 +1,7 @@
 """The package's imports run one way, downward (docs: developers' guide, "Imports run one way").
 
-Layers, bottom to top: ``optim``, ``data``, ``models``, ``jax`` | ``analysis``, ``distributed`` | ``train`` |
-``integrations``, ``commands`` | ``cli``. A module may import from its own package and from lower layers,
+Layers, bottom to top: ``optim``, ``data``, ``models``, ``jax``, ``reporting`` | ``analysis``, ``distributed`` |
+``train`` | ``integrations``, ``commands`` | ``cli``. A module may import from its own package and from lower layers,
 never from its layer's other packages or from above; no module imports a ``friendly_sam`` module inside a
 function (the way a cycle is dodged). Read from the source with ``ast``: nothing is imported.
 """
@@ -16,10 +16,12 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "friendly_sam"
 LAYERS: dict[str, float] = {
+    "files": -1,  # the file layer (friendly_sam.files): below everything, imports no package module
     "optim": 0,
     "data": 0,
     "models": 0,
     "jax": 0,  # the JAX side: imports nothing of the PyTorch side (tests/jax/test_jax_isolation.py)
+    "reporting": 0,  # mean ± std, tables, figures: imports nothing of the package
     "analysis": 1,
     "distributed": 1,
     "train": 2,

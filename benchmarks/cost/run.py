@@ -25,8 +25,8 @@ freed memory). For the optimizer's own buffers in isolation see the optimizer-on
 
 Usage::
 
-    python benchmarks/cost/run.py                 # ResNet-18 32x32x3 batch 32 and ResNet-8 28x28x1 batch 128
-    python benchmarks/cost/run.py --quick         # tiny smoke run (used by the tests)
+    python -m benchmarks.cost.run                 # ResNet-18 32x32x3 batch 32 and ResNet-8 28x28x1 batch 128
+    python -m benchmarks.cost.run --quick         # tiny smoke run (used by the tests)
 """
 
 from __future__ import annotations
@@ -46,12 +46,10 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared kit
-import benchkit  # noqa: E402
-
-from friendly_sam.models import build_model  # noqa: E402
-from friendly_sam.optim import SAM, FriendlySAM  # noqa: E402
-from friendly_sam.train.step import training_step  # noqa: E402
+from benchmarks import benchkit
+from friendly_sam.models import build_model
+from friendly_sam.optim import SAM, FriendlySAM
+from friendly_sam.train.step import training_step
 
 REPO = benchkit.REPO
 SGD_KW = {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4}
@@ -229,7 +227,7 @@ def measure_memory(
             "threads": threads,
         }
         proc = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "--_memory", json.dumps(spec)],
+            [*benchkit.python_module(__spec__.name), "--_memory", json.dumps(spec)],
             capture_output=True,
             text=True,
             env=env,
@@ -262,7 +260,7 @@ def optimizer_only(path: Path) -> list[dict[str, Any]] | None:
 
 
 def command_line(args: argparse.Namespace) -> str:
-    parts = ["python benchmarks/cost/run.py"]
+    parts = ["python -m benchmarks.cost.run"]
     if args.quick:
         parts.append("--quick")
     for key in ("repeats", "warmup", "threads", "memory_steps"):

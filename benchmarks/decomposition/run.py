@@ -25,7 +25,7 @@ Phases (each resumable, rerun the same command after an interruption):
 
 Usage (the committed results)::
 
-    nohup python benchmarks/decomposition/run.py > runs/decomposition.log 2>&1 &
+    nohup python -m benchmarks.decomposition.run > runs/decomposition.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -43,12 +43,11 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared kit
-import benchkit  # noqa: E402
-
-from friendly_sam.commands.analyze import analyze_run  # noqa: E402
-from friendly_sam.train import TrainConfig, train  # noqa: E402
-from friendly_sam.train import run_dir as rd  # noqa: E402
+from benchmarks import benchkit
+from friendly_sam.commands.analyze import analyze_run
+from friendly_sam.reporting import new_figure, save_figure
+from friendly_sam.train import TrainConfig, train
+from friendly_sam.train import run_dir as rd
 
 MODES = {
     "sam": {"component": "minibatch"},
@@ -262,12 +261,8 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def plot_ema(rows: list[dict[str, Any]], args: argparse.Namespace, results: Path) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(args.noise), figsize=(5 * len(args.noise), 3.6), squeeze=False)
+    fig = new_figure("the decomposition plots", figsize=(5 * len(args.noise), 3.6), dpi=110)
+    axes = fig.subplots(1, len(args.noise), squeeze=False)
     for j, noise in enumerate(args.noise):
         ax = axes[0][j]
         rs = [r for r in rows if r["label_noise"] == noise and r["seed"] == min(args.ema_seeds)]
@@ -285,23 +280,17 @@ def plot_ema(rows: list[dict[str, Any]], args: argparse.Namespace, results: Path
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
     path = results / "decomposition_ema_lmbda.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path.name
 
 
 def plots(data: dict[str, Any], args: argparse.Namespace, results: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     colors = {"sam": "tab:blue", "full": "tab:red", "fsam": "tab:green", "oracle": "tab:purple"}
     files = []
     # 1. test accuracy and top eigenvalue per mode, every seed as a dot
-    fig, axes = plt.subplots(2, len(args.noise), figsize=(5 * len(args.noise), 7), squeeze=False)
+    fig = new_figure("the decomposition plots", figsize=(5 * len(args.noise), 7), dpi=110)
+    axes = fig.subplots(2, len(args.noise), squeeze=False)
     for j, noise in enumerate(args.noise):
         for i, (key, ylabel) in enumerate(
             (("test_acc", "test accuracy (%)"), ("top_eigenvalue", "top eigenvalue"))
@@ -324,13 +313,12 @@ def plots(data: dict[str, Any], args: argparse.Namespace, results: Path) -> list
                 if vals:
                     ax.set_ylim(min(vals) - 2, max(vals) + 1)
             ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
     path = results / "decomposition_acc_sharpness.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     files.append(path.name)
     # 2. EMA-vs-full-gradient cosine over training
-    fig, axes = plt.subplots(1, len(args.noise), figsize=(5 * len(args.noise), 3.6), squeeze=False)
+    fig = new_figure("the decomposition plots", figsize=(5 * len(args.noise), 3.6), dpi=110)
+    axes = fig.subplots(1, len(args.noise), squeeze=False)
     for j, noise in enumerate(args.noise):
         ax = axes[0][j]
         for mode in args.modes:
@@ -362,10 +350,8 @@ def plots(data: dict[str, Any], args: argparse.Namespace, results: Path) -> list
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
     path = results / "decomposition_ema_cosine.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     files.append(path.name)
     return files
 
@@ -392,7 +378,7 @@ def phase_report(args: argparse.Namespace) -> None:
     if data["ema_supplement"]:
         files.append(plot_ema(data["ema_supplement"], args, results))
     meta = {
-        "command": " ".join(["python benchmarks/decomposition/run.py", *_args_without_phase(sys.argv[1:])]),
+        "command": " ".join(["python -m benchmarks.decomposition.run", *_args_without_phase(sys.argv[1:])]),
         "commit": benchkit.git_commit(short=False),
         "machine": benchkit.machine(threads=1),
         "config": {**BASE, "epochs": args.epochs, "train_subset": args.train_subset},

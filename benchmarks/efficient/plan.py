@@ -10,8 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from generalization.plan import FULL, RunSpec, train_config
-
+from benchmarks.generalization.plan import FULL, RunSpec, train_config
 from friendly_sam.train import TrainConfig
 
 # name -> (perturb_every, between, ascent_fraction): options of FriendlySAM / TrainConfig

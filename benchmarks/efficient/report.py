@@ -11,10 +11,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-import benchkit
-from efficient.plan import CELL_RHOS, LMBDA, VARIANT_TITLES, VARIANTS, VariantSpec
-from generalization.plan import SETTING_TITLES
-
+from benchmarks import benchkit
+from benchmarks.efficient.plan import CELL_RHOS, LMBDA, VARIANT_TITLES, VARIANTS, VariantSpec
+from benchmarks.generalization.plan import SETTING_TITLES
+from friendly_sam.reporting import PlottingUnavailable, new_figure, save_figure
 from friendly_sam.train import run_dir as rd
 
 BASELINES = ("sgd", "sam", "fsam")
@@ -307,14 +307,11 @@ def pareto_front(methods: dict[str, dict]) -> list[tuple[float, float]]:
 
 def plot(noisy: dict, clean: dict, path: Path) -> None:
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot", flush=True)
+        fig = new_figure("the efficient-variants plot", figsize=(11, 4.2), dpi=110)
+    except PlottingUnavailable as exc:
+        print(f"{exc}: no plot", flush=True)
         return
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    axes = fig.subplots(1, 2)
     colors = {name: f"C{i}" for i, name in enumerate(noisy["methods"])}
     for ax, cell in zip(axes, (noisy, clean)):
         for name, m in cell["methods"].items():
@@ -348,6 +345,4 @@ def plot(noisy: dict, clean: dict, path: Path) -> None:
         ax.set_ylabel("test accuracy % (mean ± std over seeds)")
         ax.set_title(cell["setting"]["title"], fontsize=10)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

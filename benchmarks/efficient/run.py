@@ -15,9 +15,9 @@ interrupted ones resume from their last epoch checkpoint.
 
 Usage::
 
-    python benchmarks/efficient/run.py --workers 1          # the runs (resumable), then the report
-    python benchmarks/efficient/run.py --report-only        # rebuild the report from finished runs
-    python benchmarks/efficient/run.py --dry-run            # list the runs and their state
+    python -m benchmarks.efficient.run --workers 1          # the runs (resumable), then the report
+    python -m benchmarks.efficient.run --report-only        # rebuild the report from finished runs
+    python -m benchmarks.efficient.run --dry-run            # list the runs and their state
 """
 
 from __future__ import annotations
@@ -34,16 +34,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: benchkit and the suites
-import benchkit  # noqa: E402
-from efficient.plan import CELL_RHOS, CELLS, SEEDS, VARIANTS, VariantSpec, plan  # noqa: E402
-from efficient.report import write_report  # noqa: E402
-from generalization.plan import FULL, QUICK, run_state  # noqa: E402
-from generalization.run import _die_with_parent  # noqa: E402
+from benchmarks import benchkit
+from benchmarks.efficient.plan import CELL_RHOS, CELLS, SEEDS, VARIANTS, VariantSpec, plan
+from benchmarks.efficient.report import write_report
+from benchmarks.generalization.plan import FULL, QUICK, run_state
+from benchmarks.generalization.run import _die_with_parent
 
 REPO = benchkit.REPO
-SCRIPT = Path(__file__).resolve()
-WORKER = SCRIPT.parent / "train_one.py"
+WORKER = "benchmarks.efficient.train_one"
 DEFAULT_WORK = REPO / "benchmarks" / "_work" / "efficient"
 
 
@@ -98,7 +96,7 @@ class Runner:
         log = self.work / "logs" / f"{spec.run_id}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         payload = json.dumps({"spec": asdict(spec), "suite": self.suite})
-        cmd = [sys.executable, str(WORKER), payload, str(run_dir)]
+        cmd = [*benchkit.python_module(WORKER), payload, str(run_dir)]
         if self.args.data_dir:
             cmd += ["--data-dir", self.args.data_dir]
         if state == "partial":
@@ -138,8 +136,7 @@ class Runner:
 
 def report_command(args: argparse.Namespace) -> list[str]:
     cmd = [
-        sys.executable,
-        str(SCRIPT),
+        *benchkit.python_module(__spec__.name),
         "--report-only",
         "--work-dir",
         args.work_dir,
@@ -169,14 +166,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--baseline-dir",
         default=str(REPO / "benchmarks" / "_work" / "demo-suite" / "runs"),
         help="generalization-suite runs/ holding the noisy cell's SGD, SAM and F-SAM runs (the demo suite's: "
-        "python benchmarks/generalization/run.py --settings '' --pto-settings '' --long-settings sym40 "
+        "python -m benchmarks.generalization.run --settings '' --pto-settings '' --long-settings sym40 "
         "--long-rhos 0.2,0.4 --work-dir benchmarks/_work/demo-suite --prefix demo_suite)",
     )
     p.add_argument(
         "--clean-baseline",
         default=str(REPO / "docs" / "results" / "clean_suite.json"),
         help="generalization-suite report holding the clean cell's SGD, SAM and F-SAM (the clean suite run here: "
-        "python benchmarks/generalization/run.py --workers 2 --settings clean --sam-rhos 0.05 --fsam-rhos 0.05 "
+        "python -m benchmarks.generalization.run --workers 2 --settings clean --sam-rhos 0.05 --fsam-rhos 0.05 "
         "--lmbdas 0.6 --pto-settings '' --long-settings '' --work-dir benchmarks/_work/clean-suite --prefix clean_suite)",
     )
     p.add_argument("--timing", default=str(REPO / "docs" / "results" / "efficient_timing.json"))

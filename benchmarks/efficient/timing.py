@@ -15,7 +15,7 @@ which cancels the slow drifts of a shared machine.
 
 Usage::
 
-    python benchmarks/efficient/timing.py [--repeats N] [--batch 128] [--model resnet8] [--json PATH]
+    python -m benchmarks.efficient.timing [--repeats N] [--batch 128] [--model resnet8] [--json PATH]
 """
 
 from __future__ import annotations
@@ -30,14 +30,12 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the kit and the plan
-import benchkit  # noqa: E402
-from efficient.plan import VARIANTS  # noqa: E402
-
-from friendly_sam.models import build_model  # noqa: E402
-from friendly_sam.train import TrainConfig  # noqa: E402
-from friendly_sam.train.setup import build_optimizer  # noqa: E402
-from friendly_sam.train.step import training_step  # noqa: E402
+from benchmarks import benchkit
+from benchmarks.efficient.plan import VARIANTS
+from friendly_sam.models import build_model
+from friendly_sam.train import TrainConfig
+from friendly_sam.train.setup import build_optimizer
+from friendly_sam.train.step import training_step
 
 PERIOD = 4  # a multiple of every variant's perturb_every
 
@@ -104,7 +102,7 @@ def measure(model_name: str, batch: int, repeats: int, warmup: int) -> dict[str,
             "time_ratio_iqr": [rq[0], rq[2]] if (rq := _quartiles(ratios)) else None,
             "options": {
                 k: getattr(runners[name].cfg, k)
-                for k in ("optimizer", "perturb_every", "between", "ascent_fraction")
+                for k in ("method", "perturb_every", "between", "ascent_fraction")
             },
         }
     return results

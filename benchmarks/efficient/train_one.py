@@ -1,6 +1,6 @@
 """Train one run of the efficient-F-SAM benchmark (started by run.py in its own single-thread process).
 
-Usage: ``python benchmarks/efficient/train_one.py '<{"spec": ..., "suite": ...}>' <run-dir> [--resume]
+Usage: ``python -m benchmarks.efficient.train_one '<{"spec": ..., "suite": ...}>' <run-dir> [--resume]
 [--data-dir DIR]``. Kept apart from run.py so that a run never imports the report code."""
 
 from __future__ import annotations
@@ -9,15 +9,12 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the suites
-from efficient.plan import VariantSpec, variant_config  # noqa: E402
-from generalization.run import SparseTestEvaluation  # noqa: E402
-
-from friendly_sam.train import train  # noqa: E402
+from benchmarks.efficient.plan import VariantSpec, variant_config
+from benchmarks.generalization.run import SparseTestEvaluation
+from friendly_sam.train import train
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,10 +11,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import benchkit
-from benchkit import mean_std
-from generalization.plan import METHOD_TITLES, SETTING_TITLES, RunSpec, all_settings, plan
-
+from benchmarks import benchkit
+from benchmarks.generalization.plan import METHOD_TITLES, SETTING_TITLES, RunSpec, all_settings, plan
+from friendly_sam.reporting import PlottingUnavailable, mean_std, new_figure, save_figure
 from friendly_sam.train import run_dir as rd
 
 
@@ -481,20 +480,14 @@ def _has_runs(res: dict[str, Any], setting: str) -> bool:
 
 def plot(res: dict[str, Any], suite: dict[str, Any], path: Path) -> Path | None:
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+        fig = new_figure("the generalization plot", figsize=(11, 4), dpi=110)
+    except PlottingUnavailable as exc:
+        print(f"{exc}: no plot", flush=True)
         return None
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
+    ax, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
     _plot_bars(ax, res)
     _plot_curves(ax2, res)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 COLORS = {"sgd": "tab:gray", "sam": "tab:blue", "fsam": "tab:red"}

@@ -25,10 +25,10 @@ regenerated from all finished runs (marked INCOMPLETE until every run is done).
 
 Usage::
 
-    python benchmarks/generalization/run.py --workers 2              # the full suite (resumable)
-    python benchmarks/generalization/run.py --quick --workers 2      # ~10 minutes, smoke check
-    python benchmarks/generalization/run.py --report-only            # rebuild the report from the runs
-    python benchmarks/generalization/run.py --dry-run                # list the runs and their state
+    python -m benchmarks.generalization.run --workers 2              # the full suite (resumable)
+    python -m benchmarks.generalization.run --quick --workers 2      # ~10 minutes, smoke check
+    python -m benchmarks.generalization.run --report-only            # rebuild the report from the runs
+    python -m benchmarks.generalization.run --dry-run                # list the runs and their state
 """
 
 from __future__ import annotations
@@ -50,16 +50,13 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared kit and this suite
-import benchkit  # noqa: E402
-from generalization.plan import FULL, QUICK, SETTINGS, RunSpec, plan, run_state, train_config  # noqa: E402
-from generalization.report import load_prior, write_report  # noqa: E402
-
-from friendly_sam.train import EvaluateEvery, TrainConfig, TrainState, train  # noqa: E402
-from friendly_sam.train import run_dir as rd  # noqa: E402
+from benchmarks import benchkit
+from benchmarks.generalization.plan import FULL, QUICK, SETTINGS, RunSpec, plan, run_state, train_config
+from benchmarks.generalization.report import load_prior, write_report
+from friendly_sam.train import EvaluateEvery, TrainConfig, TrainState, train
+from friendly_sam.train import run_dir as rd
 
 REPO = benchkit.REPO
-SCRIPT = Path(__file__).resolve()
 
 
 # --------------------------------------------------------------------------- one run (subprocess)
@@ -75,8 +72,8 @@ class SparseTestEvaluation(EvaluateEvery):
 
     def on_train_start(self, state: TrainState) -> None:
         if self.test_subset:
-            x, y = state.data.eval_sets["test"]
-            state.data.eval_sets["test"] = (x[: self.test_subset], y[: self.test_subset])
+            first = state.data.source.take("test", torch.arange(self.test_subset))
+            state.data.eval_sets["test"] = first.loader("test", state.cfg.eval_batch_size, device=state.device)
 
 
 def pto_optimizer_factory(spec: RunSpec) -> Any:
@@ -182,8 +179,7 @@ class Suite:
         log = self.log_path(spec)
         log.parent.mkdir(parents=True, exist_ok=True)
         cmd = [
-            sys.executable,
-            str(SCRIPT),
+            *benchkit.python_module(__spec__.name),
             "--_worker",
             json.dumps({"spec": asdict(spec), "suite": self.suite}),
             "--_run-dir",
@@ -290,7 +286,7 @@ class Suite:
 
 
 def command_line(args: argparse.Namespace) -> str:
-    parts = ["python benchmarks/generalization/run.py"]
+    parts = ["python -m benchmarks.generalization.run"]
     if args.quick:
         parts.append("--quick")
     parts.append(f"--workers {args.workers}")

@@ -9,7 +9,7 @@ epochs=${1:-10}; deadline=${2:-330}
 start=$(date +%s)
 export PYTHONPATH=$PWD/src OMP_NUM_THREADS=1
 nvidia-smi -L; python3 -c "import torch; print('torch', torch.__version__)"
-python3 benchmarks/gpu/step_cost_cuda.py --json "$OUT/step_cost_cuda.json" > "$OUT/step_cost_cuda.txt" 2>&1
+python3 -m benchmarks.gpu.step_cost_cuda --json "$OUT/step_cost_cuda.json" > "$OUT/step_cost_cuda.txt" 2>&1
 tail -5 "$OUT/step_cost_cuda.txt"
 work=/tmp/gpu_runs
 benchmarks/gpu/label_noise_cuda.sh "$work" "$epochs" &

@@ -4,7 +4,7 @@ Forward + backward (twice for SAM/F-SAM) + optimizer step via ``friendly_sam.tra
 interleaved round-robin over the contenders after warm-up, CUDA-synchronised wall time per step,
 median over repeats; peak memory = ``torch.cuda.max_memory_allocated`` during each contender's steps.
 
-    python benchmarks/gpu/step_cost_cuda.py [--repeats 30] [--json out.json]
+    python -m benchmarks.gpu.step_cost_cuda [--repeats 30] [--json out.json]
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import linecache
 import os
+import shlex
 import sys
 import time
 from dataclasses import fields
@@ -15,11 +17,17 @@ from .commands.compare import compare_runs
 from .commands.demo import SUMMARY_NAME, DemoOptions, run_demo
 from .commands.demo_report import demo_sentence, demo_table
 from .data import DatasetFormatError, DatasetNotFoundError
+from .distributed import ProcessGroupError, process_group_failure
+from .files import FileRefused, MemoryNeedError, WriteError, protect_console, shorten
+from .files.environment import shorten_words
 from .models import describe_models
+from .models.pretrained import PretrainedWeightsError
+from .reporting import INSTALL_HINT
 from .train import CheckpointError, RunDirectoryError, load_run_config, train
-from .train.config import TrainConfig, differences, read_config_file
+from .train.config import ConfigError, TrainConfig, differences, read_config_file
 from .train.lock import check_run_name
 from .train.options import build, declared, default_of, flag_name
+from .train.run_dir import CHECKPOINT_FILE
 
 
 # --------------------------------------------------------------------------- flags from declarations
@@ -32,7 +40,8 @@ def add_option_flags(parser: Any, cls: Any, *, skip: tuple[str, ...] = (), defau
             continue
         default = default_of(f)
         accepted = spec.describe()
-        text = f"{spec.help}{f'; {accepted}' if accepted else ''} (default: {default})".replace("%", "%%")
+        shown = "" if default is None else f" (default: {default})"  # None: the help says what happens
+        text = f"{spec.help}{f'; {accepted}' if accepted else ''}{shown}".replace("%", "%%")
         kind = str(f.type).removesuffix(" | None")
         kwargs: dict[str, Any] = {"default": default if defaults else argparse.SUPPRESS, "help": text}
         if kind == "bool":
@@ -40,7 +49,7 @@ def add_option_flags(parser: Any, cls: Any, *, skip: tuple[str, ...] = (), defau
         elif kind == "list[float]":
             kwargs.update(type=float, nargs=spec.nargs or "+")
         else:
-            kwargs.update(type={"int": int, "float": float}.get(kind, str), metavar=name.upper())
+            kwargs.update(type={"int": _int_option, "float": float}.get(kind, str), metavar=name.upper())
         parser.add_argument(flag_name(name), **kwargs)
     for old, (new, values) in getattr(cls, "RENAMED", {}).items():
         parser.add_argument(
@@ -59,6 +68,17 @@ class _Renamed(argparse.Action):
         value = values if values is not None else ""
         value = self.values_map.get(value, value)
         parser.error(f"{option_string} was renamed: use {flag_name(self.new)} {value}".rstrip())
+
+
+def _int_option(text: str) -> int:
+    """An integer flag's value: at most 19 digits (64 bits), said so instead of Python's digit-limit error."""
+    digits = text.strip().lstrip("+-")
+    if len(digits) > 19 and digits.isdigit():
+        raise argparse.ArgumentTypeError(f"an integer of {len(digits)} digits; give one below 2**63 (19 digits)")
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {shorten(text, 60)!r}") from None
 
 
 def _given_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -115,12 +135,12 @@ def _new_run_dir(args: argparse.Namespace, cfg: TrainConfig) -> Path:
 def cmd_train(args: argparse.Namespace) -> int:
     is_main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports (and writes files)
     if args.resume:
-        run_dir = Path(args.resume)
+        run_dir = args.run_dir = Path(args.resume)
         cfg = _resume_config(args, run_dir)
         train(cfg, run_dir, resume=True, progress=not args.quiet)
     else:
         cfg = _config_from_args(args)
-        run_dir = _new_run_dir(args, cfg)
+        run_dir = args.run_dir = _new_run_dir(args, cfg)
         if is_main:
             print(f"run directory: {run_dir}")
         train(cfg, run_dir, progress=not args.quiet)
@@ -159,7 +179,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if summary["plot"]:
         print(f"plot: {summary['plot']}")
     else:
-        print("plot: skipped (pip install matplotlib)")
+        print(f"plot: skipped (the plot needs matplotlib: {INSTALL_HINT})")
     return 0
 
 
@@ -196,9 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train",
         help="train one run (config file and/or flags)",
-        description="Train one run. A config file (TOML/YAML) sets options; flags override it.",
+        description="Train one run. A config file (TOML, YAML or JSON) sets options; flags override it.",
     )
-    p.add_argument("--config", help="TOML or YAML config file (see configs/)")
+    p.add_argument("--config", help="TOML, YAML or JSON config file (see configs/)")
     p.add_argument(
         "--out", help="run directory to create (default: runs/<time>-<label>-<dataset>-<model>-s<seed>)"
     )
@@ -228,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train SGD, SAM and F-SAM on real Fashion-MNIST, everything equal but the optimizer, each "
         "with the rho the generalization suite chose on clean validation data, and compare them: test "
         "accuracy, how many of the wrong training labels each one fitted, training time. Default setting "
-        "'noisy': 40%% of the training labels replaced by wrong ones, trained long enough for SGD to "
+        "'noisy': 40% of the training labels replaced by wrong ones, trained long enough for SGD to "
         "memorise them; 'clean': correct labels. Rerunning reuses finished runs and resumes interrupted "
         "ones of the same settings, and refuses a directory holding runs of other settings.",
     )
@@ -246,47 +266,112 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# The exceptions that are the user's to fix (a bad option, file, run directory, environment): one line,
-# no traceback. Anything else is a bug of friendly-sam and keeps its traceback.
+# The error policy (docs/files.md, "Errors"): an exception is the user's to fix, printed as one line
+# (`fsam CMD: error: ...`, exit 2), when
+#   1. its class says so: USER_ERRORS (a bad option, config, data set, checkpoint, run directory, a file
+#      refused by the file layer, a memory need over the limit, a diverging run, a missing optional
+#      package, a failed write: disk full, permissions, ...), or
+#   2. it is an OSError carrying an errno: the operating system refused something the user named (a path
+#      too long, a permission, a directory deleted), or
+#   3. it is a ValueError raised by friendly-sam's own checks: the innermost frame of its traceback is a
+#      `raise` statement in friendly_sam's source (a message we wrote, `raise ValueError("--x ...")`), or
+#   4. it is a failed collective under torchrun (another process ended or stopped responding).
+# Anything else keeps its traceback (exit 1): a ValueError or TypeError raised inside Python, torch or
+# another library and passing through our code, any other exception class: a bug of friendly-sam.
 USER_ERRORS = (
-    ValueError,  # ConfigError included
+    ConfigError,
     DatasetNotFoundError,
     DatasetFormatError,
     CheckpointError,
     RunDirectoryError,  # RunInUseError included
+    FileRefused,
+    WriteError,
+    MemoryNeedError,
+    PretrainedWeightsError,
     FloatingPointError,  # a diverging run
     ModuleNotFoundError,  # an optional package (matplotlib, tensorboard, ...)
-    OSError,  # WriteError included: disk full, permissions, a path too long, a directory deleted
+    ProcessGroupError,
 )
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+
+
+def _raised_by_us(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised by a ``raise`` statement of friendly-sam's source (the innermost frame of
+    its traceback): a check with a message written for the user, not ``int("x")`` gone wrong."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    source = tb.tb_frame.f_code.co_filename
+    ours = str(Path(source).resolve()).startswith(_PACKAGE_DIR)
+    return ours and linecache.getline(source, tb.tb_lineno).lstrip().startswith("raise ")
+
+
+def user_error(exc: BaseException) -> BaseException | None:
+    """The exception to report as one line (rules 1-4 above), or None: a bug, keep the traceback."""
+    if isinstance(exc, USER_ERRORS):
+        return exc
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc
+    if isinstance(exc, ValueError) and _raised_by_us(exc):
+        return exc
+    return process_group_failure(exc)
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse with a one-line error (``fsam train: error: ...``) instead of the usage block."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {shorten_words(message)} (see {self.prog} --help)\n")
 
 
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
         text = f"{exc.strerror}: {exc.filename}"  # e.g. "No space left on device: runs/x/metrics.jsonl"
-    return text
+    return shorten_words(text)  # a 100,000-character name is not echoed whole
+
+
+def _continue_hint(args: argparse.Namespace, argv: list[str]) -> str:
+    """How to go on after Ctrl-C, for the command that was interrupted."""
+    again = shorten("fsam " + shlex.join(argv), 300)
+    if args.command == "train":
+        run_dir = getattr(args, "run_dir", None)
+        if run_dir is None:
+            return f"nothing was written; run `{again}` again"
+        if (Path(run_dir) / CHECKPOINT_FILE).is_file():
+            return f"continue the run with `fsam train --resume {shlex.quote(str(run_dir))}`"
+        return (
+            f"{run_dir} has no checkpoint yet (no epoch finished): start it anew with `{again}`"
+            + ("" if args.out or args.resume else f" or `fsam train --out {shlex.quote(str(run_dir))} ...`")
+        )
+    if args.command == "analyze":
+        return f"analysis.json is unchanged (parts in progress are not saved); run `{again}` again"
+    if args.command == "demo":
+        return f"run `{again}` again: finished runs are reused, interrupted ones resumed"
+    return f"nothing was written; run `{again}` again"
 
 
 def main(argv: list[str] | None = None) -> int:
+    protect_console()  # `fsam train ... | head -1`: output is dropped when the reader goes away, the run goes on
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except USER_ERRORS as exc:
-        print(f"fsam {args.command}: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print(
-            f"\nfsam {args.command}: interrupted; resume with `fsam train --resume RUN_DIR`", file=sys.stderr
-        )
+        print(f"\nfsam {args.command}: interrupted; {_continue_hint(args, argv)}", file=sys.stderr)
         return 130
+    except Exception as exc:
+        reported = user_error(exc)
+        if reported is None:
+            raise  # a bug of friendly-sam: the traceback is what a bug report needs
+        message = _one_line(reported)
+        if getattr(args, "run_dir", None) is not None:
+            message = message.replace("RUN_DIR", shlex.quote(str(args.run_dir)))
+        print(f"fsam {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -8,15 +8,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "cost" / "run.py"
+MODULE = "benchmarks.cost.run"
 HAS_PTO = importlib.util.find_spec("pytorch_optimizer") is not None
 
 
+@pytest.mark.slow
 def test_cost_quick(tmp_path: Path) -> None:
     contenders = "fsam,pto-fsam" if HAS_PTO else "fsam"
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--out-dir", str(tmp_path), "--contenders", contenders],
+        [sys.executable, "-m", MODULE, "--quick", "--out-dir", str(tmp_path), "--contenders", contenders],
         capture_output=True,
         text=True,
         timeout=300,
@@ -27,7 +30,7 @@ def test_cost_quick(tmp_path: Path) -> None:
     res = json.loads((tmp_path / "cost_quick.json").read_text())
     assert md.strip() in proc.stdout
 
-    assert res["command"].startswith("python benchmarks/cost/run.py --quick")
+    assert res["command"].startswith("python -m benchmarks.cost.run --quick")
     assert f"Command: `{res['command']}`" in md
     for key in ("cpu", "torch", "commit"):
         assert res["machine"][key] not in (None, "", "unknown")

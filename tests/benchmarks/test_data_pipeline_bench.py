@@ -8,15 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from testkit import needs_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "data_pipeline.py"
-FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+MODULE = "benchmarks.data_pipeline"
 
 
-@pytest.mark.skipif(
-    not FASHION.exists(), reason="real Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"
-)
+@pytest.mark.slow
+@needs_fashion_mnist
 def test_data_pipeline_benchmark_runs_and_reports(tmp_path: Path) -> None:
     out_json = tmp_path / "pipeline.json"
     args = [
@@ -32,7 +31,7 @@ def test_data_pipeline_benchmark_runs_and_reports(tmp_path: Path) -> None:
         "1",
     ]
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), *args, "--json", str(out_json)],
+        [sys.executable, "-m", MODULE, *args, "--json", str(out_json)],
         capture_output=True,
         text=True,
         timeout=600,

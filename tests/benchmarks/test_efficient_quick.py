@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from testkit import FASHION_DIR, needs_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[2]
-RUN = REPO / "benchmarks" / "efficient" / "run.py"
-TIMING = REPO / "benchmarks" / "efficient" / "timing.py"
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-pytestmark = pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="real Fashion-MNIST not installed")
+RUN = "benchmarks.efficient.run"
+TIMING = "benchmarks.efficient.timing"
+pytestmark = [needs_fashion_mnist, pytest.mark.slow]
 
 TINY = ["--quick", "--model", "cnn_small", "--train-subset", "320", "--val-size", "128", "--epochs", "1"]
 TINY += ["--test-subset", "100", "--seeds", "0", "--cells", "sym40-long", "--variants", "fsam-p4,fsam-sb25"]
@@ -21,7 +21,9 @@ TINY += ["--noisy-rhos", "0.2", "--data-dir", str(FASHION_DIR)]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=600, cwd=REPO
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return result
 
@@ -29,7 +31,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_runs_timing_and_report(tmp_path: Path) -> None:
     out, work = tmp_path / "out", tmp_path / "work"
     _run(
-        str(TIMING),
+        TIMING,
         "--repeats",
         "1",
         "--warmup",
@@ -51,11 +53,11 @@ def test_runs_timing_and_report(tmp_path: Path) -> None:
         "--clean-baseline",
         str(tmp_path / "none.json"),
     ]
-    _run(str(RUN), *TINY, *common, "--no-report")
+    _run(RUN, *TINY, *common, "--no-report")
     assert (work / "runs" / "sym40-long" / "fsam-p4_rho0.2_lmbda0.6" / "seed0" / "summary.json").is_file()
-    again = _run(str(RUN), *TINY, *common, "--dry-run")  # resumable: everything is done now
+    again = _run(RUN, *TINY, *common, "--dry-run")  # resumable: everything is done now
     assert again.stdout.count("done") == 2
-    _run(str(RUN), *TINY, *common, "--report-only")
+    _run(RUN, *TINY, *common, "--report-only")
     noisy = json.loads((out / "efficient_fsam.json").read_text())
     assert set(noisy) >= {"setting", "methods", "target"}
     methods = noisy["methods"]

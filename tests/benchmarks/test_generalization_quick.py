@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "generalization" / "run.py"
+MODULE = "benchmarks.generalization.run"
 HAS_PTO = importlib.util.find_spec("pytorch_optimizer") is not None
 
 
@@ -54,10 +54,11 @@ TINY = [
 def run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     args = [*TINY, "--work-dir", str(tmp_path / "work"), "--out-dir", str(tmp_path / "out"), *extra]
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300, cwd=REPO
+        [sys.executable, "-m", MODULE, *args], capture_output=True, text=True, timeout=300, cwd=REPO
     )
 
 
+@pytest.mark.slow
 def test_quick_suite_end_to_end(tmp_path: Path) -> None:
     pto = "sym40" if HAS_PTO else ""
     # --no-report: only the final report (the per-run reports are exercised by the next test)
@@ -88,7 +89,7 @@ def test_quick_suite_end_to_end(tmp_path: Path) -> None:
 
     # report: status, provenance, the main table with one row per setting
     assert "Status: complete." in md
-    assert "Command: `python benchmarks/generalization/run.py --quick" in md
+    assert "Command: `python -m benchmarks.generalization.run --quick" in md
     for key in ("commit", "torch", "cpu"):
         assert res["meta"]["machine"][key] not in (None, "", "unknown")
     assert res["meta"]["machine"]["torch"] in md and res["meta"]["machine"]["cpu"] in md
@@ -136,6 +137,7 @@ def test_quick_suite_end_to_end(tmp_path: Path) -> None:
     assert bad.returncode != 0 and "is a report of another suite (epochs differ)" in bad.stderr
 
 
+@pytest.mark.slow
 def test_partial_report_and_resume(tmp_path: Path) -> None:
     """--max-runs stops early: the report says INCOMPLETE; a broken run dir is restarted."""
     proc = run(tmp_path, "--pto-settings", "", "--settings", "clean", "--max-runs", "1")

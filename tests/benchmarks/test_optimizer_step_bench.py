@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "optimizer_step.py"
+MODULE = "benchmarks.optimizer_step"
 HAS_PTO = importlib.util.find_spec("pytorch_optimizer") is not None
 
 # Runs the script in a fresh interpreter; with block_pto, `import pytorch_optimizer` fails there.
@@ -19,9 +19,9 @@ RUNNER = """
 import runpy, sys
 if {block!r}:
     sys.modules["pytorch_optimizer"] = None  # makes the import raise ImportError
-sys.argv = [{script!r}] + {args!r}
+sys.argv = [{module!r}] + {args!r}
 try:
-    runpy.run_path({script!r}, run_name="__main__")
+    runpy.run_module({module!r}, run_name="__main__", alter_sys=True)
 except SystemExit as e:
     if e.code:
         raise
@@ -31,7 +31,7 @@ except SystemExit as e:
 def run_bench(tmp_path: Path, block_pto: bool) -> tuple[str, dict]:
     js, md = tmp_path / "out.json", tmp_path / "out.md"
     args = ["--quick", "--params", "small", "--json", str(js), "--markdown", str(md)]
-    code = RUNNER.format(block=block_pto, script=str(SCRIPT), args=args)
+    code = RUNNER.format(block=block_pto, module=MODULE, args=args)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert md.read_text() == proc.stdout
@@ -70,6 +70,7 @@ def check_common(out: str, res: dict) -> dict[str, dict]:
     return rows
 
 
+@pytest.mark.slow
 def test_bench_without_pytorch_optimizer(tmp_path: Path) -> None:
     out, res = run_bench(tmp_path, block_pto=True)
     rows = check_common(out, res)
@@ -78,6 +79,7 @@ def test_bench_without_pytorch_optimizer(tmp_path: Path) -> None:
     assert res["equivalence"] is None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_PTO, reason="pytorch-optimizer (the [bench] extra) is not installed")
 def test_bench_with_pytorch_optimizer(tmp_path: Path) -> None:
     out, res = run_bench(tmp_path, block_pto=False)

@@ -8,17 +8,18 @@ import sys
 from pathlib import Path
 
 import pytest
+from testkit import needs_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "streaming.py"
-FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+MODULE = "benchmarks.streaming"
 
 
-@pytest.mark.skipif(not FASHION.exists(), reason="real Fashion-MNIST not installed")
+@pytest.mark.slow
+@needs_fashion_mnist
 def test_streaming_benchmark_runs_and_reports(tmp_path: Path) -> None:
     args = ["--images", "48", "--batch-size", "16", "--epochs", "2", "--repeats", "2", "--model", "cnn_small"]
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), *args, "--out-dir", str(tmp_path)],
+        [sys.executable, "-m", MODULE, *args, "--out-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=600,

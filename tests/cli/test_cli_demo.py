@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from cli_helpers import fsam, needs_fashion_mnist
+from testkit import fsam, needs_fashion_mnist
 
 from friendly_sam.commands.demo import DEMO_OPTIMIZERS, SETTINGS, demo_configs, run_demo
 from friendly_sam.commands.demo_report import demo_sentence, demo_table
@@ -38,6 +38,7 @@ def test_configs_differ_only_in_the_optimizer():
 
 
 @needs_fashion_mnist
+@pytest.mark.slow
 def test_demo_summary_reuse_and_refusal(tmp_path):
     logs: list[str] = []
     summary = run_demo(tmp_path, "noisy", SMALL, workers=1, progress=False, log=logs.append)

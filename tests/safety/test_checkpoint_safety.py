@@ -115,9 +115,11 @@ def test_truncated_garbage_and_foreign_files(tmp_path):
     torch.save({"model": {"w": torch.zeros(2)}}, foreign)
     with pytest.raises(CheckpointError, match="foreign.pt is not a friendly-sam checkpoint"):
         load_checkpoint(foreign)
-    with pytest.raises(CheckpointError, match="no checkpoint at .*a_dir"):
+    with pytest.raises(CheckpointError, match="a_dir is not a regular file .it is a directory"):
         (tmp_path / "a_dir").mkdir()
         load_checkpoint(tmp_path / "a_dir")
+    with pytest.raises(CheckpointError, match="no checkpoint at .*absent.pt .it does not exist"):
+        load_checkpoint(tmp_path / "absent.pt")
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import os
 import signal
 
 import pytest
-from safety_helpers import fsam
+from testkit import fsam
 
 from friendly_sam.train import TrainConfig
 from friendly_sam.train.config import MAX_CONFIG_BYTES, ConfigError, read_config_file
@@ -146,6 +146,7 @@ def test_bad_files_are_clear_errors_and_never_block(tmp_path):
         signal.alarm(0)
 
 
+@pytest.mark.slow
 def test_the_cli_reports_a_bad_config_without_traceback(tmp_path):
     path = _toml(tmp_path, 'cutout = "false"\n')
     result = fsam("train", "--config", str(path), "--out", str(tmp_path / "run"), timeout=120)

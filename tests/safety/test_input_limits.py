@@ -9,12 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safety_helpers import run_python
+from testkit import FASHION_DIR, run_python
 
 from friendly_sam.data import readers
 from friendly_sam.data.readers import DatasetFormatError, parse_cifar_batch, read_file_bytes, read_idx
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 BOMB_ZEROS = 400 << 20  # 400 MB of zeros behind a header announcing 10 images (gzip: ~400 kB)
 
 
@@ -33,6 +32,7 @@ def _write_gzip(path: Path, head: bytes, zeros: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_gzip_bomb_is_refused_with_little_memory(tmp_path):
     bomb = _write_gzip(tmp_path / "train-images-idx3-ubyte.gz", _idx_header(10, 28, 28), BOMB_ZEROS)
     assert bomb.stat().st_size < 1 << 20
@@ -79,8 +79,8 @@ def test_well_formed_files_still_read(tmp_path):
     trailing.write_bytes(gzip.compress(_idx_header(2, 3, 4) + arr.tobytes() + b"!"))
     with pytest.raises(DatasetFormatError, match="has trailing bytes"):
         read_idx(trailing)
-    if (FASHION / "t10k-labels-idx1-ubyte.gz").exists():
-        assert tuple(read_idx(FASHION / "t10k-labels-idx1-ubyte.gz").shape) == (10000,)
+    if (FASHION_DIR / "t10k-labels-idx1-ubyte.gz").exists():
+        assert tuple(read_idx(FASHION_DIR / "t10k-labels-idx1-ubyte.gz").shape) == (10000,)
 
 
 class _Payload:

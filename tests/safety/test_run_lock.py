@@ -10,7 +10,7 @@ import socket
 import time
 
 import pytest
-from safety_helpers import run_python
+from testkit import run_python
 
 from friendly_sam.train.lock import (
     RunDirectoryError,
@@ -54,6 +54,7 @@ def _fresh_start(run_dir, barrier, results):
     results.put(("won", os.getpid()))
 
 
+@pytest.mark.slow
 def test_concurrent_fresh_starts_have_exactly_one_winner(tmp_path):
     for attempt in range(8):
         run_dir = tmp_path / f"runs{attempt}" / "same-out"
@@ -97,6 +98,7 @@ def test_a_holder_killed_with_sigkill_leaves_no_blocking_lock(tmp_path):
     lock.release()
 
 
+@pytest.mark.slow
 def test_lock_across_independent_interpreters(tmp_path):
     run_dir = tmp_path / "run"
     with create_run_dir(run_dir):

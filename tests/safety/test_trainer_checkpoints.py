@@ -6,15 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safety_helpers import FASHION, fsam, tiny_config
+from testkit import fsam, needs_fashion_mnist, tiny_config
 
 from friendly_sam.train import train
 from friendly_sam.train.checkpoint import CHECKSUM_KEY, load_checkpoint, save_atomic
 from friendly_sam.train.run_dir import LOCK_FILE
 
-pytestmark = pytest.mark.skipif(
-    not (FASHION / "t10k-images-idx3-ubyte.gz").exists(), reason="no Fashion-MNIST"
-)
+pytestmark = needs_fashion_mnist
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +42,7 @@ def _resume_is_refused(run: Path, message: str) -> None:
     assert before == after  # metrics.jsonl intact (the lock file holds the last holder's pid)
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_flipped_bit_and_a_negative_epoch(finished_run):
     run, _ = finished_run
     ckpt = run / "checkpoint.pt"

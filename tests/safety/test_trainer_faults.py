@@ -7,14 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from safety_helpers import FASHION, fsam, tiny_config
+from testkit import fsam, needs_fashion_mnist, tiny_config
 
 from friendly_sam.train import Callback, train
 from friendly_sam.train import run_dir as rd
 
-pytestmark = pytest.mark.skipif(
-    not (FASHION / "t10k-images-idx3-ubyte.gz").exists(), reason="no Fashion-MNIST"
-)
+pytestmark = needs_fashion_mnist
 
 
 def _cfg(**changes):
@@ -27,8 +25,8 @@ class _StopIn(Callback):
     def __init__(self, epoch):
         self.epoch = epoch
 
-    def before_step(self, step, epoch):
-        if epoch == self.epoch:
+    def before_step(self, state):
+        if state.epoch == self.epoch:
             raise KeyboardInterrupt
 
 
@@ -37,6 +35,7 @@ def _strict(path: Path) -> list:
     return [json.loads(line, parse_constant=reject) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_a_kill_during_the_checkpoint_write_then_resume_is_bit_exact(tmp_path):
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     train(_cfg(), whole, progress=False, log=lambda m: None)
@@ -66,8 +65,8 @@ class _Explode(Callback):
     def on_train_start(self, state):
         self.state = state
 
-    def before_step(self, step, epoch):
-        if epoch >= self.epoch:
+    def before_step(self, state):
+        if state.epoch >= self.epoch:
             for group in self.state.optimizer.param_groups:
                 group["lr"] = 1e12
 
@@ -86,10 +85,12 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 class _SkipTestIn(Callback):
-    def splits_to_evaluate(self, epoch, available):
-        return [s for s in available if s != "test"] if epoch == 1 else available
+    def before_evaluation(self, state):
+        if state.record["epoch"] == 1:
+            state.splits = [s for s in state.splits if s != "test"]
 
 
+@pytest.mark.slow
 def test_a_skipped_split_is_null_in_strict_json(tmp_path):
     run = tmp_path / "run"
     summary = train(_cfg(), run, progress=False, log=lambda m: None, callbacks=[_SkipTestIn()])
@@ -103,6 +104,7 @@ def test_a_skipped_split_is_null_in_strict_json(tmp_path):
     assert result.returncode == 0 and "counted once" in result.stdout
 
 
+@pytest.mark.slow
 def test_resume_applies_safe_options_and_records_them(tmp_path):
     run = tmp_path / "run"
     train(_cfg(epochs=1), run, progress=False, log=lambda m: None)

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..reporting import new_figure, save_figure
 from ._common import (
     Batch,
     BNMode,
@@ -244,17 +245,7 @@ def loss_landscape_2d(
 
 
 def _figure(figsize: tuple[float, float]) -> Any:
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "plotting a loss landscape needs matplotlib: pip install 'friendly-sam[plot]' "
-            "(or pip install matplotlib)"
-        ) from exc
-    fig = Figure(figsize=figsize, dpi=120)
-    FigureCanvasAgg(fig)
-    return fig
+    return new_figure("plotting a loss landscape", figsize=figsize)
 
 
 def _get(result: Any, key: str) -> Any:
@@ -284,10 +275,7 @@ def plot_landscape_1d(
         ax2.plot(alphas, 100.0 * np.asarray(accs, dtype=float), "s--", color="tab:red", markersize=3)
         ax2.set_ylabel("accuracy (%)", color="tab:red")
     ax.set_title(title or "1-D loss landscape")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path)  # through the file layer: atomic, never through a link
 
 
 def plot_landscape_2d(
@@ -327,7 +315,4 @@ def plot_landscape_2d(
     ax.set_aspect("equal", adjustable="box")
     ax.locator_params(nbins=5)
     ax.set_title(title or "2-D loss landscape")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path)  # through the file layer: atomic, never through a link

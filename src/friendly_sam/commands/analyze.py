@@ -29,8 +29,8 @@ function of the weights) or ``"batch"`` (per-batch statistics of ``batch_size`` 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -49,13 +49,14 @@ from ..analysis import (
     top_eigenvalue,
     worst_case_loss_increase,
 )
+from ..data.identity import check_same_data
 from ..models import build_model
 from ..train import run_dir as rd
 from ..train.checkpoint import load_state_checked
+from ..train.data_setup import clean_training_subset, prepare_data
 from ..train.options import build, option
 from ..train.progress import ProgressBar
-from ..train.run_dir import ANALYSIS_FILE, machine_description
-from ..train.setup import clean_training_subset, prepare_data
+from ..train.run_dir import ANALYSIS_FILE, RunDirectoryError, machine_description
 
 ProgressFactory = Callable[[str], Callable[[int, int, str], None]]
 PARTS = ("eigenvalue", "trace", "sharpness", "landscape1d", "landscape2d")
@@ -157,6 +158,11 @@ def load_run(run_dir: Path, opts: Mapping[str, Any]) -> dict[str, Any]:
     path = Path(opts["checkpoint"]) if opts["checkpoint"] else None
     ckpt = rd.read_checkpoint(run_dir, cfg.to_dict(), path=path, note=lambda message: None)
     data = prepare_data(cfg, device)
+    # the data must be what the checkpoint was trained on (a renamed class would permute the labels)
+    check_same_data(
+        ckpt.get("data"), data.fingerprint, accept=False, where=f"the checkpoint of {run_dir}",
+        hint="Analyse it on the data it was trained on (--data-dir of its config.json).",
+    )  # fmt: skip
     # clean: no augmentation (normalisation; image folders: the centre crop), the run's labels
     x_all, y_all = clean_training_subset(data, opts["subset"], opts["seed"], device)
     n = len(y_all)
@@ -212,14 +218,21 @@ def _measure(
 PLOTS = {"landscape1d": ("landscape_1d.png", "1-D"), "landscape2d": ("landscape_2d.png", "2-D")}
 
 
-def _read_previous(path: Path) -> dict[str, Any]:
-    """An earlier ``analysis.json`` to merge with (``{}`` if absent or unreadable)."""
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return {}
+def _merge(previous: dict[str, Any] | None, analysis: dict[str, Any]) -> dict[str, Any]:
+    """``analysis`` merged into an earlier ``analysis.json`` (read under its lock): parts computed now
+    replace theirs, the others are kept; a file that is not one of ours is refused, never overwritten."""
+    if previous is None:
+        return analysis
+    results, files = previous.get("results", {}), previous.get("files", [])
+    if not isinstance(results, dict) or not all(isinstance(v, dict) for v in results.values()):
+        raise RunDirectoryError(
+            f"the analysis file in {analysis['run_dir']} is damaged ('results' is not a table of parts); "
+            "move it away or delete it, then run fsam analyze again"
+        )
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        files = []
+    merged = {**results, **analysis["results"]}
+    return {**analysis, "results": merged, "files": sorted(set(files) | set(analysis["files"]))}
 
 
 def analyze_run(
@@ -250,8 +263,9 @@ def analyze_run(
     )
     load_time = time.perf_counter() - t_load
     path = out_dir / ANALYSIS_FILE
-    previous = _read_previous(path)
-    results, files = _run_parts(run, opts, out_dir, dict(previous.get("results", {})), say)
+    if os.path.lexists(path):  # refuse a damaged file before the work, not after
+        _merge(rd.read_json_object(path, "analysis file"), {"run_dir": str(run_dir), "results": {}, "files": []})
+    results, files = _run_parts(run, opts, out_dir, {}, say)
     analysis = {
         "run_dir": str(run_dir),
         "label": cfg.label,
@@ -262,11 +276,12 @@ def analyze_run(
         "checkpoint_epoch": epoch,
         "options": {k: v for k, v in opts.items() if k not in ("quiet",)},
         "results": results,
-        "files": sorted(set(previous.get("files", [])) | set(files)),
+        "files": sorted(files),
         "load_time_s": load_time,
         "machine": {**machine_description(), "threads": torch.get_num_threads()},
     }
-    rd.write_json(path, analysis)  # strict JSON: a non-finite result is null
+    # read-merge-write under a lock: a concurrent `fsam analyze` of other parts lands too
+    analysis = rd.update_json(path, "analysis file", lambda previous: _merge(previous, analysis))
     say(f"wrote {path}" + (f" and {', '.join(files)}" if files else ""))
     undefined = [
         f"{part} ({key})"
@@ -317,11 +332,13 @@ def _run_parts(
 
 def analysis_summary(analysis: Mapping[str, Any]) -> dict[str, float | None]:
     """The headline numbers of an ``analysis.json`` (None for parts not computed)."""
-    res = analysis.get("results", {})
+    res = analysis.get("results", {}) if isinstance(analysis, Mapping) else {}
+    res = res if isinstance(res, Mapping) else {}
 
-    def get(part: str, key: str) -> float | None:
-        value = (res.get(part) or {}).get(key)
-        return float(value) if isinstance(value, (int, float)) else None
+    def get(part: str, key: str) -> float | None:  # a damaged file's wrong types count as not measured
+        entry = res.get(part)
+        value = entry.get(key) if isinstance(entry, Mapping) else None
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
     return {
         "top_eigenvalue": get("eigenvalue", "eigenvalue"),

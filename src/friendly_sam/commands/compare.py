@@ -1,35 +1,54 @@
 """Compare runs: one row per setting with mean and spread over seeds, and a curve plot.
 
 Runs are grouped by their label (``--name``, else the optimizer) *and* their full setting: every option
-that defines a run (its identity options: lr, rho, model, ...) except the seed, plus the epochs. Runs of one
-label with different settings get separate rows, named by the options that differ. A directory given
-twice (also as another path to it) is counted once, with a note.
+that defines a run (its identity options: lr, rho, model, ...) except the seed, plus the epochs, plus for an
+image folder the data it trained on (``classes.json``: classes, split sizes, skipped files, pixel
+statistics, fingerprint). Runs of one label with different settings get separate rows, named by the
+options that differ. One run is counted once: a directory given twice (also as another path to it) and a
+copy of a run directory (same config and the same per-epoch records, timings measured to the microsecond
+included: the run's identity) each get a note.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from ..files import shorten
+from ..reporting import finite, mean_std, new_figure, save_figure
 from ..train import run_dir as rd
 from ..train.config import EPOCHS_KEY, IDENTITY_KEYS, label_of, run_setting, upgrade_saved
 from ..train.run_dir import ANALYSIS_FILE, METRICS_FILE, RunDirectoryError
 from .analyze import analysis_summary
 
+_DATA_KEYS = ("classes", "counts", "skipped", "mean", "std", "fingerprint")
+
 
 def read_run(run_dir: Path) -> dict[str, Any]:
-    """A run's config and per-epoch metrics (also of an unfinished run)."""
+    """A run's config, per-epoch metrics (also of an unfinished run) and data identity."""
     config = rd.read_config_dict(run_dir)
     metrics = rd.read_metrics(run_dir)
     if not metrics:
         raise RunDirectoryError(f"{run_dir} has no finished epoch yet (empty {METRICS_FILE})")
     if not isinstance(upgrade_saved(config).get("method", ""), str):
         raise RunDirectoryError(f"{run_dir}: its {rd.CONFIG_FILE} names no method")
-    return {"dir": run_dir, "config": config, "metrics": metrics, "label": label_of(config)}
+    record = rd.read_data_record(run_dir) or {}
+    data = {k: record[k] for k in _DATA_KEYS if k in record}
+    identity = hashlib.sha256(rd.dumps([config, metrics]).encode()).hexdigest()
+    return {
+        "dir": run_dir,
+        "config": config,
+        "metrics": metrics,
+        "label": label_of(config),
+        "data": data,
+        "id": identity,
+    }
 
 
 _SETTING_KEYS = sorted({*IDENTITY_KEYS, EPOCHS_KEY} - {"seed"})
@@ -37,8 +56,10 @@ _SETTING_KEYS = sorted({*IDENTITY_KEYS, EPOCHS_KEY} - {"seed"})
 
 def _setting(run: dict[str, Any]) -> str:
     """The run's setting as a canonical string (the options that define a run, but the seed, and the
-    epochs; old spellings upgraded, a key absent from an older config counted as its default)."""
-    return json.dumps(run_setting(run["config"], _SETTING_KEYS), sort_keys=True, default=str)
+    epochs; old spellings upgraded, a key absent from an older config counted as its default; and the data
+    an image-folder run trained on)."""
+    setting = run_setting(run["config"], _SETTING_KEYS)
+    return json.dumps({**setting, "data": run.get("data") or None}, sort_keys=True, default=str)
 
 
 def group_runs(runs: list[dict[str, Any]]) -> tuple[dict[str, list[dict[str, Any]]], list[str]]:
@@ -55,9 +76,10 @@ def group_runs(runs: list[dict[str, Any]]) -> tuple[dict[str, list[dict[str, Any
         name = label
         if len(labels[label]) > 1:
             settings = [json.loads(s) for s in labels[label]]
-            differ = [k for k in _SETTING_KEYS if len({json.dumps(s[k], default=str) for s in settings}) > 1]
+            keys = [*_SETTING_KEYS, "data"]
+            differ = [k for k in keys if len({json.dumps(s[k], default=str) for s in settings}) > 1]
             mine = json.loads(setting)
-            name = f"{label} [{', '.join(f'{k}={mine[k]}' for k in differ)}]"
+            name = f"{label} [{', '.join(_shown(k, mine[k], settings) for k in differ)}]"
             if setting == labels[label][0]:
                 notes.append(
                     f"note: runs labelled {label!r} differ in {', '.join(differ)}: one row per setting"
@@ -66,16 +88,12 @@ def group_runs(runs: list[dict[str, Any]]) -> tuple[dict[str, list[dict[str, Any
     return groups, notes
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value, NaN for none)."""
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def _measured(values: list[Any]) -> list[float]:
-    """The values that were measured (epochs that skipped a split hold None, or NaN in older runs)."""
-    return [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+def _shown(key: str, value: Any, settings: list[dict[str, Any]]) -> str:
+    """``key=value`` naming a row; the data by its number among the data sets seen (data #2)."""
+    if key != "data":
+        return f"{key}={shorten(str(value), 60)}"
+    seen = list(dict.fromkeys(json.dumps(s["data"], sort_keys=True, default=str) for s in settings))
+    return f"data #{seen.index(json.dumps(value, sort_keys=True, default=str)) + 1}"
 
 
 def summarize_runs(runs: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
@@ -88,7 +106,7 @@ def summarize_runs(runs: list[dict[str, Any]], metric: str) -> list[dict[str, An
     rows = []
     for label, members in groups.items():
         final = [_last_measured(r["metrics"], metric) for r in members]
-        best = [max(_measured([m.get(metric) for m in r["metrics"]]), default=math.nan) for r in members]
+        best = [max(finite([m.get(metric) for m in r["metrics"]]), default=math.nan) for r in members]
         rows.append(
             {
                 "label": label,
@@ -96,20 +114,26 @@ def summarize_runs(runs: list[dict[str, Any]], metric: str) -> list[dict[str, An
                 "seeds": [r["config"].get("seed") for r in members],
                 "epochs": [r["metrics"][-1]["epoch"] for r in members],
                 "final": final,
-                "final_mean_std": mean_std(_measured(final)),
-                "best_mean_std": mean_std(_measured(best)),
-                "wall_time": statistics.fmean(r["metrics"][-1].get("elapsed") or 0.0 for r in members),
+                "final_mean_std": mean_std(finite(final)),
+                "best_mean_std": mean_std(finite(best)),
+                "wall_time": statistics.fmean(_number(r["metrics"][-1].get("elapsed")) for r in members),
                 "images_per_s": statistics.fmean(
-                    m.get("images_per_s") or 0.0 for r in members for m in r["metrics"]
+                    _number(m.get("images_per_s")) for r in members for m in r["metrics"]
                 ),
             }
         )
     return rows
 
 
+def _number(value: Any) -> float:
+    """A measured number, 0.0 for anything else (None, a string in a damaged file)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else 0.0
+
+
 def _last_measured(metrics: list[dict[str, Any]], metric: str) -> float:
     """The metric of the last epoch that measured it (NaN if none did)."""
-    values = _measured([m.get(metric) for m in metrics])
+    values = finite([m.get(metric) for m in metrics])
     return values[-1] if values else math.nan
 
 
@@ -130,21 +154,13 @@ def format_table(rows: list[dict[str, Any]], metric: str) -> str:
 
 
 def plot_curves(runs: list[dict[str, Any]], metric: str, path: Path) -> Path:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise ModuleNotFoundError(
-            "plots need matplotlib: pip install matplotlib (or friendly-sam[plot])"
-        ) from exc
+    fig = new_figure("fsam compare --plot", figsize=(6, 4))
+    ax = fig.subplots()
     groups, _ = group_runs(runs)
-    fig, ax = plt.subplots(figsize=(6, 4))
     for label, members in groups.items():
         length = min(len(r["metrics"]) for r in members)
         curves = [[r["metrics"][i].get(metric) for i in range(length)] for r in members]
-        kept = [i for i in range(length) if len(_measured([c[i] for c in curves])) == len(curves)]
+        kept = [i for i in range(length) if len(finite([c[i] for c in curves])) == len(curves)]
         epochs = [members[0]["metrics"][i]["epoch"] for i in kept]  # epochs every run measured
         means = [statistics.fmean(c[i] for c in curves) for i in kept]
         line = ax.plot(epochs, means, marker="o", label=f"{label} (n={len(members)})")[0]
@@ -161,10 +177,24 @@ def plot_curves(runs: list[dict[str, Any]], metric: str, path: Path) -> Path:
     ax.set_ylabel(metric.replace("_", " ") + (" (%)" if metric.endswith("acc") else ""))
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return save_figure(fig, path)
+
+
+PLOT_FORMATS = (".png", ".pdf", ".svg")
+
+
+def check_plot_path(plot_path: str | Path) -> Path:
+    """The ``--plot`` file, checked before any work: a file name ending in .png, .pdf or .svg whose
+    directory exists or can be made, not an existing directory."""
+    path = Path(plot_path)
+    if path.is_dir():
+        raise ValueError(
+            f"--plot {shorten(str(path))} is a directory; give a file name, e.g. --plot {path / 'compare.png'}"
+        )
+    if path.suffix.lower() not in PLOT_FORMATS:
+        raise ValueError(
+            f"--plot {shorten(str(path))}: give a file name ending in {', '.join(PLOT_FORMATS)} (e.g. {path.name}.png)"
+        )
     return path
 
 
@@ -174,8 +204,8 @@ def format_analysis_table(runs: list[dict[str, Any]]) -> str:
     for label, members in group_runs(runs)[0].items():
         for run in members:
             path = Path(run["dir"]) / ANALYSIS_FILE
-            if path.is_file():
-                groups[label].append(analysis_summary(rd.read_json(path, "analysis file")))
+            if os.path.lexists(path):
+                groups[label].append(analysis_summary(rd.read_json_object(path, "analysis file")))
     if not groups:
         return ""
     keys = (("top_eigenvalue", "top Hessian eigenvalue"), ("hessian_trace", "Hessian trace"))
@@ -203,15 +233,29 @@ def compare_runs(
     """Markdown table over ``run_dirs`` grouped by label and setting, and optionally the plot; returns both.
 
     Notes (a directory given twice, one label with several settings) precede the table."""
+    plot_file = check_plot_path(plot_path) if plot_path else None
     unique, notes = _dedupe([Path(d) for d in run_dirs])
-    runs = [read_run(d) for d in unique]
+    runs, copies = _dedupe_copies([read_run(d) for d in unique])
+    notes += copies
     notes += group_runs(runs)[1]
     table = "\n".join([*notes, ""] if notes else []) + format_table(summarize_runs(runs, metric), metric)
     sharpness = format_analysis_table(runs)
     if sharpness:
         table += "\n\n" + sharpness
-    plot = plot_curves(runs, metric, Path(plot_path)) if plot_path else None
+    plot = plot_curves(runs, metric, plot_file) if plot_file else None
     return table, plot
+
+
+def _dedupe_copies(runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The runs without copies of one run (same identity), and a note for each copy."""
+    seen: dict[str, dict[str, Any]] = {}
+    notes = []
+    for run in runs:
+        if run["id"] in seen:
+            notes.append(f"note: {run['dir']} is a copy of the run in {seen[run['id']]['dir']}; counted once")
+        else:
+            seen[run["id"]] = run
+    return list(seen.values()), notes
 
 
 def _dedupe(run_dirs: list[Path]) -> tuple[list[Path], list[str]]:

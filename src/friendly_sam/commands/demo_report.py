@@ -7,20 +7,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..reporting import PlottingUnavailable, finite, new_figure, save_figure
 from ..train import TrainConfig
 from ..train import run_dir as rd
 
 LABELS = {"sgd": "SGD", "sam": "SAM", "fsam": "F-SAM"}
 
 
-def _finite(values: list[Any]) -> list[float]:
-    return [float(v) for v in values if v is not None and math.isfinite(float(v))]
-
-
 def _run_numbers(cfg: TrainConfig, metrics: list[dict[str, Any]]) -> dict[str, Any]:
-    tests = _finite([m.get("test_acc") for m in metrics])
-    vals = _finite([m.get("val_acc") for m in metrics])
-    fits = _finite([m.get("noisy_fit") for m in metrics])
+    tests = finite([m.get("test_acc") for m in metrics])
+    vals = finite([m.get("val_acc") for m in metrics])
+    fits = finite([m.get("noisy_fit") for m in metrics])
     return {
         "test_acc": tests[-1] if tests else None,
         "best_test_acc": max(tests) if tests else None,
@@ -121,16 +118,14 @@ def plot_demo(
 ) -> Path | None:
     """Two panels: test accuracy per evaluated epoch; fit of the wrong labels per epoch (with label noise).
     ``None`` when matplotlib is missing (the table and summary are still written)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import MaxNLocator
-    except ImportError:
-        return None
     noisy = bool(summary["setting"]["label_noise"])
-    fig, axes = plt.subplots(1, 2 if noisy else 1, figsize=(11 if noisy else 6, 4), squeeze=False)
+    try:
+        fig = new_figure("the demo's plot", figsize=(11 if noisy else 6, 4))
+    except PlottingUnavailable:
+        return None
+    from matplotlib.ticker import MaxNLocator  # matplotlib is there: new_figure imported it
+
+    axes = fig.subplots(1, 2 if noisy else 1, squeeze=False)
     panels = [("test_acc", "test accuracy (%)")] + (
         [("noisy_fit", "wrong training labels fitted (%)")] if noisy else []
     )
@@ -148,7 +143,4 @@ def plot_demo(
     s = summary["setting"]
     noise = f", {s['label_noise']:.0%} wrong labels" if noisy else ", clean labels"
     fig.suptitle(f"{s['model']} on {s['train_images']:,} {s['dataset']} images{noise}, seed {s['seed']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -8,7 +8,7 @@ Sharded parameters (FSDP2 ``fully_shard``, ZeRO) need no helper here: give the o
 
 from .comm import AllReduceCounter
 from .ddp import PER_REPLICA, PERTURBATION_MODES, SYNCHRONIZED, check_mode
-from .runtime import DistributedContext, init_from_env, shard_bounds
+from .runtime import DistributedContext, ProcessGroupError, init_from_env, process_group_failure, shard_bounds
 from .state import gather_replica_states, load_replica_state, replica_state
 
 __all__ = [
@@ -20,6 +20,8 @@ __all__ = [
     "check_mode",
     "gather_replica_states",
     "init_from_env",
+    "process_group_failure",
+    "ProcessGroupError",
     "load_replica_state",
     "replica_state",
     "shard_bounds",

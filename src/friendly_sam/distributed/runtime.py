@@ -9,25 +9,61 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["DistributedContext", "init_from_env", "shard_bounds"]
+from ..data.loader import shard_bounds  # the one definition, in the lower layer
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "DistributedContext",
+    "ProcessGroupError",
+    "init_from_env",
+    "process_group_failure",
+    "shard_bounds",
+]
 
 T = TypeVar("T")
+DEFAULT_TIMEOUT = 600.0  # seconds; TrainConfig.dist_timeout's default (docs/distributed.md)
 
 
-def shard_bounds(n: int, index: int, count: int) -> tuple[int, int]:
-    """``[lo, hi)`` of part ``index`` of ``count`` contiguous parts of ``n`` items (the first ``n % count``
-    parts hold one more item), as ``torch.tensor_split`` splits."""
-    q, r = divmod(n, count)
-    lo = index * q + min(index, r)
-    return lo, lo + q + (1 if index < r else 0)
+class ProcessGroupError(RuntimeError):
+    """The process group failed: another process ended, stopped or stopped responding (``--dist-timeout``)."""
+
+
+def process_group_failure(exc: BaseException) -> ProcessGroupError | None:
+    """A :class:`ProcessGroupError` with a one-line explanation when ``exc`` is a failed collective (torch's
+    ``DistError``, or a ``RuntimeError`` raised inside ``torch.distributed``, gloo or NCCL), else None."""
+    if isinstance(exc, ProcessGroupError):
+        return exc
+    tb, inside = exc.__traceback__, False
+    while tb is not None:
+        inside = inside or "torch/distributed" in tb.tb_frame.f_code.co_filename.replace("\\", "/")
+        tb = tb.tb_next
+    text = " ".join(str(exc).split())
+    # a collective inside autograd (DDP's gradient all-reduce) raises from the C++ engine: the backend
+    # names itself in the message
+    named = re.search(r"gloo|nccl|ProcessGroup|c10d", text, re.IGNORECASE) is not None
+    if not (isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and (inside or named))):
+        return None
+    timed_out = "timed out" in text.lower() or "timeout" in text.lower()
+    why = (
+        "another process stopped responding within --dist-timeout"
+        if timed_out
+        else "another process ended or failed (its own message says why)"
+    )
+    rank = dist.get_rank() if dist.is_initialized() else os.environ.get("RANK", "?")
+    return ProcessGroupError(
+        f"rank {rank}: the process group failed ({why}; {text[:160]}); every process of the run ends. "
+        "Fix the cause, then continue with `fsam train --resume RUN_DIR` under torchrun"
+    )
 
 
 @dataclass
@@ -158,11 +194,15 @@ def _resolve(name: str, local_rank: int, distributed: bool) -> torch.device:
     return device
 
 
-def init_from_env(device: str = "auto", backend: str | None = None) -> DistributedContext:
+def init_from_env(
+    device: str = "auto", backend: str | None = None, timeout: float = DEFAULT_TIMEOUT
+) -> DistributedContext:
     """Join the process group described by torchrun's environment variables, or stay single-process.
 
     ``device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (under torchrun every process uses
-    ``cuda:LOCAL_RANK``). ``backend``: default NCCL for CUDA, gloo for CPU.
+    ``cuda:LOCAL_RANK``). ``backend``: default NCCL for CUDA, gloo for CPU. ``timeout``: seconds one
+    collective waits for the other processes (``--dist-timeout``); a process that stopped responding
+    then ends the others with :class:`ProcessGroupError` instead of leaving them waiting for ever.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
@@ -173,6 +213,8 @@ def init_from_env(device: str = "auto", backend: str | None = None) -> Distribut
     if not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        dist.init_process_group(backend or ("nccl" if dev.type == "cuda" else "gloo"))
+        dist.init_process_group(
+            backend or ("nccl" if dev.type == "cuda" else "gloo"), timeout=timedelta(seconds=timeout)
+        )
         owns = True
     return DistributedContext(dev, dist.get_rank(), dist.get_world_size(), local_rank, owns)

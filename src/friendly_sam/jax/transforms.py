@@ -69,11 +69,6 @@ def friendly_state(state: optax.OptState) -> FriendlyDirectionState:
     return found[0]
 
 
-def _all_finite(tree: optax.Updates) -> jax.Array:
-    """Whether every element is finite: ``x * 0`` is 0, or nan for inf/nan (one reduction per leaf)."""
-    return jnp.isfinite(sum((jnp.sum(x * 0) for x in jax.tree.leaves(tree)), jnp.zeros([], jnp.float32)))
-
-
 def friendly_direction(sigma: float = 1.0, lmbda: float = 0.9) -> optax.GradientTransformation:
     """F-SAM's perturbation direction: the clean gradient minus ``sigma`` times its EMA.
 
@@ -84,8 +79,9 @@ def friendly_direction(sigma: float = 1.0, lmbda: float = 0.9) -> optax.Gradient
 
     the order of the official code, which produced the published results (the paper's equations update
     ``m`` first; for ``sigma = 1`` both give the same direction after normalisation). ``sigma = 0`` is SAM.
-    A clean gradient holding inf/nan leaves the state as it was (the EMA is never poisoned); its
-    direction is returned as computed, so the step shows the inf/nan (``optax.apply_if_finite`` skips it).
+    A clean gradient holding inf/nan (or so large that the direction's global norm overflows) leaves the
+    state as it was: the EMA is never poisoned. Its direction is returned as computed, so the step shows
+    the inf/nan (``optax.apply_if_finite`` skips such steps).
 
     Args:
         sigma: how much of the estimated full gradient to remove, >= 0 (1: all; 0: SAM).
@@ -109,8 +105,10 @@ def friendly_direction(sigma: float = 1.0, lmbda: float = 0.9) -> optax.Gradient
         first = state.count == 0
         c_sigma = jnp.where(first, 0.0, sigma)
         c_m, c_g = jnp.where(first, 0.0, lmbda), jnp.where(first, 1.0, 1.0 - lmbda)
-        finite = _all_finite(updates)
         direction = jax.tree.map(lambda g, m: g - (c_sigma * m).astype(g.dtype), updates, state.ema)
+        # d is finite iff g is (m always is); its global norm is the one normalize() takes next, so
+        # XLA computes it once for both.
+        finite = jnp.isfinite(global_norm(direction))
         ema = jax.tree.map(
             lambda g, m: jnp.where(finite, (c_m * m + c_g * g).astype(m.dtype), m), updates, state.ema
         )

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..files import load_torch_file
+
 __all__ = [
     "PretrainedReport",
     "PretrainedWeightsError",
@@ -76,18 +78,10 @@ def _strip(state: dict[str, Any]) -> dict[str, Any]:
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """The state dict in ``path`` (see the module docstring), loaded with ``weights_only=True``."""
     p = Path(path).expanduser()
-    if not p.is_file():
+    if not p.exists() and not p.is_symlink():
         raise PretrainedWeightsError(f"--pretrained {p}: no such file")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except (
-        Exception
-    ) as exc:  # refused globals, truncated zip, random bytes (the unpickler may raise anything)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PretrainedWeightsError(
-            f"--pretrained {p}: not a PyTorch weights file that loads with weights_only=True ({first}). "
-            "Save the weights with torch.save(model.state_dict(), PATH)."
-        ) from None
+    # regular files only (a FIFO never blocks), weights_only=True (a planted pickle never runs)
+    obj = load_torch_file(p, "--pretrained", PretrainedWeightsError)
     if isinstance(obj, dict):
         for key in _CONTAINER_KEYS:
             if isinstance(obj.get(key), dict):

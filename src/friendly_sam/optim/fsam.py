@@ -94,10 +94,10 @@ class FriendlySAM(FSAMResearch, TwoPassOptimizer):
             tensor ``skipped_steps``) instead of raising. See ``friendly_sam.optim.capturable`` and
             ``docs/optimizer.md``.
         track_diagnostics: record ``cos(g, m)`` and the noise/full norm ratio (see above).
-        process_group, replica_group: distributed training (keywords): the group the parameters are
-            sharded over, and the DDP replicas that agree on skipping an fp16 overflow; see
-            :class:`TwoPassOptimizer` and ``docs/distributed.md``.
-        **base_kwargs: arguments of the base optimizer (``lr``, ``momentum``, ``weight_decay``, ...).
+        **base_kwargs: arguments of the base optimizer (``lr``, ``momentum``, ``weight_decay``, ...),
+            and the two distributed-training keywords of :class:`TwoPassOptimizer`: ``process_group``
+            (the group the parameters are sharded over) and ``replica_group`` (the DDP replicas that
+            agree on skipping an fp16 overflow); see ``docs/distributed.md``.
 
     **What m averages with** ``perturb_every > 1``: every clean minibatch gradient, unperturbed steps
     included (each step has one, so ``m <- lmbda m + (1 - lmbda) g`` runs on every step; ``lmbda`` keeps its

@@ -108,8 +108,8 @@ class PeriodicSteps:
     def _looksam_measure(self) -> None:
         """LookSAM, in second_step before the weights are restored: ``v <- g_s - (<g_s, g> / ||g||^2) g``, the
         part of the perturbed gradient ``g_s`` orthogonal to the clean ``g``, written over the buffer holding
-        ``g``. The off-steps use only its direction, so an unscaled (GradScaler) ``g_s`` gives the same result;
-        an inf/nan one leaves no component (the next off-steps are plain base steps)."""
+        ``g``. The unperturbed steps use only its direction, so an unscaled (GradScaler) ``g_s`` gives the same result;
+        an inf/nan one leaves no component (the next unperturbed steps are plain base steps)."""
         if self.between != "looksam":
             return
         pairs = [

@@ -51,10 +51,10 @@ class SAM(TwoPassOptimizer):
             every decision on the device, and a step with an inf/nan gradient is skipped (counted in the device
             tensor ``skipped_steps``) instead of raising. See ``friendly_sam.optim.capturable`` and
             ``docs/optimizer.md``.
-        process_group, replica_group: distributed training (keywords): the group the parameters are
-            sharded over, and the DDP replicas that agree on skipping an fp16 overflow; see
-            :class:`TwoPassOptimizer` and ``docs/distributed.md``.
-        **base_kwargs: arguments of the base optimizer (``lr``, ``momentum``, ``weight_decay``, ...).
+        **base_kwargs: arguments of the base optimizer (``lr``, ``momentum``, ``weight_decay``, ...),
+            and the two distributed-training keywords of :class:`TwoPassOptimizer`: ``process_group``
+            (the group the parameters are sharded over) and ``replica_group`` (the DDP replicas that
+            agree on skipping an fp16 overflow); see ``docs/distributed.md``.
 
     Use ``first_step()`` / ``second_step()`` around your two forward/backward passes, or ``step(closure)``.
     With ``perturb_every > 1`` run the second pass only ``if opt.is_perturbed``.

@@ -3,6 +3,7 @@
 from .callbacks import (
     Callback,
     DecompositionCallback,
+    EarlyStopping,
     EvaluateEvery,
     NoisyLabelFit,
     TensorBoardCallback,
@@ -10,8 +11,10 @@ from .callbacks import (
 )
 from .checkpoint import CheckpointError
 from .config import TrainConfig
+from .data_setup import RunData, prepare_data
+from .evaluation import evaluate
 from .run_dir import RunDirectoryError, machine_description
-from .setup import OptimizerFactory, RunData, build_optimizer, evaluate, prepare_data
+from .setup import OptimizerFactory, build_optimizer
 from .step import ddp_training_step, is_two_pass, training_step
 from .trainer import StepFn, load_run_config, train
 
@@ -19,6 +22,7 @@ __all__ = [
     "Callback",
     "CheckpointError",
     "DecompositionCallback",
+    "EarlyStopping",
     "EvaluateEvery",
     "NoisyLabelFit",
     "OptimizerFactory",

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import pickle
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ..files import WriteError, load_torch_file, remove_stale_temp_files, write_atomic, write_text_atomic
 from .config import EPOCHS_KEY, IDENTITY_KEYS, SAFE_KEYS, TrainConfig, differences, run_setting
 
 FORMAT = "friendly-sam-checkpoint"
@@ -45,9 +43,12 @@ REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
     "scheduler": dict,
     "rng": dict,
 }
-OPTIONAL_KEYS: dict[str, type | tuple[type, ...]] = {"replica_states": list, "world_size": int}
-# Temporary files of the atomic writers below: `.NAME.RANDOM.tmp` (and `.NAME.tmp` of older versions).
-TEMP_PREFIX, TEMP_SUFFIX = ".", ".tmp"
+OPTIONAL_KEYS: dict[str, type | tuple[type, ...]] = {
+    "replica_states": list,
+    "world_size": int,
+    "data": dict,
+    "callbacks": dict,  # the callbacks' state_dict()s, by key (only when one has state)
+}
 
 __all__ = [
     "CHECKSUM_KEY",
@@ -73,86 +74,19 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: missing, corrupt, foreign or from an incompatible run."""
 
 
-class WriteError(OSError):
-    """A file of a run could not be written (disk full, file too large, no permission, directory gone);
-    the previous version of the file is unchanged."""
-
-
 # --------------------------------------------------------------------------- writing
-def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
-    """Write through ``write(file)`` into a temporary file beside ``path``, fsync, rename over ``path``.
-
-    A failed write (disk full, file-size limit, permissions, directory removed) raises :class:`WriteError`
-    with the reason; the temporary file is removed and ``path`` keeps its previous content."""
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        # torch.save reports a failed write as a RuntimeError ("file write failed", "unexpected pos ...");
-        # what it writes is plain data that was checksummed already, so the disk is to blame
-        if isinstance(exc, (OSError, RuntimeError)) and not isinstance(exc, CheckpointError):
-            detail = (
-                exc.strerror
-                if isinstance(exc, OSError) and exc.strerror
-                else "the file system took only part of it: disk full or file-size limit?"
-            )
-            raise WriteError(
-                f"cannot write {path} ({detail}); its previous version is unchanged. Free disk space, "
-                "raise the file-size limit or fix the permissions, then resume the run"
-            ) from exc
-        raise
-    _fsync_directory(path.parent)  # the rename itself survives a power cut
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # not supported here (some platforms / file systems): best effort
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_atomic(obj: Any, path: str | Path) -> None:
-    """``torch.save`` atomically (temporary file, fsync, rename); a checkpoint dict gets its checksum.
+    """``torch.save`` atomically through the file layer (temporary file, fsync, rename; a link at
+    ``path`` is replaced, never followed); a checkpoint dict gets its checksum.
 
     ``obj`` made by :func:`make_checkpoint` is stored with a ``checksum`` entry over all its other
-    entries; anything else is saved as given."""
+    entries; anything else is saved as given. A failed write is a :class:`WriteError` and leaves the
+    previous file."""
     path = Path(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         body = {k: v for k, v in obj.items() if k != CHECKSUM_KEY}
         obj = {**body, CHECKSUM_KEY: {"algorithm": CHECKSUM_ALGORITHM, "sha256": checkpoint_digest(body)}}
-    _write_atomic(path, lambda f: torch.save(obj, f))
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Replace ``path`` by ``text`` (UTF-8) atomically: readers see the old or the new file, never half."""
-    data = text.encode("utf-8")
-    _write_atomic(Path(path), lambda f: f.write(data))
-
-
-def remove_stale_temp_files(directory: str | Path) -> list[Path]:
-    """Delete the temporary files of interrupted atomic writes (``.NAME.*.tmp``) in ``directory``.
-
-    Only call this while holding the run's lock (:class:`friendly_sam.train.lock.RunLock` does): a live
-    writer's temporary file would be deleted under it otherwise. Returns the files removed."""
-    removed = []
-    for entry in Path(directory).iterdir():
-        if entry.name.startswith(TEMP_PREFIX) and entry.name.endswith(TEMP_SUFFIX) and entry.is_file():
-            entry.unlink(missing_ok=True)
-            removed.append(entry)
-    return removed
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def make_checkpoint(config: dict[str, Any], **parts: Any) -> dict[str, Any]:
@@ -209,12 +143,11 @@ def load_checkpoint(
     epochs-may-grow rule is applied there). ``note`` receives remarks (a version-1 file without
     checksum); default: :func:`warnings.warn`."""
     path = Path(path)
-    if not path.is_file():
-        what = "is not a regular file" if path.exists() else "does not exist"
+    if not path.exists() and not path.is_symlink():
         raise CheckpointError(
-            f"no checkpoint at {path} (it {what}): the run has not finished an epoch yet, start it anew"
+            f"no checkpoint at {path} (it does not exist): the run has not finished an epoch yet, start it anew"
         )
-    ckpt = _torch_load(path)
+    ckpt = load_torch_file(path, "checkpoint", CheckpointError)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a friendly-sam checkpoint")
     version = ckpt.get("version")
@@ -236,27 +169,6 @@ def load_checkpoint(
     return ckpt
 
 
-def _torch_load(path: Path) -> Any:
-    try:
-        with warnings.catch_warnings():  # a damaged file's warnings would only precede our own message
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # the weights-only unpickler refused something
-        text = str(exc)
-        detail = " ".join(text.split("WeightsUnpickler error:", 1)[-1].split())
-        detail = detail.split(". ", 1)[0][:200]
-        if "Unsupported global" in text or "Unsupported class" in text:
-            raise CheckpointError(
-                f"checkpoint {path} holds Python objects that no friendly-sam checkpoint contains ({detail}); "
-                "it may be malicious and nothing in it was run: refused. Use a checkpoint written by fsam train."
-            ) from None
-        raise CheckpointError(f"checkpoint {path} is corrupt or unreadable ({detail})") from None
-    except Exception as exc:  # truncated zip, garbage, ...
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: {exc})"
-        ) from exc
-
-
 def _verify_checksum(ckpt: dict[str, Any], path: Path) -> None:
     stored = ckpt.get(CHECKSUM_KEY)
     if not isinstance(stored, dict) or stored.get("algorithm") != CHECKSUM_ALGORITHM:
@@ -275,8 +187,8 @@ def validate_checkpoint(ckpt: dict[str, Any], path: str | Path = "<checkpoint>")
     Required: format (str), version (int), config (dict), epoch (int >= 0), elapsed (finite number
     >= 0), model (dict of str -> tensor), optimizer (dict with ``state`` and ``param_groups``),
     scheduler (dict), rng (dict with ``torch``: a uint8 tensor). Optional: replica_states (list of
-    dicts), world_size (int >= 1). Tensor shapes against the model are checked by
-    :func:`load_state_checked`."""
+    dicts), world_size (int >= 1), data (dict: the data fingerprint, :mod:`friendly_sam.data.identity`).
+    Tensor shapes against the model are checked by :func:`load_state_checked`."""
 
     def bad(why: str) -> CheckpointError:
         return CheckpointError(f"checkpoint {path} is invalid: {why}")
@@ -299,6 +211,10 @@ def validate_checkpoint(ckpt: dict[str, Any], path: str | Path = "<checkpoint>")
     rng = ckpt["rng"].get("torch")
     if not isinstance(rng, torch.Tensor) or rng.dtype != torch.uint8:
         raise bad("'rng' lacks the torch generator state (a uint8 tensor)")
+    try:  # on a generator of its own: the global one is restored only once everything is checked
+        torch.Generator().set_state(rng)
+    except (RuntimeError, ValueError) as exc:
+        raise bad(f"'rng' is not a torch generator state ({' '.join(str(exc).split())[:120]})") from None
     if not all(isinstance(s, dict) for s in ckpt.get("replica_states", [])):
         raise bad("'replica_states' must be a list of dicts")
     if ckpt.get("world_size", 1) < 1:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any, ClassVar
 
 from ..data import DATASET_NAMES, IMAGE_FOLDER, NOISE_KINDS, STORAGE_CHOICES
 from ..distributed import PERTURBATION_MODES as DDP_MODES  # under torchrun; see docs/distributed.md
+from ..files import parse_json, parse_toml, parse_yaml, read_text
 from ..models import EXTERNAL_PREFIXES, available_models
 from ..optim import BETWEEN_MODES
 from ..optim.fsam import COMPONENTS
@@ -88,7 +87,8 @@ class TrainConfig:
     flip: bool | None = option(None, "random horizontal flip (default: on for CIFAR, off for digits/clothes)", **_I)
     cutout: bool = option(False, "Cutout 16x16 with p=0.5 (the paper's CIFAR recipe; 8x8 at 28x28)", **_I)
     # your own images: --dataset imagefolder --data-dir DIR (docs/own_data.md)
-    image_size: int = option(224, "imagefolder: side of the images the model sees", range=">= 1", **_I)
+    image_size: int | None = option(None, "imagefolder: side of the images the model sees (default: the images' median "
+                                    "shorter side, at most 224)", range=">= 1", **_I)
     resize_size: int | None = option(None, "imagefolder: shorter side resized to this, centre square kept (default: "
                                      "--image-size)", range=">= 1", **_I)
     skip_bad_images: bool = option(False, "imagefolder: leave unreadable image files out (listed), not stop", **_I)
@@ -97,6 +97,8 @@ class TrainConfig:
     memory_budget: float | None = option(None, "imagefolder: GiB of decoded images to hold in memory, per machine "
                                          "(default: half the free memory)", range="> 0.0", **_S)
     num_workers: int | None = option(None, "imagefolder: decoding processes (default: the CPUs, at most 8)", range=">= 0", **_S)
+    accept_data_change: bool = option(False, "--resume: go on although the data differs from the checkpoint's (each "
+                                      "change is logged)", **_S)
     # model
     model: str = option("resnet8", "network (`fsam models` lists them), or torchvision:<name>, timm:<name>",
                         choices=available_models, also=_external_model, **_I)
@@ -151,6 +153,9 @@ class TrainConfig:
                            "gradient and keeps its own F-SAM EMA) or synchronized (all-reduced first gradient, as one "
                            "process over the global batch)", choices=DDP_MODES, **_I)
     sync_bn: bool = option(False, "under torchrun: SyncBatchNorm (batch statistics over all replicas; CUDA)", **_I)
+    dist_timeout: float = option(600.0, "under torchrun: seconds a process waits for the others in one collective "
+                                 "before the run ends with an error (a process stopped, hung or lost); raise it when "
+                                 "one rank's data preparation or checkpoint write takes longer", range="> 0", **_S)
     # run bookkeeping
     checkpoint_every: int = option(1, "write a checkpoint every N epochs (the last epoch always)", range=">= 1", **_S)
     tensorboard: bool = option(False, "also log to TensorBoard (needs the tensorboard package)", **_S)
@@ -222,7 +227,7 @@ class TrainConfig:
             return
         if self.data_dir is None:
             raise ValueError("--dataset imagefolder needs --data-dir DIR (DIR/train/<class>/<image>)")
-        if self.resize_size is not None and self.resize_size < self.image_size:
+        if self.resize_size is not None and self.image_size is not None and self.resize_size < self.image_size:
             raise ValueError(
                 f"--resize-size {self.resize_size} is smaller than --image-size {self.image_size}; "
                 "the evaluation crop must fit in the resized image"
@@ -333,49 +338,16 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def _read_config_text(path: Path) -> str:
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except OSError as exc:
-        raise ConfigError(f"config file {path} cannot be read ({exc.strerror})") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise ConfigError(f"config file {path} is a directory; give the file inside it")
-    if not stat.S_ISREG(info.st_mode):
-        raise ConfigError(f"config file {path} is not a regular file (a FIFO, device or socket)")
-    if info.st_size > MAX_CONFIG_BYTES:
-        raise ConfigError(
-            f"config file {path} is {info.st_size} bytes; a config file has at most {MAX_CONFIG_BYTES}"
-        )
-    try:  # O_NONBLOCK: were it swapped for a FIFO since stat, open must not wait for a writer
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as exc:
-        raise ConfigError(f"config file {path} cannot be read ({exc.strerror})") from None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise ConfigError(f"config file {path} is not a regular file")
-        raw = f.read(MAX_CONFIG_BYTES + 1)
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes")
-    if not raw.strip():
+    """The config file's text through the file layer: regular files only (a FIFO never blocks), at most
+    ``MAX_CONFIG_BYTES``, UTF-8, not empty."""
+    text = read_text(path, "config file", MAX_CONFIG_BYTES, ConfigError)
+    if not text.strip():
         raise ConfigError(f"config file {path} is empty; give at least one option (or no --config)")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"config file {path} is not UTF-8 text (byte {exc.start}: {raw[exc.start : exc.start + 1]!r})"
-        ) from None
+    return text
 
 
 def _parse_toml(path: Path, text: str) -> Any:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:  # includes a key repeated inside one table
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return parse_toml(text, f"config file {path}", ConfigError)
 
 
 def _parse_json(path: Path, text: str) -> Any:
@@ -386,36 +358,8 @@ def _parse_json(path: Path, text: str) -> Any:
             raise ConfigError(f"config file {path}: option {twice[0]!r} is given twice")
         return dict(items)
 
-    try:
-        return json.loads(text, object_pairs_hook=pairs)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
+    return parse_json(text, f"config file {path}", ConfigError, pairs=pairs)
 
 
 def _parse_yaml(path: Path, text: str) -> Any:
-    try:
-        import yaml
-    except ModuleNotFoundError as exc:
-        raise ModuleNotFoundError(f"reading {path} needs PyYAML: pip install pyyaml (or use TOML)") from exc
-
-    class StrictLoader(yaml.SafeLoader):
-        """safe_load that refuses a key repeated in one mapping (PyYAML keeps the last silently)."""
-
-    def mapping(loader: Any, node: Any, deep: bool = False) -> Any:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = loader.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise ConfigError(
-                    f"config file {path}: option {key!r} is given twice (line {key_node.start_mark.line + 1})"
-                )
-            seen.add(key)
-        return yaml.SafeLoader.construct_mapping(loader, node, deep)
-
-    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
-    try:
-        return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-    except TypeError as exc:  # e.g. an unhashable (list) key
-        raise ConfigError(f"config file {path}: unusable YAML key ({exc})") from None
+    return parse_yaml(text, f"config file {path}", ConfigError)

@@ -1,7 +1,8 @@
 """One writer per run directory: an advisory lock held for the run's whole life, atomic creation of runs.
 
 A run directory holds ``.fsam.lock``; the process that writes the run holds an exclusive ``flock`` on it
-(and writes its pid, host and start time into it, for the message another process gets). The kernel
+(and writes its pid, host and start time into it while it holds it, for the message another process
+gets; on release the file's previous content is put back, so a refused command changes no byte). The kernel
 drops the lock when the holder exits in any way, ``kill -9`` included, so a stale lock never blocks.
 The lock file itself stays (deleting it would let two processes lock two different files of one name).
 
@@ -25,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import remove_stale_temp_files
-from .run_dir import CHECKPOINT_FILE, LEFTOVER_ENTRIES, LOCK_FILE, RUN_ENTRIES, RunDirectoryError
+from ..files import FileRefused, check_entries, open_lock_file, remove_stale_temp_files
+from .run_dir import CHECKPOINT_FILE, ENTRY_KINDS, LEFTOVER_ENTRIES, LOCK_FILE, RUN_ENTRIES, RunDirectoryError
 
 MAX_NAME_BYTES = 200
 
@@ -68,6 +69,7 @@ class RunLock:
         self.notes: list[str] = []
         self.removed_temp_files: list[Path] = []
         self._fd: int | None = None
+        self._previous = b""
 
     @property
     def held(self) -> bool:
@@ -85,19 +87,27 @@ class RunLock:
                 time.sleep(0.01)
         else:
             raise RunDirectoryError(f"{self.run_dir} keeps being removed while locking it; try again")
+        try:  # a run's files are never links or special files: writing through them would leave the run
+            check_entries(self.run_dir, ENTRY_KINDS, "run directory")
+        except FileRefused as exc:
+            self.release()
+            raise RunDirectoryError(str(exc)) from None
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now()}
+        self._previous = os.pread(self._fd, 4096, 0)  # put back on release: a refused command changes no byte
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, (json.dumps(holder) + "\n").encode(), 0)
         self.removed_temp_files = remove_stale_temp_files(self.run_dir)
         return self
 
     def _try_lock(self) -> int:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:  # never through a link: a planted .fsam.lock -> /elsewhere is refused, not truncated
+            fd = open_lock_file(self.path, "the run's lock file")
         except FileNotFoundError:
             if self.run_dir.is_dir():
                 raise _Vanished from None
             raise RunDirectoryError(f"run directory {self.run_dir} does not exist") from None
+        except FileRefused as exc:
+            raise RunDirectoryError(str(exc)) from None
         except OSError as exc:
             raise RunDirectoryError(f"cannot open the lock file {self.path} ({exc.strerror})") from None
         try:
@@ -125,6 +135,11 @@ class RunLock:
         """Drop the lock (idempotent). The lock file stays, with the last holder's details."""
         if self._fd is not None:
             fd, self._fd = self._fd, None
+            try:  # the holder's details matter only while it holds the lock
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, self._previous, 0)
+            except OSError:
+                pass
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 

@@ -132,6 +132,8 @@ def check_type(f: dataclasses.Field, value: Any, where: str) -> Any:
     if kind == "bool" and isinstance(value, bool):
         return value
     if kind == "int" and number and isinstance(value, int):
+        if value.bit_length() > 63:  # also a seed: torch and the data order take 64-bit integers
+            raise ConfigError(f"{where} must be an integer below 2**63, not one of {value.bit_length()} bits")
         return value
     if kind == "float" and number:
         return float(value)

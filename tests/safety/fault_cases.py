@@ -1,6 +1,6 @@
-"""Fault-injection suite: many bad inputs and hostile states through every ``fsam`` command.
+"""The fault-injection cases: bad inputs and hostile states through every ``fsam`` command.
 
-Each case is a command line (run in-process through ``friendly_sam.cli.main``, or in a real subprocess for
+Each case is a command line (run in-process through ``friendly_sam.cli.main``, or in real processes for
 kills, locks and resource limits) with the state it needs (a copy of a finished tiny run, a damaged file,
 a planted pickle, ...). Its outcome is classified:
 
@@ -10,14 +10,12 @@ a planted pickle, ...). Its outcome is classified:
   continued and recorded the change, compare counted a directory given twice once).
 * anything else is ``unhandled`` (a traceback, a silent success where an error was due, a wrong result).
 
-Usage: ``python benchmarks/fault_suite.py --json docs/results/fault_suite.json`` (about a minute on one
-CPU thread; needs real Fashion-MNIST at /usr/share/datasets/fashion-mnist). tests/safety/test_fault_suite.py
-runs it and requires every case to be handled.
+tests/safety/test_fault_suite.py runs each case as its own test (``pytest tests/safety/test_fault_suite.py``;
+needs real Fashion-MNIST at /usr/share/datasets/fashion-mnist) and requires every one to be handled.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -28,7 +26,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -37,14 +34,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from testkit import FASHION_DIR
+from testkit import TINY as TINY_RUN
 
 from friendly_sam.cli import main as fsam_main
 from friendly_sam.train import run_dir as rd
 from friendly_sam.train.checkpoint import load_checkpoint, save_atomic
 
-FASHION = "/usr/share/datasets/fashion-mnist"
-TINY = ["--data-dir", FASHION, "--model", "cnn_small", "--train-subset", "128", "--test-subset", "100"]
-TINY += ["--batch-size", "64", "--epochs", "1", "--threads", "1", "--quiet"]
+FASHION = str(FASHION_DIR)
+TINY = ["--data-dir", FASHION, *TINY_RUN]
 UNWRITABLE = "/proc/fsam-fault-suite"  # not creatable, even for root
 
 
@@ -133,7 +131,7 @@ ANALYZE_QUICK = ["--subset", "32", "--parts", "sharpness", "--sharpness-steps", 
 
 @dataclass
 class Case:
-    """One bad input: ``argv`` for ``fsam`` (``{run}``, ``{ws}`` are substituted), the expected outcome
+    """One bad input: ``argv`` for ``fsam`` (``{run}``, ``{ws}``, ``{fresh}``, ``{template}`` are substituted), the expected outcome
     (``error`` or ``ok``), an optional ``setup(ws) -> run`` preparing a run directory, a ``check`` of the
     result for ``ok`` cases, and ``intact``: the run's files must be unchanged afterwards."""
 
@@ -157,16 +155,13 @@ class Outcome:
 
 # --------------------------------------------------------------------------- states
 class Workspace:
-    """A temporary directory with one finished tiny run (the template) and helpers to damage copies."""
+    """A temporary directory for one case, with helpers to damage copies of a finished tiny run (the
+    template, built once by :func:`make_template` and never changed)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, template: Path) -> None:
         self.root = root
-        self.template = root / "template"
+        self.template = template
         self.count = 0
-        code = fsam_main(
-            ["train", "--out", str(self.template), *TINY, "--epochs", "2", "--method", "fsam"]
-        )
-        assert code == 0, "the template run failed"
 
     def copy(self, unfinished: bool = True) -> Path:
         """A fresh copy of the finished run; ``unfinished``: without summary.json (resumable)."""
@@ -180,6 +175,13 @@ class Workspace:
     def fresh(self) -> Path:
         self.count += 1
         return self.root / f"new{self.count}"
+
+
+def make_template(path: Path) -> Path:
+    """The finished 2-epoch F-SAM run every case copies."""
+    code = fsam_main(["train", "--out", str(path), *TINY, "--epochs", "2", "--method", "fsam"])
+    assert code == 0, "the template run failed"
+    return path
 
 
 def snapshot(run: Path) -> dict[str, bytes]:
@@ -310,7 +312,7 @@ def skipped_split_null(ws_root: Path) -> Callable[[Workspace], Path]:
 
 
 # --------------------------------------------------------------------------- the cases
-def _cases_0a(add: Callable[[Case], None]) -> None:
+def _train_config_file_cases(add: Callable[[Case], None]) -> None:
     """fsam train: config files"""
     for name, (text, suffix) in BAD_CONFIGS.items():
         flags = _without_flags_set_by(str(text))
@@ -327,14 +329,14 @@ def _cases_0a(add: Callable[[Case], None]) -> None:
     add(Case("train config: a FIFO", ["train", "--config", "{ws}/fifo", *TINY], setup=_fifo))
 
 
-def _cases_1a(add: Callable[[Case], None]) -> None:
+def _train_flag_cases(add: Callable[[Case], None]) -> None:
     """fsam train: flags"""
     for name, flags in BAD_FLAGS.items():
         add(Case(f"train {name}", ["train", "--out", "{fresh}", *TINY, *flags]))
     add(Case("train --name ../x without --out", ["train", *TINY, "--name", "../../../../x"]))
 
 
-def _cases_1z(add: Callable[[Case], None]) -> None:
+def _train_data_and_out_cases(add: Callable[[Case], None]) -> None:
     """fsam train: inputs that must succeed"""
     add(
         Case(  # an empty name is no name: the label is the optimizer
@@ -370,7 +372,7 @@ def _cases_1z(add: Callable[[Case], None]) -> None:
     add(Case("train --out is a file", ["train", "--out", "/etc/hostname", *TINY]))
 
 
-def _cases_1y(add: Callable[[Case], None]) -> None:
+def _train_run_dir_and_divergence_cases(add: Callable[[Case], None]) -> None:
     """fsam train: run directories"""
     add(Case("train --out not creatable", ["train", "--out", UNWRITABLE + "/run", *TINY]))
     add(Case("train --out name too long", ["train", "--out", "{ws}/" + "x" * 300, *TINY]))
@@ -421,7 +423,7 @@ def _cases_1y(add: Callable[[Case], None]) -> None:
     )
 
 
-def _cases_1b(add: Callable[[Case], None]) -> None:
+def _train_divergence_and_restart_cases(add: Callable[[Case], None]) -> None:
     """fsam train: flags (continued)"""
     add(
         Case(
@@ -440,7 +442,7 @@ def _cases_1b(add: Callable[[Case], None]) -> None:
     )
 
 
-def _cases_2a(add: Callable[[Case], None]) -> None:
+def _resume_setting_cases(add: Callable[[Case], None]) -> None:
     """fsam train --resume"""
     add(Case("resume: missing directory", ["train", "--resume", "{ws}/missing"]))
     add(Case("resume: a file", ["train", "--resume", "/etc/hostname"]))
@@ -512,7 +514,7 @@ def _cases_2a(add: Callable[[Case], None]) -> None:
     )
 
 
-def _cases_2b(add: Callable[[Case], None]) -> None:
+def _resume_damaged_checkpoint_cases(add: Callable[[Case], None]) -> None:
     """fsam train --resume (continued)"""
     add(
         Case(
@@ -580,7 +582,7 @@ def _cases_2b(add: Callable[[Case], None]) -> None:
     )
 
 
-def _cases_2c(add: Callable[[Case], None]) -> None:
+def _resume_checkpoint_content_cases(add: Callable[[Case], None]) -> None:
     """fsam train --resume (continued)"""
     add(
         Case(
@@ -648,7 +650,7 @@ def _cases_2c(add: Callable[[Case], None]) -> None:
     )
 
 
-def _cases_2d(add: Callable[[Case], None]) -> None:
+def _resume_foreign_file_cases(add: Callable[[Case], None]) -> None:
     """fsam train --resume (continued)"""
     add(
         Case(
@@ -715,7 +717,7 @@ def _cases_2d(add: Callable[[Case], None]) -> None:
     )
 
 
-def _cases_3a(add: Callable[[Case], None]) -> None:
+def _analyze_input_cases(add: Callable[[Case], None]) -> None:
     """fsam analyze"""
     add(Case("analyze: missing directory (never created)", ["analyze", "{ws}/missing-run"], check=None))
     add(Case("analyze: a file", ["analyze", "/etc/hostname"]))
@@ -786,7 +788,7 @@ def _cases_3a(add: Callable[[Case], None]) -> None:
     )
 
 
-def _cases_3b(add: Callable[[Case], None]) -> None:
+def _analyze_checkpoint_cases(add: Callable[[Case], None]) -> None:
     """fsam analyze (continued)"""
     add(
         Case(
@@ -837,7 +839,7 @@ def _cases_3b(add: Callable[[Case], None]) -> None:
     )
 
 
-def _cases_4a(add: Callable[[Case], None]) -> None:
+def _compare_cases(add: Callable[[Case], None]) -> None:
     """fsam compare"""
     add(Case("compare: missing directory", ["compare", "{ws}/missing"]))
     add(Case("compare: empty directory", ["compare", "{run}"], setup=_mkdir))
@@ -870,7 +872,7 @@ def _cases_4a(add: Callable[[Case], None]) -> None:
     add(
         Case(
             "compare: one label, two settings",
-            ["compare", "{run}", "{ws}/template"],
+            ["compare", "{run}", "{template}"],
             expect="ok",
             setup=_other_lr,
             check=two_rows,
@@ -887,7 +889,7 @@ def _cases_4a(add: Callable[[Case], None]) -> None:
     )
 
 
-def _cases_5a(add: Callable[[Case], None]) -> None:
+def _demo_models_and_command_cases(add: Callable[[Case], None]) -> None:
     """fsam demo, models, no command"""
     add(Case("demo --epochs 0", ["demo", "--out", "{ws}/demo", "--epochs", "0"]))
     add(Case("demo --train-subset -1", ["demo", "--out", "{ws}/demo", "--train-subset", "-1"]))
@@ -907,19 +909,19 @@ def _cases_5a(add: Callable[[Case], None]) -> None:
 def cases() -> list[Case]:
     """Every in-process case."""
     out: list[Case] = []
-    _cases_0a(out.append)
-    _cases_1a(out.append)
-    _cases_1z(out.append)
-    _cases_1y(out.append)
-    _cases_1b(out.append)
-    _cases_2a(out.append)
-    _cases_2b(out.append)
-    _cases_2c(out.append)
-    _cases_2d(out.append)
-    _cases_3a(out.append)
-    _cases_3b(out.append)
-    _cases_4a(out.append)
-    _cases_5a(out.append)
+    _train_config_file_cases(out.append)
+    _train_flag_cases(out.append)
+    _train_data_and_out_cases(out.append)
+    _train_run_dir_and_divergence_cases(out.append)
+    _train_divergence_and_restart_cases(out.append)
+    _resume_setting_cases(out.append)
+    _resume_damaged_checkpoint_cases(out.append)
+    _resume_checkpoint_content_cases(out.append)
+    _resume_foreign_file_cases(out.append)
+    _analyze_input_cases(out.append)
+    _analyze_checkpoint_cases(out.append)
+    _compare_cases(out.append)
+    _demo_models_and_command_cases(out.append)
     return out
 
 
@@ -1009,6 +1011,7 @@ def run_case(case: Case, ws: Workspace) -> Outcome:
         .replace("{ws}", str(ws.root))
         .replace("{runname}", run.name)
         .replace("{fresh}", fresh)
+        .replace("{template}", str(ws.template))
         for a in case.argv
     ]
     before = snapshot(run) if case.intact else None
@@ -1070,7 +1073,17 @@ def classify(
 
 
 # --------------------------------------------------------------------------- subprocess cases
-def _cli(*args: str, **kw: Any) -> list[str]:
+SUBPROCESS_CASES = {
+    "concurrent: second fresh start with one --out": "writers",
+    "concurrent: --resume while the run is alive": "writers",
+    "kill -9 mid-run, then --resume": "writers",
+    "full disk during the checkpoint write": "full disk",
+    "run directory deleted mid-run": "deleted",
+}
+LONG = [*TINY, "--epochs", "4", "--train-subset", "384"]  # a run that lives long enough to be disturbed
+
+
+def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "friendly_sam.cli", *args]
 
 
@@ -1087,44 +1100,50 @@ def _wait_for(path: Path, timeout: float = 120) -> bool:
     return False
 
 
-def subprocess_cases(ws: Workspace) -> list[Outcome]:
-    """Kills, concurrent writers, a full disk, a directory deleted mid-run: real processes."""
+def writers_and_kill(ws: Workspace) -> list[Outcome]:
+    """Two writers on one run directory (the second is refused naming the holder), then SIGKILL mid-run
+    and a resume that finishes with one strict metrics record per epoch: real processes."""
     results = []
-    long = [*TINY, "--epochs", "4", "--train-subset", "384"]
-    # two writers on one run directory: the second is refused naming the holder, metrics not interleaved
     run = ws.fresh()
     first = subprocess.Popen(
-        _cli("train", "--out", str(run), *long), env=_env(), stderr=subprocess.PIPE, text=True
+        _cli("train", "--out", str(run), *LONG), env=_env(), stderr=subprocess.PIPE, text=True
     )
-    _wait_for(run / rd.LOCK_FILE)
-    time.sleep(0.5)
-    second = subprocess.run(
-        _cli("train", "--out", str(run), *TINY), env=_env(), capture_output=True, text=True
-    )
-    ok = second.returncode == 2 and f"pid {first.pid}" in second.stderr and "Traceback" not in second.stderr
-    results.append(
-        Outcome(
-            "concurrent: second fresh start with one --out",
-            ok,
-            "clear error" if ok else "unhandled",
-            second.stderr.strip()[-300:],
+    try:
+        _wait_for(run / rd.LOCK_FILE)
+        time.sleep(0.5)
+        second = subprocess.run(
+            _cli("train", "--out", str(run), *TINY), env=_env(), capture_output=True, text=True
         )
-    )
-    _wait_for(run / rd.METRICS_FILE)
-    third = subprocess.run(_cli("train", "--resume", str(run)), env=_env(), capture_output=True, text=True)
-    ok = third.returncode == 2 and f"pid {first.pid}" in third.stderr
-    results.append(
-        Outcome(
-            "concurrent: --resume while the run is alive",
-            ok,
-            "clear error" if ok else "unhandled",
-            third.stderr.strip()[-300:],
+        ok = (
+            second.returncode == 2
+            and f"pid {first.pid}" in second.stderr
+            and "Traceback" not in second.stderr
         )
-    )
-    # SIGKILL mid-run, then resume: finishes, metrics strict and one record per epoch
-    _wait_for(run / rd.CHECKPOINT_FILE)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
+        results.append(
+            Outcome(
+                "concurrent: second fresh start with one --out",
+                ok,
+                "clear error" if ok else "unhandled",
+                second.stderr.strip()[-300:],
+            )
+        )
+        _wait_for(run / rd.METRICS_FILE)
+        third = subprocess.run(
+            _cli("train", "--resume", str(run)), env=_env(), capture_output=True, text=True
+        )
+        ok = third.returncode == 2 and f"pid {first.pid}" in third.stderr
+        results.append(
+            Outcome(
+                "concurrent: --resume while the run is alive",
+                ok,
+                "clear error" if ok else "unhandled",
+                third.stderr.strip()[-300:],
+            )
+        )
+        _wait_for(run / rd.CHECKPOINT_FILE)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate()
     resumed = subprocess.run(
         _cli("train", "--resume", str(run), "--quiet"), env=_env(), capture_output=True, text=True
     )
@@ -1138,13 +1157,11 @@ def subprocess_cases(ws: Workspace) -> list[Outcome]:
             f"epochs {epochs} {resumed.stderr[-300:]}",
         )
     )
-    return results + _full_disk_cases(ws, long)
+    return results
 
 
-def _full_disk_cases(ws: Workspace, long: list[str]) -> list[Outcome]:
-    """A full disk during the checkpoint write, and the run directory deleted mid-run."""
-    results = []
-    # a full disk: the checkpoint write fails (RLIMIT_FSIZE); clear message, previous checkpoint intact
+def full_disk(ws: Workspace) -> Outcome:
+    """A full disk during the checkpoint write (RLIMIT_FSIZE): one clear line, previous checkpoint intact."""
     run = ws.copy()
     before = (run / rd.CHECKPOINT_FILE).read_bytes()
 
@@ -1166,18 +1183,19 @@ def _full_disk_cases(ws: Workspace, long: list[str]) -> list[Outcome]:
         and (run / rd.CHECKPOINT_FILE).read_bytes() == before
     )
     ok = ok and not [p for p in run.iterdir() if p.name.endswith(".tmp")]
-    results.append(
-        Outcome(
-            "full disk during the checkpoint write",
-            ok,
-            "clear error" if ok else "unhandled",
-            full.stderr.strip()[-300:],
-        )
+    return Outcome(
+        "full disk during the checkpoint write",
+        ok,
+        "clear error" if ok else "unhandled",
+        full.stderr.strip()[-300:],
     )
-    # the run directory deleted mid-run
+
+
+def deleted_mid_run(ws: Workspace) -> Outcome:
+    """The run directory deleted while the run writes to it: one clear line, exit 2."""
     run = ws.fresh()
     proc = subprocess.Popen(
-        _cli("train", "--out", str(run), *long), env=_env(), stderr=subprocess.PIPE, text=True
+        _cli("train", "--out", str(run), *LONG), env=_env(), stderr=subprocess.PIPE, text=True
     )
     _wait_for(run / rd.METRICS_FILE)
     while run.exists():  # the run may create a file while it is being removed: until it is gone
@@ -1185,56 +1203,6 @@ def _full_disk_cases(ws: Workspace, long: list[str]) -> list[Outcome]:
     _, err = proc.communicate(timeout=300)
     lines = [line for line in err.splitlines() if line.strip()]
     ok = proc.returncode == 2 and len(lines) == 1 and "Traceback" not in err
-    results.append(
-        Outcome("run directory deleted mid-run", ok, "clear error" if ok else "unhandled", err.strip()[-300:])
+    return Outcome(
+        "run directory deleted mid-run", ok, "clear error" if ok else "unhandled", err.strip()[-300:]
     )
-    return results
-
-
-# --------------------------------------------------------------------------- main
-def run_suite(work: Path, only_inprocess: bool = False) -> dict[str, Any]:
-    torch.set_num_threads(1)
-    ws = Workspace(work)
-    t0 = time.perf_counter()
-    outcomes = [run_case(case, ws) for case in cases()]
-    if not only_inprocess:
-        outcomes += subprocess_cases(ws)
-    handled = [o for o in outcomes if o.handled]
-    return {
-        "cases": len(outcomes),
-        "handled": len(handled),
-        "clear_errors": sum(o.kind == "clear error" for o in outcomes),
-        "survived": sum(o.kind == "survived" for o in outcomes),
-        "unhandled": [{"case": o.name, "problem": o.detail} for o in outcomes if not o.handled],
-        "wall_time_s": round(time.perf_counter() - t0, 1),
-        "outcomes": [
-            {"case": o.name, "outcome": o.kind, "message": o.detail[-300:], **o.extra} for o in outcomes
-        ],
-    }
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--json", type=Path, help="write the results here (e.g. docs/results/fault_suite.json)"
-    )
-    parser.add_argument("--work", type=Path, help="work directory (default: a temporary one)")
-    args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        work = args.work or Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
-        result = run_suite(work)
-    text = json.dumps(result, indent=1, allow_nan=False) + "\n"
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text)
-    print(
-        f"{result['handled']}/{result['cases']} handled ({result['clear_errors']} clear errors, {result['survived']} survived)"
-    )
-    for u in result["unhandled"]:
-        print(f"UNHANDLED {u['case']}: {u['problem']}")
-    return 0 if not result["unhandled"] else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The decomposition ablation (``python -m benchmarks.decomposition.run``)."""

@@ -1,0 +1,1 @@
+"""Efficient F-SAM variants: accuracy and speed (``python -m benchmarks.efficient.run``, ``.timing``)."""

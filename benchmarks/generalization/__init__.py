@@ -1,0 +1,1 @@
+"""Generalization suite: SGD vs SAM vs F-SAM on Fashion-MNIST (``python -m benchmarks.generalization.run``)."""
