@@ -113,7 +113,8 @@ def test_every_run_file_follows_one_mode_policy(finished):
 def test_a_fifo_checkpoint_is_named_not_a_regular_file(capsys, run):
     (run / "checkpoint.pt").unlink()
     os.mkfifo(run / "checkpoint.pt")
-    refused(capsys, "train", "--resume", run, match="is not a regular file")
+    line = refused(capsys, "train", "--resume", run, match="is not a regular file")
+    assert "FIFO" in line and "has not finished an epoch" not in line
 
 
 def test_a_fifo_pretrained_file_is_named_not_a_regular_file(capsys, tmp_path):
@@ -171,7 +172,8 @@ def test_hostile_config_files_are_one_line(capsys, tmp_path, suffix, text):
     config = tmp_path / f"c{suffix}"
     config.write_text(text)
     t0 = time.monotonic()
-    refused(capsys, "train", "--config", config, *TINY, "--out", tmp_path / "r", match=str(config))
+    line = refused(capsys, "train", "--config", config, *TINY, "--out", tmp_path / "r", match=str(config))
+    assert any(limit in line for limit in ("nested more than", "anchor or alias", "64 bits", "digits")), line
     assert time.monotonic() - t0 < 10 and not (tmp_path / "r").exists()
 
 
