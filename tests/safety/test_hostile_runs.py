@@ -215,6 +215,25 @@ def test_a_damaged_analysis_file_is_survived_by_compare_and_refused_by_analyze(c
         assert snapshot(run) == before
 
 
+def test_two_analyses_at_once_both_land(run):
+    """Two `fsam analyze` on one run with different --parts: analysis.json keeps both."""
+    small = ["--subset", "32", "--batch-size", "32", "--trace-samples", "2", "--sharpness-steps", "2", "--quiet"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "friendly_sam.cli", "analyze", str(run), "--parts", part, *small],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            text=True,
+        )
+        for part in ("sharpness", "trace")
+    ]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    results = json.loads((run / "analysis.json").read_text())["results"]
+    assert {"sharpness", "trace"} <= set(results), sorted(results)
+
+
 # --------------------------------------------------------------------------- compare
 def test_compare_counts_a_copied_run_once(capsys, run, tmp_path):
     copy = tmp_path / "copy"
