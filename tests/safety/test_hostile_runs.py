@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import stat
@@ -286,6 +287,18 @@ def test_a_closed_stdout_never_stops_a_run(tmp_path):
     assert proc.returncode == 0, err.decode()[-2000:]
     assert b"Broken pipe" not in err and b"Traceback" not in err
     assert rd.read_checkpoint(out)["epoch"] == 3 and rd.has_summary(out)
+
+
+def test_a_run_started_with_closed_stdout_and_stderr_completes_uncorrupted(tmp_path):
+    """`fsam train ... >&- 2>&-`: no console at all; the run finishes and its files are intact (a C library's
+    message to the closed descriptor 2 must not land in a file that reused it)."""
+    out = tmp_path / "r"
+    loud = [a for a in TINY if a != "--quiet"]  # the progress bar writes to stderr
+    cmd = " ".join([shlex.quote(sys.executable), "-m", "friendly_sam.cli", "train", *loud, "--epochs", "2"])
+    proc = subprocess.run(["sh", "-c", f"exec {cmd} --out {shlex.quote(str(out))} >&- 2>&-"], timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert proc.returncode == 0
+    assert rd.read_checkpoint(out)["epoch"] == 2 and [m["epoch"] for m in rd.read_metrics(out)] == [1, 2]
 
 
 def test_an_image_size_beyond_memory_is_refused_with_the_number(capsys, tmp_path):
