@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from benchmarks import benchkit
-from friendly_sam.data import read_idx
+from friendly_sam.data.readers import read_idx
 from friendly_sam.train import TrainConfig, train
 from friendly_sam.train.run_dir import read_metrics
 

@@ -72,8 +72,8 @@ class SparseTestEvaluation(EvaluateEvery):
 
     def on_train_start(self, state: TrainState) -> None:
         if self.test_subset:
-            x, y = state.data.eval_sets["test"]
-            state.data.eval_sets["test"] = (x[: self.test_subset], y[: self.test_subset])
+            first = state.data.source.take("test", torch.arange(self.test_subset))
+            state.data.eval_sets["test"] = first.loader("test", state.cfg.eval_batch_size, device=state.device)
 
 
 def pto_optimizer_factory(spec: RunSpec) -> Any:

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from friendly_sam.data import FASHION_MNIST_CLASSES, read_idx
+from friendly_sam.data.classes import FASHION_MNIST_CLASSES
+from friendly_sam.data.readers import read_idx
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FOLDER_NAMES = tuple(name.lower().replace("/", "-").replace(" ", "_") for name in FASHION_MNIST_CLASSES)

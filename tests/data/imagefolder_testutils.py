@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from friendly_sam.data import read_idx
+from friendly_sam.data.readers import read_idx
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 # Folder names whose sorted order differs from Fashion-MNIST's label order, so the tests see the

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from friendly_sam.data import AugmentParams, BatchAugment, to_float
+from friendly_sam.data import BatchAugment
+from friendly_sam.data.batch_augment import AugmentParams, to_float
 
 
 def _images(n=16, c=3, h=32, w=32, seed=0) -> torch.Tensor:

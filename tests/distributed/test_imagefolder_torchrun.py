@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from test_train_torchrun import FASHION_DIR, checkpoint, finish, launch, metrics
 
-from friendly_sam.data import read_idx
+from friendly_sam.data.readers import read_idx
 
 pytestmark = [
     pytest.mark.slow,

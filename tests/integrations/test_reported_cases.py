@@ -183,3 +183,33 @@ def test_every_adapter_names_its_ddp_mode():
     for adapter in (SAMLightningMixin, SAMTrainer, AcceleratedSAM):
         assert "*synchronized*" in (adapter.__doc__ or ""), adapter.__name__
     assert "per-replica" in (ddp_training_step.__doc__ or "")
+
+
+def test_a_perturbed_pass_that_raises_leaves_the_weights_unperturbed():
+    net = make_net()
+    opt = make_optimizer(net.parameters())
+    x, y = make_data(8)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    calls = []
+
+    def loss_fn(logits, target):
+        calls.append(1)
+        if len(calls) == 2:  # the perturbed pass
+            raise RuntimeError("out of memory (simulated)")
+        return nn.functional.cross_entropy(logits, target)
+
+    with pytest.raises(RuntimeError, match="simulated"):
+        training_step(net, opt, x, y, loss_fn=loss_fn)
+    for name, p in net.named_parameters():
+        assert torch.equal(p, before[name]), f"{name} left perturbed"
+    assert not opt.is_perturbed
+    training_step(net, opt, x, y)  # the optimizer takes the next update normally
+
+
+def test_samtrainer_builds_the_efficient_variants_it_is_given(tmp_path):
+    trainer = _sam_trainer(tmp_path, rho=0.1, perturb_every=2, ascent_fraction=0.5)
+    trainer.train()
+    sam = trainer.sam_optimizer
+    assert sam.perturb_every == 2 and {g["rho"] for g in sam.param_groups} == {0.1}
+    assert trainer._sam_engine.ascent_fraction == 0.5
+    assert sam.steps_taken == 2  # 16 samples, batch 8: one perturbed and one unperturbed update

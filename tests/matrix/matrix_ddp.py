@@ -24,7 +24,12 @@ import torch
 from torch import nn
 
 WORLD = 2
-MODES = {"hand loop": "synchronized", "training_step": "per-replica", "step(closure)": "synchronized"}
+MODES = {
+    "hand loop": "synchronized",
+    "training_step": "per-replica",
+    "step(closure)": "synchronized",
+    "AcceleratedSAM": "synchronized",
+}
 
 
 def shard(batch: tuple[torch.Tensor, torch.Tensor], rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,6 +70,29 @@ def simulate(mode: str) -> dict[str, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------- the worker side
+def _train_accelerate(rank: int) -> nn.Module:
+    """Multi-process accelerate (MULTI_CPU on the process group already set up), the docs' loop."""
+    import accelerate
+    from matrix_setup import Features, make_net, make_optimizer, micro_batches
+
+    from friendly_sam.integrations.accelerate import AcceleratedSAM
+
+    os.environ.update(LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1")
+    accelerator = accelerate.Accelerator(cpu=True)
+    assert accelerator.num_processes == WORLD, accelerator.state
+    net = make_net(Features())
+    model, optimizer = accelerator.prepare(net, make_optimizer(net.parameters(), Features()))
+
+    def loss_fn(model: nn.Module, batch: Any) -> torch.Tensor:
+        return nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+    sam = AcceleratedSAM(accelerator, model, optimizer, loss_fn)
+    for batch in micro_batches():
+        with accelerator.accumulate(model):
+            sam.step(shard(batch, rank))
+    return net
+
+
 def _train(entry: str, rank: int) -> nn.Module:
     from matrix_setup import Features, make_net, make_optimizer, micro_batches
     from torch.nn.parallel import DistributedDataParallel
@@ -72,6 +100,8 @@ def _train(entry: str, rank: int) -> nn.Module:
     from friendly_sam import frozen_bn_stats
     from friendly_sam.train import ddp_training_step
 
+    if entry == "AcceleratedSAM":
+        return _train_accelerate(rank)
     features = Features()
     net = make_net(features)
     model = DistributedDataParallel(net)

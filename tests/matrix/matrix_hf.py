@@ -160,6 +160,6 @@ ENTRIES = [
     Entry(
         "accelerate AcceleratedSAM",
         run_accelerated_sam,
-        ddp_note="not run here: multi-process accelerate is the synchronized mode (docs above)",
+        ddp="AcceleratedSAM",
     ),
 ]

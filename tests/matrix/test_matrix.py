@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 from matrix_ddp import MODES, run_ddp, simulate
 from matrix_entries import Entry, all_entries, missing
-from matrix_setup import COLUMNS, assert_same_state, reference
+from matrix_setup import COLUMNS, Features, assert_same_state, reference
 
 CELLS = [
     pytest.param(entry, column, id=f"{entry.name} | {column}")
@@ -43,3 +43,18 @@ def test_cell_equals_the_reference_or_refuses_clearly(entry: Entry, column: str)
             steps=entry.reference_steps(features),
         )
     assert_same_state(trained, expected)
+
+
+@pytest.mark.parametrize("column", [c for c, f in COLUMNS.items() if not (f.resume or f.ddp)])
+def test_every_feature_changes_the_reference(column: str) -> None:
+    """A cell's equality means something only if its feature moves the trajectory: each column's reference
+    differs from the plain run's (and replay from fresh randomness) by far more than the tolerance."""
+    features = COLUMNS[column]
+    if features.random:  # fresh against replayed draws
+        base = dataclasses.replace(features, random="replay" if features.random == "fresh" else "fresh")
+    else:
+        base = Features()
+    if features == base:
+        return
+    a, b = reference(features).state_dict(), reference(base).state_dict()
+    assert max((a[k].double() - b[k].double()).abs().max().item() for k in a) > 1e-5  # 10x the tolerance

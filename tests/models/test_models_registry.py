@@ -21,6 +21,7 @@ from friendly_sam.models.registry import _REGISTRY, _SkipRandomInitOnMeta
 
 PAPER_MODELS = {"resnet18", "vgg16_bn", "wrn28_10", "pyramidnet110"}
 CPU_MODELS = {"resnet8", "resnet20", "resnet32", "cnn_small"}
+IMAGENET_MODELS = {"resnet18_imagenet", "resnet50_imagenet"}  # large images: downsampling stem
 
 # Exact counts (10 classes, 3 input channels) as built here; regression values.
 EXACT_10 = {
@@ -32,6 +33,8 @@ EXACT_10 = {
     "resnet20": 269_722,
     "resnet32": 464_154,
     "cnn_small": 94_762,
+    "resnet18_imagenet": 11_181_642,
+    "resnet50_imagenet": 23_528_522,
 }
 
 
@@ -42,7 +45,7 @@ def _meta_count(factory, *args, **kwargs) -> int:
 
 def test_model_names() -> None:
     assert isinstance(MODEL_NAMES, tuple)
-    assert set(MODEL_NAMES) == PAPER_MODELS | CPU_MODELS
+    assert set(MODEL_NAMES) == PAPER_MODELS | CPU_MODELS | IMAGENET_MODELS
     assert MODEL_NAMES[: len(PAPER_MODELS)] == ("resnet18", "vgg16_bn", "wrn28_10", "pyramidnet110")
 
 
@@ -79,6 +82,9 @@ def test_literature_parameter_counts() -> None:
     assert _meta_count(PyramidNet, 110, 270, bottleneck=False) == pytest.approx(28.3e6, rel=0.01)
     assert _meta_count(PyramidNet, 272, 200) == pytest.approx(26.0e6, rel=0.01)
     assert _meta_count(PyramidNet, 110, 270) == EXACT_10["pyramidnet110"]  # F-SAM code's variant
+    # ImageNet ResNet-18 / -50, 1000 classes: torchvision's counts exactly (same layout).
+    assert count_parameters(build_model("resnet18_imagenet", 1000, 3)) == 11_689_512
+    assert count_parameters(build_model("resnet50_imagenet", 1000, 3)) == 25_557_032
 
 
 def test_describe_models_matches_real_counts() -> None:

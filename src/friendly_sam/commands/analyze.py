@@ -52,10 +52,10 @@ from ..analysis import (
 from ..models import build_model
 from ..train import run_dir as rd
 from ..train.checkpoint import load_state_checked
+from ..train.data_setup import clean_training_subset, prepare_data
 from ..train.options import build, option
 from ..train.progress import ProgressBar
 from ..train.run_dir import ANALYSIS_FILE, RunDirectoryError, machine_description
-from ..train.setup import clean_training_subset, prepare_data
 
 ProgressFactory = Callable[[str], Callable[[int, int, str], None]]
 PARTS = ("eigenvalue", "trace", "sharpness", "landscape1d", "landscape2d")

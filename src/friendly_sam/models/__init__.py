@@ -3,6 +3,8 @@
 Paper models (the CIFAR networks of the F-SAM paper, as in its official code):
 ``resnet18``, ``vgg16_bn``, ``wrn28_10``, ``pyramidnet110``.
 CPU-friendly models: ``resnet8``, ``resnet20``, ``resnet32`` (classic CIFAR ResNets) and ``cnn_small``.
+Large images (your own photos at 224 px): ``resnet18_imagenet``, ``resnet50_imagenet`` (ImageNet stem:
+7x7 stride-2 conv + max-pool; torchvision's layout, without torchvision).
 
 Every model takes ``num_classes`` and ``in_channels`` and pools globally before its classifier, so
 it runs on 28x28 grey images (MNIST, Fashion-MNIST) as well as on 32x32 RGB images (CIFAR).
@@ -23,6 +25,7 @@ from __future__ import annotations
 # Importing the model modules registers them; the import order is the listing order.
 from . import resnet18, vgg, wide_resnet, pyramidnet  # noqa: F401  (paper models)
 from . import resnet_cifar, small_cnn  # noqa: F401  (CPU-friendly models)
+from . import resnet_imagenet  # noqa: F401  (large images)
 
 # isort: on
 from .pretrained import (
@@ -47,6 +50,7 @@ from .registry import (
 )
 from .resnet18 import ResNet18
 from .resnet_cifar import CifarResNet
+from .resnet_imagenet import ImageNetResNet
 from .small_cnn import SmallCNN
 from .vgg import VGG
 from .wide_resnet import WideResNet
@@ -73,6 +77,7 @@ __all__ = [
     "read_state_dict",
     "register_model",
     "CifarResNet",
+    "ImageNetResNet",
     "PyramidNet",
     "ResNet18",
     "SmallCNN",

@@ -10,8 +10,10 @@ from .callbacks import (
 )
 from .checkpoint import CheckpointError
 from .config import TrainConfig
+from .data_setup import RunData, prepare_data
+from .evaluation import evaluate
 from .run_dir import RunDirectoryError, machine_description
-from .setup import OptimizerFactory, RunData, build_optimizer, evaluate, prepare_data
+from .setup import OptimizerFactory, build_optimizer
 from .step import ddp_training_step, is_two_pass, training_step
 from .trainer import StepFn, load_run_config, train
 

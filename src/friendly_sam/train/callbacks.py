@@ -30,8 +30,9 @@ from torch import nn
 
 from ..analysis import DecompositionMonitor
 from .config import TrainConfig
+from .data_setup import RunData, clean_training_subset
+from .evaluation import evaluate
 from .run_dir import TENSORBOARD_DIR
-from .setup import RunData, clean_training_subset, evaluate, evaluate_batches
 from .step import autocast_context
 
 __all__ = [
@@ -198,25 +199,11 @@ class NoisyLabelFit(Callback):
     def on_epoch_record(self, record: dict[str, Any]) -> None:
         state = self.state
         assert state is not None
-        data, images = state.data, getattr(state.data.train_loader, "images", None)
-        if data.noisy_indices is None or data.noisy_labels is None or len(data.noisy_indices) == 0:
+        data, cfg = state.data, state.cfg
+        if data.noisy_indices is None or len(data.noisy_indices) == 0:
             return
-        if images is None and data.folder is not None:  # a streamed image folder: decode the noisy ones
-            noisy = data.folder.take("train", data.noisy_indices, into="noisy")
-            loader = noisy.loader("noisy", state.cfg.eval_batch_size, device=state.device)
-            _, correct, seen = evaluate_batches(state.model, loader, state.cfg, state.device)
-            record["noisy_fit"] = 100.0 * correct / max(1, seen)
-            return
-        if images is None:
-            return
-        _, record["noisy_fit"] = evaluate(
-            state.model,
-            images[data.noisy_indices],
-            data.noisy_labels,
-            data.eval_transform,
-            state.cfg,
-            state.device,
-        )
+        noisy = data.training_samples(data.noisy_indices, cfg.eval_batch_size, state.device)
+        _, record["noisy_fit"] = evaluate(state.model, noisy, cfg, state.device)
 
 
 def builtin_callbacks(cfg: TrainConfig, is_main: bool) -> list[Callback]:

@@ -43,7 +43,7 @@ REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
     "scheduler": dict,
     "rng": dict,
 }
-OPTIONAL_KEYS: dict[str, type | tuple[type, ...]] = {"replica_states": list, "world_size": int}
+OPTIONAL_KEYS: dict[str, type | tuple[type, ...]] = {"replica_states": list, "world_size": int, "data": dict}
 
 __all__ = [
     "CHECKSUM_KEY",
@@ -182,8 +182,8 @@ def validate_checkpoint(ckpt: dict[str, Any], path: str | Path = "<checkpoint>")
     Required: format (str), version (int), config (dict), epoch (int >= 0), elapsed (finite number
     >= 0), model (dict of str -> tensor), optimizer (dict with ``state`` and ``param_groups``),
     scheduler (dict), rng (dict with ``torch``: a uint8 tensor). Optional: replica_states (list of
-    dicts), world_size (int >= 1). Tensor shapes against the model are checked by
-    :func:`load_state_checked`."""
+    dicts), world_size (int >= 1), data (dict: the data fingerprint, :mod:`friendly_sam.data.identity`).
+    Tensor shapes against the model are checked by :func:`load_state_checked`."""
 
     def bad(why: str) -> CheckpointError:
         return CheckpointError(f"checkpoint {path} is invalid: {why}")

@@ -87,7 +87,8 @@ class TrainConfig:
     flip: bool | None = option(None, "random horizontal flip (default: on for CIFAR, off for digits/clothes)", **_I)
     cutout: bool = option(False, "Cutout 16x16 with p=0.5 (the paper's CIFAR recipe; 8x8 at 28x28)", **_I)
     # your own images: --dataset imagefolder --data-dir DIR (docs/own_data.md)
-    image_size: int = option(224, "imagefolder: side of the images the model sees", range=">= 1", **_I)
+    image_size: int | None = option(None, "imagefolder: side of the images the model sees (default: the images' median "
+                                    "shorter side, at most 224)", range=">= 1", **_I)
     resize_size: int | None = option(None, "imagefolder: shorter side resized to this, centre square kept (default: "
                                      "--image-size)", range=">= 1", **_I)
     skip_bad_images: bool = option(False, "imagefolder: leave unreadable image files out (listed), not stop", **_I)
@@ -96,6 +97,8 @@ class TrainConfig:
     memory_budget: float | None = option(None, "imagefolder: GiB of decoded images to hold in memory, per machine "
                                          "(default: half the free memory)", range="> 0.0", **_S)
     num_workers: int | None = option(None, "imagefolder: decoding processes (default: the CPUs, at most 8)", range=">= 0", **_S)
+    accept_data_change: bool = option(False, "--resume: go on although the data differs from the checkpoint's (each "
+                                      "change is logged)", **_S)
     # model
     model: str = option("resnet8", "network (`fsam models` lists them), or torchvision:<name>, timm:<name>",
                         choices=available_models, also=_external_model, **_I)
@@ -224,7 +227,7 @@ class TrainConfig:
             return
         if self.data_dir is None:
             raise ValueError("--dataset imagefolder needs --data-dir DIR (DIR/train/<class>/<image>)")
-        if self.resize_size is not None and self.resize_size < self.image_size:
+        if self.resize_size is not None and self.image_size is not None and self.resize_size < self.image_size:
             raise ValueError(
                 f"--resize-size {self.resize_size} is smaller than --image-size {self.image_size}; "
                 "the evaluation crop must fit in the resized image"

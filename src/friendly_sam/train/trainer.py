@@ -26,10 +26,13 @@ from . import run_dir as rd
 from .callbacks import Callback, CallbackList, TrainState, builtin_callbacks
 from .checkpoint import CheckpointError, check_resume_config, load_state_checked, make_checkpoint
 from .config import TrainConfig
+from .data_setup import check_data_identity, prepare_data
+from .evaluation import evaluate
 from .lock import RunLock, create_run_dir, open_run_dir
+from .metrics import EpochMetrics
 from .progress import ProgressBar, format_seconds
 from .run_dir import RunDirectoryError, machine_description
-from .setup import OptimizerFactory, build_optimizer, evaluate_split, lr_factor, prepare_data
+from .setup import OptimizerFactory, build_optimizer, lr_factor
 from .step import ddp_training_step, training_step
 
 __all__ = ["DIVERGENCE_LOSS", "RunDirectoryError", "StepFn", "load_run_config", "summarize", "train"]
@@ -38,7 +41,6 @@ Log = Callable[[str], None]
 # A run has diverged when an epoch's mean training loss (or any loss) is not finite or exceeds this: a
 # classifier guessing uniformly scores ln(classes) (2.3 for 10), so 1e6 is far outside any learning run.
 DIVERGENCE_LOSS = 1e6
-_CHECK_EVERY = 20  # steps between the in-epoch checks for a non-finite loss (each one is a device sync)
 
 
 class StepFn(Protocol):
@@ -154,6 +156,8 @@ def _build(
     """Data, run directory, model, optimizer and schedule; restored from ``ckpt`` when resuming."""
     try:  # a missing data set, package or weights file leaves no run directory behind
         data = prepare_data(cfg, ctx.device, shard=(ctx.rank, ctx.world_size), log=log)
+        if ckpt is not None:  # before anything of the run is touched
+            check_data_identity(ckpt.get("data"), data, cfg, f"checkpoint {run_dir / rd.CHECKPOINT_FILE}", log)
         ctx.check_batches(data.train_loader.num_samples, cfg.batch_size)
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model, data.num_classes, data.in_channels)
@@ -303,9 +307,8 @@ def _train_epoch(
     cfg, device, loader = state.cfg, state.device, state.data.train_loader
     loader.set_epoch(epoch)
     bar = ProgressBar(state.steps_per_epoch, f"{cfg.label} epoch {epoch + 1}/{cfg.epochs}", enabled=progress)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen = scored = 0
+    metrics = EpochMetrics(device)  # sums on the device: read every READ_EVERY steps, not every step
+    shown: dict[str, float] = {}
     t0 = time.perf_counter()
     for i, (x, y) in enumerate(loader):
         if cfg.channels_last:
@@ -314,20 +317,18 @@ def _train_epoch(
         loss, logits = step(net, x, y, i)
         state.scheduler.step()
         # the clean pass's samples: a sub-batch on perturbed steps with --ascent-fraction < 1
-        loss_sum += loss.float() * len(logits)
-        correct += (logits.argmax(1) == y[: len(logits)]).sum()
-        scored += len(logits)
-        seen += len(y)
-        if not ctx.enabled and (i + 1) % _CHECK_EVERY == 0:  # stop early; under DDP at the epoch's end
-            _check_diverged(state, epoch, {"training loss": float(loss_sum) / seen})
+        metrics.add(loss, logits, y)
+        if EpochMetrics.is_read_point(i, state.steps_per_epoch) and (progress or not ctx.enabled):
+            loss_sum, correct = metrics.read()  # the one host synchronisation of these steps
+            if not ctx.enabled:  # stop early; under DDP at the epoch's end
+                _check_diverged(state, epoch, {"training loss": loss_sum / metrics.seen})
+            shown = {"loss": loss_sum / metrics.scored, "acc": 100.0 * correct / metrics.scored}
         if progress:
-            rate = seen / (time.perf_counter() - t0)
-            bar.update(
-                i + 1, loss=float(loss_sum) / scored, acc=100.0 * int(correct) / scored, **{"img/s": rate}
-            )
+            bar.update(i + 1, **shown, **{"img/s": metrics.seen / (time.perf_counter() - t0)})
+    sums = metrics.read()  # waits for the device's last step: train_time includes it
     train_time = time.perf_counter() - t0
     bar.close()
-    total_loss, total_correct, scored, seen = ctx.all_sum([float(loss_sum), int(correct), scored, seen])
+    total_loss, total_correct, scored, seen = ctx.all_sum([*sums, metrics.scored, metrics.seen])
     return {
         "epoch": epoch + 1,
         "train_loss": total_loss / scored,
@@ -345,7 +346,7 @@ def _evaluate_splits(
     (``null`` in metrics.jsonl: not measured)."""
     data, cfg = state.data, state.cfg
     chosen = hooks.splits_to_evaluate(record["epoch"], tuple(data.eval_sets))
-    measure = partial(evaluate_split, transform=data.eval_transform, cfg=cfg, device=state.device, ctx=ctx)
+    measure = partial(evaluate, cfg=cfg, device=state.device, ctx=ctx)
     for split, source in data.eval_sets.items():
         if split in chosen:
             record[f"{split}_loss"], record[f"{split}_acc"] = measure(state.model, source)
@@ -422,6 +423,7 @@ def _save_checkpoint(state: TrainState, ctx: DistributedContext, elapsed: float)
         rng={"torch": torch.get_rng_state()},
         replica_states=replicas,
         world_size=ctx.world_size,
+        data=state.data.fingerprint,
     )
     rd.write_checkpoint(state.run_dir, checkpoint)
 

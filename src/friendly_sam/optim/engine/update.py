@@ -76,6 +76,15 @@ def _resolve_clip(sam: Any, max_norm: float | None) -> float | None:
     return float(max_norm)
 
 
+def _abandon(sam: Any) -> None:
+    """Restore the unperturbed weights exactly and drop the update (no base step, gradients cleared), as
+    ``step(closure)`` does when its second closure call raises; the optimizer is ready for the next update."""
+    restore = getattr(sam, "_restore", None)
+    if callable(restore) and getattr(sam, "is_perturbed", False):
+        restore()
+    sam.zero_grad(set_to_none=True)
+
+
 # ----------------------------------------------------------------------------- the engine
 @dataclasses.dataclass
 class MicroBatch:
@@ -189,10 +198,14 @@ class TwoPassEngine:
         else:
             sam.first_step(**step_kwargs)
         if getattr(sam, "is_perturbed", True):  # other libraries' optimizers always perturb
-            for i, micro in enumerate(window):
-                sync = self.perturbed_sync(i == len(window) - 1) if self.perturbed_sync else None
-                with sync or contextlib.nullcontext(), perturbed_pass(self.model, micro.rng):
-                    micro.perturbed()
+            try:
+                for i, micro in enumerate(window):
+                    sync = self.perturbed_sync(i == len(window) - 1) if self.perturbed_sync else None
+                    with sync or contextlib.nullcontext(), perturbed_pass(self.model, micro.rng):
+                        micro.perturbed()
+            except BaseException:
+                _abandon(sam)  # a perturbed pass raised (out of memory, a bad batch): never leave w + e
+                raise
             if before_apply is not None:
                 before_apply()
             if self.max_grad_norm or self.measure_norm:

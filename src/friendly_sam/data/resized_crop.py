@@ -1,7 +1,7 @@
 """ImageNet-style batched augmentation of square base images: random-resized-crop + flip, or centre crop.
 
 :class:`ResizedCropAugment` works on whole uint8 ``(N, C, B, B)`` batches of base images (see
-:mod:`.imagefolder`) and returns float32 ``(N, C, S, S)``, normalised:
+:mod:`.image_decode`) and returns float32 ``(N, C, S, S)``, normalised:
 
 - training (``random_crop=True``): torchvision's ``RandomResizedCrop(S, scale, ratio)`` recipe (a box of
   random area fraction and log-uniform aspect ratio, 10 tries, else the whole image), resampled to
@@ -10,25 +10,22 @@
   exact pixels when ``B >= S``, a bilinear resize of the whole image otherwise.
 
 Every random choice is drawn, in a fixed order, from an explicit CPU generator by :meth:`sample` and
-applied by :meth:`apply`, like :class:`~friendly_sam.data.BatchAugment`. The choices for image ``i``
-do not depend on the other images, so :func:`augment_rows` can augment only this rank's rows of a
-global batch and get exactly the rows the whole batch would have given.
+applied by :meth:`apply` (the :class:`~friendly_sam.data.augment.Augmentation` protocol), like
+:class:`~friendly_sam.data.BatchAugment`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .augment import AugmentParams, BatchAugment
+from .batch_augment import AugmentParams, BatchAugment
 
-__all__ = ["CropParams", "ResizedCropAugment", "augment_rows", "slice_params"]
+__all__ = ["CropParams", "ResizedCropAugment"]
 
 _TRIES = 10
 
@@ -45,16 +42,6 @@ class CropParams:
     height: torch.Tensor | None = None
     width: torch.Tensor | None = None
     flip: torch.Tensor | None = None
-
-
-def slice_params(params: Any, lo: int, hi: int) -> Any:
-    """Rows ``lo:hi`` of a params record (:class:`CropParams` or :class:`~friendly_sam.data.AugmentParams`)."""
-    changes = {
-        f.name: getattr(params, f.name)[lo:hi]
-        for f in dataclasses.fields(params)
-        if isinstance(getattr(params, f.name), torch.Tensor)
-    }
-    return dataclasses.replace(params, **changes)
 
 
 class ResizedCropAugment:
@@ -194,29 +181,3 @@ class ResizedCropAugment:
             parts.append(f"mean={tuple(round(v, 4) for v in self.mean.tolist())}")
             parts.append(f"std={tuple(round(v, 4) for v in self.std.tolist())}")
         return f"ResizedCropAugment({', '.join(parts)})"
-
-
-def augment_rows(
-    augment: BatchAugment | ResizedCropAugment | None,
-    x: torch.Tensor,
-    generator: torch.Generator,
-    total: int,
-    lo: int,
-) -> torch.Tensor:
-    """Rows ``lo : lo + len(x)`` of ``augment(whole_batch, generator)`` for a global batch of ``total``
-    images, computed from those rows alone (the random choices are drawn for all ``total`` images,
-    then sliced). ``None``: uint8 scaled to [0, 1] floats."""
-    if augment is None:
-        return x.to(torch.float32).div_(255.0) if x.dtype == torch.uint8 else x.to(torch.float32)
-    h, w = x.shape[2], x.shape[3]
-    if isinstance(augment, BatchAugment):
-        if x.shape[0] == 0:  # a rank without rows of a short last batch (BatchAugment's gather needs rows)
-            return x.to(torch.float32)
-        params: Any = augment.sample(total, h, w, generator) if augment.is_random else AugmentParams()
-    elif isinstance(augment, ResizedCropAugment):
-        params = augment.sample(total, h, w, generator)
-    else:
-        raise TypeError(
-            f"augment_rows needs a BatchAugment or ResizedCropAugment, got {type(augment).__name__}"
-        )
-    return augment.apply(x, slice_params(params, lo, lo + x.shape[0]))
