@@ -102,7 +102,7 @@ def measure(model_name: str, batch: int, repeats: int, warmup: int) -> dict[str,
             "time_ratio_iqr": [rq[0], rq[2]] if (rq := _quartiles(ratios)) else None,
             "options": {
                 k: getattr(runners[name].cfg, k)
-                for k in ("optimizer", "perturb_every", "between", "ascent_fraction")
+                for k in ("method", "perturb_every", "between", "ascent_fraction")
             },
         }
     return results

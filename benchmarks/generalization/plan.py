@@ -149,7 +149,7 @@ def train_config(spec: RunSpec, suite: dict[str, Any], data_dir: str | None) -> 
         noise_kind=kind,
         crop=suite["crop"],
         model=suite["model"],
-        optimizer=base,
+        method={"sgd": "base"}.get(base, base),  # the suite says sgd; the trainer calls SGD alone "base"
         lr=suite["lr"],
         weight_decay=suite["weight_decay"],
         rho=spec.rho if spec.rho is not None else 0.05,

@@ -2,13 +2,14 @@
 one whole training step (forward/backward twice + update) for ours / the official F-SAM / davda54 SAM /
 pytorch-optimizer, eager vs ``torch.compile`` vs CUDA-graph-captured, side by side on one device.
 
-    python -m benchmarks.gpu.trainer_speed --device cuda --json out.json      # the GPU run (~3 min on an H100)
+    python -m benchmarks.gpu.trainer_speed --device cuda --json out.json      # the GPU run (< 5 min)
     python -m benchmarks.gpu.trainer_speed --device cpu --size tiny           # smoke size (tests/benchmarks)
 
 Steps are timed interleaved round-robin over the contenders after warm-up (compilation and capture happen
 there), each one synchronised (``torch.cuda.synchronize``), median over repeats. A mode a contender cannot run
 (graph capture of a step that syncs or rebinds ``p.data``; capture off CUDA) is reported as such, never
-guessed. Trainer images/s: ``fsam train``'s loop (``friendly_sam.train.train``, epoch 2 of 2) against a loop of
+guessed; so is one not built because ``--budget-s`` (240 s) had passed, which keeps the run under 5 minutes of
+device time. Trainer images/s: ``fsam train``'s loop (``friendly_sam.train.train``, epoch 2 of 2) against a loop of
 the same model, optimizer and loader written by hand, both on the same in-memory Fashion-MNIST subset.
 """
 
@@ -153,13 +154,21 @@ def step_costs(
     warmup: int,
     compiled: tuple[str, ...],
     backend: str = "inductor",
+    deadline: float = float("inf"),
 ) -> list[dict[str, Any]]:
+    """Build every (contender, mode) (mode by mode: compilation, the costly one, last by default) until
+    ``deadline`` (``time.perf_counter()``), then time the built ones interleaved."""
     _, channels, side, batch, _, repeats = SIZES[size]
     x = torch.randn(batch, channels, side, side, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     steps, rows = {}, []
-    for name in optimizers():
-        for mode in modes:
+    for mode in modes:
+        for name in optimizers():
+            if time.perf_counter() > deadline:
+                rows.append(
+                    {"contender": name, "mode": mode, "error": "over the device-time budget (--budget-s)"}
+                )
+                continue
             try:
                 step = build_step(name, mode, device, size, compiled, backend)
                 for _ in range(warmup):  # compilation happens here
@@ -172,7 +181,7 @@ def step_costs(
                 )
     times: dict[tuple[str, str], list[float]] = {k: [] for k in steps}
     keys = list(steps)
-    for r in range(repeats):
+    for r in range(repeats if keys else 0):
         for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
             _sync(device)
             t0 = time.perf_counter()
@@ -282,8 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--data-dir", default=os.environ.get("FSAM_DATA_DIR", "/usr/share/datasets") + "/fashion-mnist"
     )
+    parser.add_argument("--budget-s", type=float, default=240.0, help="stop building contenders after this")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
+    deadline = time.perf_counter() + args.budget_s
     device = torch.device(args.device)
     compiled = tuple(optimizers()) if args.compile == "all" else tuple(args.compile.split(","))
     if device.type == "cuda":
@@ -293,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "size": args.size,
         "trainer": trainer_speed(device, args.size, args.data_dir),
-        "steps": step_costs(device, args.size, args.modes.split(","), args.warmup, compiled, args.backend),
+        "steps": step_costs(
+            device, args.size, args.modes.split(","), args.warmup, compiled, args.backend, deadline
+        ),
     }
     print(markdown(res))
     if args.json:

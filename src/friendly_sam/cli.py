@@ -40,7 +40,8 @@ def add_option_flags(parser: Any, cls: Any, *, skip: tuple[str, ...] = (), defau
             continue
         default = default_of(f)
         accepted = spec.describe()
-        text = f"{spec.help}{f'; {accepted}' if accepted else ''} (default: {default})".replace("%", "%%")
+        shown = "" if default is None else f" (default: {default})"  # None: the help says what happens
+        text = f"{spec.help}{f'; {accepted}' if accepted else ''}{shown}".replace("%", "%%")
         kind = str(f.type).removesuffix(" | None")
         kwargs: dict[str, Any] = {"default": default if defaults else argparse.SUPPRESS, "help": text}
         if kind == "bool":
@@ -227,9 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train",
         help="train one run (config file and/or flags)",
-        description="Train one run. A config file (TOML/YAML) sets options; flags override it.",
+        description="Train one run. A config file (TOML, YAML or JSON) sets options; flags override it.",
     )
-    p.add_argument("--config", help="TOML or YAML config file (see configs/)")
+    p.add_argument("--config", help="TOML, YAML or JSON config file (see configs/)")
     p.add_argument(
         "--out", help="run directory to create (default: runs/<time>-<label>-<dataset>-<model>-s<seed>)"
     )
@@ -259,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train SGD, SAM and F-SAM on real Fashion-MNIST, everything equal but the optimizer, each "
         "with the rho the generalization suite chose on clean validation data, and compare them: test "
         "accuracy, how many of the wrong training labels each one fitted, training time. Default setting "
-        "'noisy': 40%% of the training labels replaced by wrong ones, trained long enough for SGD to "
+        "'noisy': 40% of the training labels replaced by wrong ones, trained long enough for SGD to "
         "memorise them; 'clean': correct labels. Rerunning reuses finished runs and resumes interrupted "
         "ones of the same settings, and refuses a directory holding runs of other settings.",
     )

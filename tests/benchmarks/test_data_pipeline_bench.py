@@ -8,16 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from testkit import needs_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE = "benchmarks.data_pipeline"
-FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not FASHION.exists(), reason="real Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"
-)
+@needs_fashion_mnist
 def test_data_pipeline_benchmark_runs_and_reports(tmp_path: Path) -> None:
     out_json = tmp_path / "pipeline.json"
     args = [

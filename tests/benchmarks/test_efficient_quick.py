@@ -8,15 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from testkit import FASHION_DIR, needs_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[2]
 RUN = "benchmarks.efficient.run"
 TIMING = "benchmarks.efficient.timing"
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-pytestmark = [
-    pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="real Fashion-MNIST not installed"),
-    pytest.mark.slow,
-]
+pytestmark = [needs_fashion_mnist, pytest.mark.slow]
 
 TINY = ["--quick", "--model", "cnn_small", "--train-subset", "320", "--val-size", "128", "--epochs", "1"]
 TINY += ["--test-subset", "100", "--seeds", "0", "--cells", "sym40-long", "--variants", "fsam-p4,fsam-sb25"]

@@ -68,3 +68,9 @@ def test_compiled_mode_runs_on_cpu() -> None:
     compiled = {r["contender"]: r for r in rows if r["mode"] == "compiled"}
     assert compiled["ours F-SAM capturable"]["ms"] > 0
     assert "not compiled in this run" in compiled["davda54 SAM"]["error"]
+
+
+def test_contenders_past_the_budget_are_reported_not_run() -> None:
+    rows = trainer_speed.step_costs(torch.device("cpu"), "tiny", ["eager"], 1, (), deadline=0.0)
+    assert len(rows) == len(trainer_speed.optimizers())
+    assert all(r["error"] == "over the device-time budget (--budget-s)" for r in rows)

@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from testkit import needs_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE = "benchmarks.streaming"
-FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not FASHION.exists(), reason="real Fashion-MNIST not installed")
+@needs_fashion_mnist
 def test_streaming_benchmark_runs_and_reports(tmp_path: Path) -> None:
     args = ["--images", "48", "--batch-size", "16", "--epochs", "2", "--repeats", "2", "--model", "cnn_small"]
     proc = subprocess.run(

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from testkit import FASHION_DIR
 
 from friendly_sam.data.classes import FASHION_MNIST_CLASSES
 from friendly_sam.data.readers import read_idx
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FOLDER_NAMES = tuple(name.lower().replace("/", "-").replace(" ", "_") for name in FASHION_MNIST_CLASSES)
 
 

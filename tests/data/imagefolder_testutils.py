@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from testkit import FASHION_DIR
 
 from friendly_sam.data.readers import read_idx
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 # Folder names whose sorted order differs from Fashion-MNIST's label order, so the tests see the
 # labels come from the folder names.
 FOLDERS = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")

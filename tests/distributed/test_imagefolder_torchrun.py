@@ -10,17 +10,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_train_torchrun import FASHION_DIR, checkpoint, finish, launch, metrics
+from test_train_torchrun import checkpoint, finish, launch, metrics
+from testkit import FASHION_DIR, needs_fashion_mnist
 
 from friendly_sam.data.readers import read_idx
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not (FASHION_DIR / "t10k-images-idx3-ubyte.gz").exists(),
-        reason="real Fashion-MNIST not installed at /usr/share/datasets/fashion-mnist",
-    ),
-]
+pytestmark = [pytest.mark.slow, needs_fashion_mnist]
 
 
 def _png_folder(root, per_class):

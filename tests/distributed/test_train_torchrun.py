@@ -15,18 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from testkit import needs_fashion_mnist
 
 from friendly_sam.train import run_dir as rd
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists(),
-        reason="real Fashion-MNIST not installed at /usr/share/datasets/fashion-mnist "
-        "(apt-get install dataset-fashion-mnist)",
-    ),
-]
+pytestmark = [pytest.mark.slow, needs_fashion_mnist]
 # 300 images in batches of 64: 4 full global batches and one of 44 (22 per rank), per epoch.
 ARGS = [
     "--method", "fsam", "--model", "cnn_small", "--train-subset", "300", "--batch-size", "64",

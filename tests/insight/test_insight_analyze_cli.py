@@ -6,14 +6,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from testkit import FASHION_DIR, needs_fashion_mnist
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-pytestmark = pytest.mark.skipif(
-    not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists(), reason="real Fashion-MNIST not installed"
-)
+pytestmark = needs_fashion_mnist
 
 
 def fsam(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -51,7 +48,8 @@ def test_analyze_writes_json_and_plots_and_compare_shows_them(tmp_path, capsys):
         "--sharpness-steps", "2", "--points-1d", "5", "--points-2d", "3", "--threads", "1",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert "top eigenvalue" in r.stdout and "eigenvalue [" in r.stderr  # summary lines and progress bars
+    assert "top eigenvalue" in r.stdout and "eigenvalue 3/3" in r.stderr  # summary and progress lines
+    assert "\r" not in r.stderr and "\x1b" not in r.stderr  # stderr is a pipe: plain lines, no bar
     analysis = json.loads((run / "analysis.json").read_text())
     res = analysis["results"]
     assert set(res) == {"eigenvalue", "trace", "sharpness", "landscape1d", "landscape2d"}

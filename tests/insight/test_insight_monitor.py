@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from testkit import FASHION_DIR, needs_fashion_mnist
 from torch import nn
 
 from friendly_sam import FriendlySAM, frozen_bn_stats
-from friendly_sam.analysis.decomposition import DecompositionMonitor, cosine, full_batch_gradient
+from friendly_sam.analysis.decomposition import cosine, full_batch_gradient
 from friendly_sam.data import BatchAugment, TensorBatchLoader
 from friendly_sam.models import build_model
 from friendly_sam.train import run_dir as rd
-
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-needs_fashion_mnist = pytest.mark.skipif(
-    not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists(), reason="real Fashion-MNIST not installed"
-)
+from friendly_sam.train.decomposition import DecompositionMonitor
 
 
 def tiny_data(n=24, seed=0):

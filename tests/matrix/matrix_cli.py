@@ -13,13 +13,13 @@ from typing import Any
 import torch
 from matrix_entries import Entry
 from matrix_setup import CLIP, Features
+from testkit import FASHION_DIR
 from torch import Tensor, nn
 
 from friendly_sam import frozen_bn_stats
 from friendly_sam.train import TrainConfig, train
 from friendly_sam.train import run_dir as rd
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 if not FASHION_DIR.is_dir():
     raise ImportError("real Fashion-MNIST not installed: the fsam train row is left out", name="fashion_mnist")
 

@@ -25,8 +25,8 @@ class _StopIn(Callback):
     def __init__(self, epoch):
         self.epoch = epoch
 
-    def before_step(self, step, epoch):
-        if epoch == self.epoch:
+    def before_step(self, state):
+        if state.epoch == self.epoch:
             raise KeyboardInterrupt
 
 
@@ -65,8 +65,8 @@ class _Explode(Callback):
     def on_train_start(self, state):
         self.state = state
 
-    def before_step(self, step, epoch):
-        if epoch >= self.epoch:
+    def before_step(self, state):
+        if state.epoch >= self.epoch:
             for group in self.state.optimizer.param_groups:
                 group["lr"] = 1e12
 
@@ -85,8 +85,9 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 class _SkipTestIn(Callback):
-    def splits_to_evaluate(self, epoch, available):
-        return [s for s in available if s != "test"] if epoch == 1 else available
+    def before_evaluation(self, state):
+        if state.record["epoch"] == 1:
+            state.splits = [s for s in state.splits if s != "test"]
 
 
 @pytest.mark.slow

@@ -39,7 +39,7 @@ class SyncsPerStep(Callback):
     def __init__(self, counter: SyncCounter) -> None:
         self.counter, self.marks = counter, []
 
-    def before_step(self, step: int, epoch: int) -> None:
+    def before_step(self, state: Any) -> None:
         self.marks.append(self.counter.count)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from testkit import FASHION_DIR, needs_fashion_mnist
 from torch import nn
 
 from friendly_sam import FriendlySAM, frozen_bn_stats
@@ -20,8 +21,6 @@ from friendly_sam.models import build_model
 from friendly_sam.train import TrainConfig, train, training_step
 from friendly_sam.train import run_dir as rd
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-needs_fashion = pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="real Fashion-MNIST not installed")
 KW = {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4}
 
 
@@ -121,7 +120,7 @@ def tiny(**overrides: Any) -> TrainConfig:
     return TrainConfig(**{**values, **overrides}).validate()
 
 
-@needs_fashion
+@needs_fashion_mnist
 def test_trainer_resume_mid_period_is_bit_exact(tmp_path: Path) -> None:
     straight = train(tiny(), tmp_path / "straight", progress=False, log=lambda m: None)
     train(tiny(epochs=1), tmp_path / "resumed", progress=False, log=lambda m: None)
@@ -136,7 +135,7 @@ def test_trainer_resume_mid_period_is_bit_exact(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@needs_fashion
+@needs_fashion_mnist
 def test_cli_flags_train_the_variant(tmp_path: Path) -> None:
     run = tmp_path / "run"
     args = ["--method", "sam", "--perturb-every", "3", "--between", "looksam", "--looksam-alpha", "0.5"]

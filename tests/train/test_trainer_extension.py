@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 import torch
+from testkit import FASHION_DIR
 
 from friendly_sam import SAM
 from friendly_sam.train import Callback, TrainConfig, TrainState, build_optimizer, train, training_step
 from friendly_sam.train import run_dir as rd
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 pytestmark = pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="real Fashion-MNIST not installed")
 DOC = Path(__file__).resolve().parents[2] / "docs" / "trainer.md"
 
@@ -50,38 +50,51 @@ class Recorder(Callback):
     def __init__(self) -> None:
         self.calls: list[str] = []
         self.steps: list[tuple[int, int]] = []
+        self.after: list[int] = []
         self.state: TrainState | None = None
 
     def on_train_start(self, state: TrainState) -> None:
         self.calls.append("start")
         self.state = state
 
-    def before_step(self, step: int, epoch: int) -> None:
-        self.steps.append((step, epoch))
+    def before_step(self, state: TrainState) -> None:
+        self.steps.append((state.step, state.epoch))
 
-    def on_epoch_record(self, record: dict[str, Any]) -> None:
+    def after_step(self, state: TrainState) -> None:
+        assert self.steps[-1] == (state.step, state.epoch) and state.loss is not None
+        self.after.append(state.step)
+
+    def on_epoch_record(self, state: TrainState) -> None:
+        record = state.record
         self.calls.append(f"record{record['epoch']}")
         assert "val_acc" not in record  # the training part only
         record["extra"] = record["epoch"] * 10
 
-    def splits_to_evaluate(self, epoch: int, available: Any) -> Any:
-        assert tuple(available) == ("val", "test")
-        return ["val"] if epoch == 2 else available
+    def before_evaluation(self, state: TrainState) -> None:
+        assert state.splits == ["val", "test"]
+        if state.record["epoch"] == 2:
+            state.splits = ["val"]
 
-    def on_epoch_end(self, record: dict[str, Any]) -> None:
-        self.calls.append(f"end{record['epoch']}")
-        assert rd.read_metrics(self.state.run_dir)[-1] == json.loads(json.dumps(record))
+    def on_epoch_end(self, state: TrainState) -> None:
+        self.calls.append(f"end{state.record['epoch']}")
+        assert rd.read_metrics(state.run_dir)[-1] == json.loads(json.dumps(state.record))
 
-    def on_train_end(self, summary: dict[str, Any]) -> None:
+    def on_train_end(self, state: TrainState) -> None:
         self.calls.append("train_end")
-        summary["note"] = "added by a callback"
+        state.summary["note"] = "added by a callback"
+
+    def teardown(self, state: TrainState) -> None:
+        self.calls.append("teardown")
 
 
 def test_callbacks_order_keys_and_skipped_splits(tmp_path: Path) -> None:
     rec = Recorder()
     summary = train(tiny(), tmp_path / "r", progress=False, log=lambda m: None, callbacks=[rec])
-    assert rec.calls == ["start", "record1", "end1", "record2", "end2", "record3", "end3", "train_end"]
+    assert rec.calls == [
+        *("start", "record1", "end1", "record2", "end2", "record3", "end3", "train_end", "teardown")
+    ]
     assert rec.steps == [(i, i // 2) for i in range(6)]  # 256 training images / 128: 2 steps per epoch
+    assert rec.after == list(range(6))
     metrics = rd.read_metrics(tmp_path / "r")
     assert [m["extra"] for m in metrics] == [10, 20, 30]
     assert metrics[1]["test_acc"] is None and metrics[1]["test_loss"] is None  # null: not measured

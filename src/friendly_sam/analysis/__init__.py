@@ -23,14 +23,14 @@ loss is a deterministic function of the weights; ``bn_mode="batch"`` uses per-ba
 statistics without touching the running statistics (:func:`evaluation_mode`). Module modes are
 restored, weights are restored in place bit for bit, and ``.grad`` fields are never touched.
 
-:mod:`~friendly_sam.analysis.decomposition` measures F-SAM's gradient decomposition during training
-(true full-batch gradients, EMA-vs-full-gradient cosines). Everything here is a function of a model and
-data; ``fsam analyze RUN_DIR`` (:func:`friendly_sam.commands.analyze.analyze_run`) applies the measures
+:mod:`~friendly_sam.analysis.decomposition` measures F-SAM's gradient decomposition (true full-batch
+gradients, cosines; the trainer's ``DecompositionMonitor`` uses them). Everything here is a function of a
+model and data that changes neither; ``fsam analyze RUN_DIR`` (:func:`friendly_sam.commands.analyze.analyze_run`) applies the measures
 above to a trained run's checkpoint.
 """
 
 from ._common import LossFn, evaluation_mode, trainable_parameters
-from .decomposition import DecompositionMonitor, cosine, full_batch_gradient
+from .decomposition import cosine, full_batch_gradient
 from .hessian import EigenResult, TraceResult, hessian_trace, hessian_vector_product, top_eigenvalue
 from .landscape import (
     Landscape1D,
@@ -44,7 +44,6 @@ from .landscape import (
 from .sharpness import SharpnessResult, worst_case_loss_increase
 
 __all__ = [
-    "DecompositionMonitor",
     "EigenResult",
     "Landscape1D",
     "LossFn",

@@ -12,7 +12,7 @@ parameter of every group::
     w <- w_saved ;  w <- BaseStep(w, g')                                  (restore_, the base optimizer)
 
 The EMA is written in terms of ``d`` so that ``g`` need not be kept: ``m <- (lmbda + (1 - lmbda) sigma) m +
-(1 - lmbda) d`` (ema_ with ``decay`` and ``weight``). LookSAM's off-steps (``perturb_every > 1``) reuse the
+(1 - lmbda) d`` (ema_ with ``decay`` and ``weight``). LookSAM's unperturbed steps (``perturb_every > 1``) reuse the
 part of the perturbed gradient orthogonal to the clean one (looksam_component_, looksam_add_).
 
 Every function takes a :class:`~friendly_sam.optim.tensor_ops.TensorOps` (``FOREACH`` or ``PER_TENSOR``: both
@@ -110,7 +110,7 @@ def looksam_component_(pairs: list[tuple[Tensor, Tensor]]) -> bool:
 def looksam_add_(
     ops: TensorOps, grads: TensorList, vs: TensorList, alpha: float, grad_norm: float, v_norm: float
 ):
-    """LookSAM's off-step gradient: ``g <- g + alpha * ||g|| / ||v|| * v`` (nothing when a norm is 0)."""
+    """LookSAM's gradient on an unperturbed step: ``g <- g + alpha * ||g|| / ||v|| * v`` (nothing when a norm is 0)."""
     if v_norm == 0.0 or grad_norm == 0.0:
         return
     ops.add_(grads, vs, alpha * grad_norm / v_norm)

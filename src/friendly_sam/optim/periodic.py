@@ -43,7 +43,7 @@ class PeriodicSteps:
         """Whether the next ``first_step`` perturbs (step ``t`` perturbs when ``t % perturb_every == 0``, ``t``
         counting finished steps from 0). Loops that prepare the clean pass differently for the two kinds
         (sub-batch ascent, per-replica DDP's ``no_sync``) read it before the clean pass."""
-        return self._run.steps % self.perturb_every == 0
+        return self.perturb_every == 1 or self._run.steps % self.perturb_every == 0  # (no guard on steps)
 
     @property
     def steps_taken(self) -> int:
@@ -108,8 +108,8 @@ class PeriodicSteps:
     def _looksam_measure(self) -> None:
         """LookSAM, in second_step before the weights are restored: ``v <- g_s - (<g_s, g> / ||g||^2) g``, the
         part of the perturbed gradient ``g_s`` orthogonal to the clean ``g``, written over the buffer holding
-        ``g``. The off-steps use only its direction, so an unscaled (GradScaler) ``g_s`` gives the same result;
-        an inf/nan one leaves no component (the next off-steps are plain base steps)."""
+        ``g``. The unperturbed steps use only its direction, so an unscaled (GradScaler) ``g_s`` gives the same result;
+        an inf/nan one leaves no component (the next unperturbed steps are plain base steps)."""
         if self.between != "looksam":
             return
         pairs = [

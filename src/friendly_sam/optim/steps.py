@@ -55,7 +55,7 @@ class StepProtocol:
                 perturbation ``rho / ||d||`` overflows a parameter's dtype.
             Any exception leaves the weights as they were (the step is transactional) and, short of
             ASAM's second norm, the optimizer state too (``between="looksam"``: the stored component is
-            dropped on a perturbed step that raises; the next off-steps are plain base steps).
+            dropped on a perturbed step that raises; the next unperturbed steps are plain base steps).
         """
         if self.is_perturbed or self.phase.value == "stepped":
             raise RuntimeError("first_step() called twice: call second_step() to finish the step first")

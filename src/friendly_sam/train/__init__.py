@@ -3,6 +3,7 @@
 from .callbacks import (
     Callback,
     DecompositionCallback,
+    EarlyStopping,
     EvaluateEvery,
     NoisyLabelFit,
     TensorBoardCallback,
@@ -21,6 +22,7 @@ __all__ = [
     "Callback",
     "CheckpointError",
     "DecompositionCallback",
+    "EarlyStopping",
     "EvaluateEvery",
     "NoisyLabelFit",
     "OptimizerFactory",

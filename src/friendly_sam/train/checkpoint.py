@@ -43,7 +43,12 @@ REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
     "scheduler": dict,
     "rng": dict,
 }
-OPTIONAL_KEYS: dict[str, type | tuple[type, ...]] = {"replica_states": list, "world_size": int, "data": dict}
+OPTIONAL_KEYS: dict[str, type | tuple[type, ...]] = {
+    "replica_states": list,
+    "world_size": int,
+    "data": dict,
+    "callbacks": dict,  # the callbacks' state_dict()s, by key (only when one has state)
+}
 
 __all__ = [
     "CHECKSUM_KEY",

@@ -9,7 +9,6 @@ extension points: ``optimizer_factory`` (build another optimizer), ``step_fn`` (
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -27,20 +26,19 @@ from .callbacks import Callback, CallbackList, TrainState, builtin_callbacks
 from .checkpoint import CheckpointError, check_resume_config, load_state_checked, make_checkpoint
 from .config import TrainConfig
 from .data_setup import check_data_identity, prepare_data
+from .divergence import DIVERGENCE_LOSS, all_finite, check_diverged, check_weights_finite
 from .evaluation import evaluate
 from .lock import RunLock, create_run_dir, open_run_dir
 from .metrics import EpochMetrics
-from .progress import ProgressBar, format_seconds
-from .run_dir import RunDirectoryError, machine_description
+from .progress import ProgressBar, epoch_line
+from .run_dir import RunDirectoryError
 from .setup import OptimizerFactory, build_optimizer, lr_factor
 from .step import ddp_training_step, training_step
+from .summary import summarize
 
 __all__ = ["DIVERGENCE_LOSS", "RunDirectoryError", "StepFn", "load_run_config", "summarize", "train"]
 
 Log = Callable[[str], None]
-# A run has diverged when an epoch's mean training loss (or any loss) is not finite or exceeds this: a
-# classifier guessing uniformly scores ln(classes) (2.3 for 10), so 1e6 is far outside any learning run.
-DIVERGENCE_LOSS = 1e6
 
 
 class StepFn(Protocol):
@@ -95,7 +93,9 @@ def train(
         if not ctx.is_main:
             progress, log = False, lambda message: None
         if ctx.enabled and (cfg.full_gradient == "oracle" or cfg.decomposition):
-            raise ValueError("--full-gradient oracle and --decomposition need a single process (not torchrun)")
+            raise ValueError(
+                "--full-gradient oracle and --decomposition need a single process (not torchrun)"
+            )
         if ctx.enabled and step_fn is not None:
             raise ValueError("step_fn replaces the single-process step; under torchrun the DDP step is used")
         run_dir = Path(run_dir)
@@ -105,14 +105,27 @@ def train(
         lock = ctx.main_first(lambda: _lock_run_dir(run_dir, resume, log))  # rank 0 alone holds it
         with lock if lock is not None else contextlib.nullcontext():
             ckpt = _checkpoint_to_resume(cfg, run_dir, log) if resume else None
-            if resume and rd.has_summary(run_dir) and ckpt["epoch"] >= cfg.epochs:
-                log(f"{run_dir}: already finished")
+            if resume and _finished(run_dir, ckpt, cfg, log):
                 return rd.read_summary(run_dir)
             _configure_torch(cfg)
             state = _build(cfg, run_dir, ctx, ckpt, optimizer_factory or build_optimizer, log, lock)
+            unused = hooks.load_state_dict(ckpt.get("callbacks", {})) if ckpt else []
+            if unused:
+                log(f"note: the checkpoint holds the state of callback(s) not given now: {', '.join(unused)}")
             return _run(state, ctx, hooks, _choose_step(cfg, ctx, state, step_fn), progress, log)
     finally:
         ctx.close()
+
+
+def _finished(run_dir: Path, ckpt: dict[str, Any], cfg: TrainConfig, log: Log) -> bool:
+    """Whether the run to resume is complete: all its epochs done, or stopped early by a callback."""
+    if not rd.has_summary(run_dir):
+        return False
+    stopped = rd.read_summary(run_dir).get("stopped_early")
+    if ckpt["epoch"] < cfg.epochs and not stopped:
+        return False
+    log(f"{run_dir}: already finished" + (f" (stopped early: {stopped['reason']})" if stopped else ""))
+    return True
 
 
 def _lock_run_dir(run_dir: Path, resume: bool, log: Log) -> RunLock:
@@ -196,7 +209,7 @@ def _restore(state: TrainState, ckpt: dict[str, Any], ctx: DistributedContext) -
     load_state_checked(state.optimizer, ckpt["optimizer"], path, "optimizer")
     load_state_checked(state.scheduler, ckpt["scheduler"], path, "learning-rate schedule")
     load_replica_state(state.optimizer, ckpt.get("replica_states", []), ctx.rank)  # per-replica F-SAM EMAs
-    if not _all_finite(state):  # the trainer never writes such a file: damaged or tampered with
+    if not all_finite(state):  # the trainer never writes such a file: damaged or tampered with
         raise CheckpointError(f"checkpoint {path} holds weights or optimizer state that are not finite")
     torch.set_rng_state(ckpt["rng"]["torch"])
     state.start_epoch = state.epoch = state.checkpoint_epoch = ckpt["epoch"]
@@ -258,20 +271,41 @@ def _run(
     progress: bool,
     log: Log,
 ) -> dict[str, Any]:
+    """The epochs, with the callbacks' ``on_exception`` on failure and their ``teardown`` always."""
+    try:
+        hooks.call("on_train_start", state)
+        summary = _epochs(state, ctx, hooks, step, progress, log)
+    except BaseException as exc:
+        state.exception = exc
+        for hook in ("on_exception", "teardown"):  # every callback's; the run's own error propagates
+            try:
+                hooks.call_all(hook, state)
+            except Exception as extra:
+                log(f"note: a callback's {hook} failed as well ({type(extra).__name__}: {extra})")
+        raise
+    hooks.call_all("teardown", state)
+    return summary
+
+
+def _epochs(
+    state: TrainState,
+    ctx: DistributedContext,
+    hooks: CallbackList,
+    step: Callable[[nn.Module, Tensor, Tensor, int], tuple[Tensor, Tensor]],
+    progress: bool,
+    log: Log,
+) -> dict[str, Any]:
     cfg = state.cfg
-    net = ctx.wrap(
-        state.model, sync_bn=cfg.sync_bn
-    )  # DDP under torchrun; `state.model` stays the bare module
-    hooks.on_train_start(state)
+    net = ctx.wrap(state.model, sync_bn=cfg.sync_bn)  # DDP under torchrun; `state.model` stays bare
     state.model.train()
     run_start = time.perf_counter()
     for epoch in range(state.start_epoch, cfg.epochs):
-        record = _train_epoch(state, ctx, hooks, net, step, epoch, progress)
-        _check_diverged(state, epoch, {"training loss": record["train_loss"]})
-        hooks.on_epoch_record(record)
+        state.record = record = _train_epoch(state, ctx, hooks, net, step, epoch, progress)
+        check_diverged(state, epoch, {"training loss": record["train_loss"]})
+        hooks.call("on_epoch_record", state)
         ctx.broadcast_buffers(state.model)  # rank 0's BatchNorm statistics: those it checkpoints
         _evaluate_splits(state, ctx, hooks, record)
-        _check_diverged(
+        check_diverged(
             state, epoch, {f"{k.replace('_', ' ')}": v for k, v in record.items() if k[-4:] == "loss"}
         )
         record["elapsed"] = state.elapsed_before + time.perf_counter() - run_start
@@ -279,15 +313,22 @@ def _run(
         state.epoch = epoch + 1
         if ctx.is_main:
             rd.append_metrics(state.run_dir, record)
-        hooks.on_epoch_end(record)
-        log(_epoch_line(cfg, record))
-        if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
-            _check_weights_finite(state, epoch)
-            _save_checkpoint(state, ctx, record["elapsed"])
+        hooks.call("on_epoch_end", state)
+        log(epoch_line(cfg.label, cfg.epochs, record))
+        if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs or state.should_stop:
+            check_weights_finite(state, epoch)
+            _save_checkpoint(state, ctx, hooks, record["elapsed"])
             state.checkpoint_epoch = epoch + 1
-    summary = summarize(cfg, state.metrics)
+        if state.should_stop:  # set by a callback: the run ends here, complete
+            log(
+                f"{cfg.label}: stopped after epoch {epoch + 1}/{cfg.epochs}: {state.stop_reason or 'a callback'}"
+            )
+            break
+    state.summary = summary = summarize(cfg, state.metrics)
     summary["world_size"] = ctx.world_size
-    hooks.on_train_end(summary)
+    if state.should_stop:
+        summary["stopped_early"] = {"after_epoch": state.epoch, "reason": state.stop_reason}
+    hooks.call("on_train_end", state)
     if ctx.is_main:
         rd.write_summary(state.run_dir, summary)
     ctx.barrier()  # the run is complete (files written) when any rank returns
@@ -313,15 +354,18 @@ def _train_epoch(
     for i, (x, y) in enumerate(loader):
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        hooks.before_step(epoch * state.steps_per_epoch + i, epoch)
+        state.step = epoch * state.steps_per_epoch + i
+        hooks.call("before_step", state)
         loss, logits = step(net, x, y, i)
         state.scheduler.step()
+        state.loss = loss
+        hooks.call("after_step", state)
         # the clean pass's samples: a sub-batch on perturbed steps with --ascent-fraction < 1
         metrics.add(loss, logits, y)
         if EpochMetrics.is_read_point(i, state.steps_per_epoch) and (progress or not ctx.enabled):
             loss_sum, correct = metrics.read()  # the one host synchronisation of these steps
             if not ctx.enabled:  # stop early; under DDP at the epoch's end
-                _check_diverged(state, epoch, {"training loss": loss_sum / metrics.seen})
+                check_diverged(state, epoch, {"training loss": loss_sum / metrics.seen})
             shown = {"loss": loss_sum / metrics.scored, "acc": 100.0 * correct / metrics.scored}
         if progress:
             bar.update(i + 1, **shown, **{"img/s": metrics.seen / (time.perf_counter() - t0)})
@@ -345,7 +389,9 @@ def _evaluate_splits(
     """Loss and accuracy of the splits the callbacks choose (sharded over ranks); None for the others
     (``null`` in metrics.jsonl: not measured)."""
     data, cfg = state.data, state.cfg
-    chosen = hooks.splits_to_evaluate(record["epoch"], tuple(data.eval_sets))
+    state.splits = list(data.eval_sets)
+    hooks.call("before_evaluation", state)
+    chosen = state.splits
     measure = partial(evaluate, cfg=cfg, device=state.device, ctx=ctx)
     for split, source in data.eval_sets.items():
         if split in chosen:
@@ -354,63 +400,10 @@ def _evaluate_splits(
             record[f"{split}_loss"], record[f"{split}_acc"] = None, None
 
 
-def _check_diverged(state: TrainState, epoch: int, losses: dict[str, float | None]) -> None:
-    """Stop a diverging run: any loss not finite or above :data:`DIVERGENCE_LOSS` is a FloatingPointError
-    that says what was kept (nothing of this epoch is written)."""
-    bad = [
-        f"{name} {value:.4g}"
-        for name, value in losses.items()
-        if value is not None and not (math.isfinite(value) and value <= DIVERGENCE_LOSS)
-    ]
-    if not bad:
-        return
-    saved = state.checkpoint_epoch
-    kept = (
-        f"the last good checkpoint (epoch {saved}) is kept" if saved else "no checkpoint had been written yet"
-    )
-    raise FloatingPointError(
-        f"training diverged in epoch {epoch + 1}/{state.cfg.epochs}: {', '.join(bad)} (a run stops when a "
-        f"loss is not finite or above {DIVERGENCE_LOSS:g}); nothing of this epoch was written and {kept}. "
-        "Lower --lr or --rho (or set --max-grad-norm) and start the run anew"
-    )
-
-
-def _all_finite(state: TrainState) -> bool:
-    """Whether every floating-point value of the model and the optimizer state is finite."""
-    tensors = [*state.model.state_dict().values()]
-    for per_param in state.optimizer.state_dict().get("state", {}).values():
-        tensors += [v for v in per_param.values() if isinstance(v, Tensor)]
-    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
-
-
-def _check_weights_finite(state: TrainState, epoch: int) -> None:
-    """Never checkpoint a non-finite model or optimizer state (the previous checkpoint stays)."""
-    if not _all_finite(state):
-        _check_diverged(state, epoch, {"a weight or optimizer state value": math.nan})
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}%"
-
-
-def _epoch_line(cfg: TrainConfig, record: dict[str, Any]) -> str:
-    val = f" val {_percent(record['val_acc'])}" if "val_acc" in record else ""
-    test = (
-        f" test {_percent(record['test_acc'])}" if "test_acc" in record else ""
-    )  # a folder may have no test/
-    return (
-        f"{cfg.label} epoch {record['epoch']}/{cfg.epochs}: train loss {record['train_loss']:.4f} "
-        f"acc {record['train_acc']:.2f}%{val}{test} "
-        f"({record['images_per_s']:.0f} img/s, {format_seconds(record['elapsed'])})"
-    )
-
-
-def _save_checkpoint(state: TrainState, ctx: DistributedContext, elapsed: float) -> None:
+def _save_checkpoint(state: TrainState, ctx: DistributedContext, hooks: CallbackList, elapsed: float) -> None:
     cfg = state.cfg
     # per-replica F-SAM: every rank's own EMA (a collective); else [] without communicating
-    replicas = (
-        gather_replica_states(state.optimizer) if ctx.enabled and cfg.ddp_mode == "per-replica" else []
-    )
+    replicas = gather_replica_states(state.optimizer) if ctx.enabled and cfg.ddp_mode == "per-replica" else []
     if not ctx.is_main:
         return
     checkpoint = make_checkpoint(
@@ -424,36 +417,6 @@ def _save_checkpoint(state: TrainState, ctx: DistributedContext, elapsed: float)
         replica_states=replicas,
         world_size=ctx.world_size,
         data=state.data.fingerprint,
+        **({"callbacks": states} if (states := hooks.state_dict()) else {}),  # only if a callback has state
     )
     rd.write_checkpoint(state.run_dir, checkpoint)
-
-
-def summarize(cfg: TrainConfig, metrics: list[dict[str, Any]]) -> dict[str, Any]:
-    """The contents of ``summary.json`` for a run's per-epoch records."""
-    last = metrics[-1]
-    summary = {
-        "label": cfg.label,
-        "method": cfg.method,
-        "base": cfg.base,
-        "dataset": cfg.dataset,
-        "model": cfg.model,
-        "seed": cfg.seed,
-        "epochs": cfg.epochs,
-        "label_noise": cfg.label_noise,
-        "noise_kind": cfg.noise_kind,
-        "final_train_loss": last["train_loss"],
-        "wall_time": last["elapsed"],
-        "mean_images_per_s": sum(m["images_per_s"] for m in metrics) / len(metrics),
-        "machine": machine_description(),
-    }
-    for split in ("test", "val"):  # an image folder may have no test/ (then no test_acc)
-        if f"{split}_acc" in last:
-            summary[f"final_{split}_acc"] = last[f"{split}_acc"]
-            summary[f"best_{split}_acc"] = _best(metrics, f"{split}_acc")
-    return summary
-
-
-def _best(metrics: list[dict[str, Any]], key: str) -> float | None:
-    """The largest measured value of ``key`` (epochs that skipped the split hold None)."""
-    values = [m[key] for m in metrics if m.get(key) is not None]
-    return max(values) if values else None
