@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib.metadata
 import importlib.util
 import json
@@ -137,6 +138,9 @@ class Contender:
     build: Callable[[list[nn.Parameter]], Any]
     params: list[nn.Parameter] = field(default_factory=list)
     opt: Any = None
+    compiled: dict[str, Any] | None = None  # torch.compile arguments for first_step/second_step (or step)
+    first: Any = None  # the callables timed: the optimizer's methods, or their compiled forms
+    second: Any = None
     first_ms: list[float] = field(default_factory=list)
     second_ms: list[float] = field(default_factory=list)
     total_ms: list[float] = field(default_factory=list)
@@ -186,6 +190,62 @@ def contenders() -> tuple[list[Contender], list[str]]:
             "SGD's own default (foreach=None, i.e. per-tensor on CPU) in both modes."
         )
     return cs, notes
+
+
+def compiled_contenders() -> list[Contender]:
+    """Ours in capturable mode (no host sync) eager, and compiled with inductor: the default mode (graph breaks
+    at its syncs) and the capturable mode (``fullgraph=True``); plain SGD compiled for reference."""
+    cs = []
+    for fe in (False, True):
+        cs.append(
+            Contender(
+                f"ours FriendlySAM capturable (foreach={fe})",
+                "two_pass",
+                lambda ps, fe=fe: FriendlySAM(
+                    ps, torch.optim.SGD, foreach=fe, capturable=True, **FSAM_KWARGS, **SGD_KWARGS
+                ),
+            )
+        )
+    return cs
+
+
+def compiled_variants() -> list[Contender]:
+    """Contenders whose steps go through ``torch.compile`` (inductor; compiled in the warm-up rounds). The
+    default mode compiles too (tests/optim/test_compile.py) but breaks the graph at its host syncs and
+    recompiles as its step counter moves: not a contender worth timing."""
+    cs = [
+        Contender(
+            "SGD compiled (foreach=True)",
+            "sgd",
+            lambda ps: torch.optim.SGD(ps, foreach=True, **SGD_KWARGS),
+            compiled={},
+        ),
+    ]
+    for fe in (False, True):
+        cs.append(
+            Contender(
+                f"ours FriendlySAM capturable compiled (foreach={fe})",
+                "two_pass",
+                lambda ps, fe=fe: FriendlySAM(
+                    ps, torch.optim.SGD, foreach=fe, capturable=True, **FSAM_KWARGS, **SGD_KWARGS
+                ),
+                compiled={"fullgraph": True},
+            )
+        )
+    return cs
+
+
+def prepare(c: Contender) -> None:
+    """The callables to time: the methods, compiled when asked."""
+    if c.kind == "sgd":
+        c.first, c.second = None, c.opt.step
+    else:
+        c.first, c.second = c.opt.first_step, functools.partial(c.opt.second_step, zero_grad=False)
+    if c.compiled is not None:
+        # every compiled method goes through one wrapper code object: its cache is shared by all contenders
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+        c.first = torch.compile(c.first, **c.compiled) if c.first is not None else None
+        c.second = torch.compile(c.second, **c.compiled)
 
 
 def load_package(src: Path, alias: str) -> Any:
@@ -256,18 +316,18 @@ def one_step(c: Contender, grads: Grads, repeat: int, mark: bool = False) -> tup
         grads.load(c.params, grads.perturbed)
         with timed():
             t0 = time.perf_counter()
-            c.opt.step()
+            c.second()
             t1 = time.perf_counter()
         return 0.0, t1 - t0
     grads.load(c.params, grads.clean[repeat % 2])
     with timed():
         t0 = time.perf_counter()
-        c.opt.first_step(zero_grad=True)
+        c.first()
         t1 = time.perf_counter()
     grads.load(c.params, grads.perturbed)  # what the second backward pass would leave in p.grad
     with timed():
         t2 = time.perf_counter()
-        c.opt.second_step(zero_grad=False)
+        c.second()
         t3 = time.perf_counter()
     return t1 - t0, t3 - t2
 
@@ -336,19 +396,29 @@ def time_rounds(cs: list[Contender], grads: Grads, warmup: int, repeats: int) ->
             c.total_ms.append((t1 + t2) * 1e3)
 
 
+def all_contenders(args: argparse.Namespace) -> tuple[list[Contender], list[str]]:
+    cs, notes = contenders()
+    cs += compiled_contenders()
+    if args.compile:
+        cs += compiled_variants()
+        notes.append("compiled contenders: torch.compile (inductor) of first_step/second_step (SGD: step).")
+    if args.against is not None:
+        cs += against_contenders(args.against)
+        notes.append(f"'old ...' contenders: the optimizers of {args.against} (--against), same rounds.")
+    return cs, notes
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     shapes, source = parameter_shapes(args.params)
     numel = sum(math.prod(s) for s in shapes)
     param_bytes = numel * 4
     base_params = make_params(shapes, seed=0)
     grads = Grads(shapes, seed=1)
-    cs, notes = contenders()
-    if args.against is not None:
-        cs += against_contenders(args.against)
-        notes.append(f"'old ...' contenders: the optimizers of {args.against} (--against), same rounds.")
+    cs, notes = all_contenders(args)
     for c in cs:
         c.params = clone_params(base_params)
         c.opt = c.build(c.params)
+        prepare(c)
     load_start = benchkit.machine()["load_average"]
 
     time_rounds(cs, grads, args.warmup, args.repeats)
@@ -372,7 +442,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "times_ms": c.total_ms,
             }
         )
-    sgd = [r for r in results if r["name"].startswith("SGD")]
+    sgd = [r for r in results if r["name"].startswith("SGD") and "compiled" not in r["name"]]
     baseline = min(sgd, key=lambda r: r["median_ms"])
     sgd_held = baseline["held_buffers"]
     for r in results:
@@ -583,6 +653,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="add per-op torch.profiler tables")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument(
+        "--no-compile",
+        dest="compile",
+        action="store_false",
+        default=None,
+        help="skip the compiled contenders",
+    )
+    parser.add_argument(
         "--against", type=Path, help="a src/ directory of another checkout: its optimizers too"
     )
     args = parser.parse_args(argv)
@@ -590,6 +667,8 @@ def main(argv: list[str] | None = None) -> int:
         args.repeats = 3 if args.quick else 40
     if args.warmup is None:
         args.warmup = 1 if args.quick else 3
+    if args.compile is None:
+        args.compile = not args.quick  # compiling takes minutes: not in the smoke run
     if args.repeats < 1 or args.warmup < 0:
         parser.error("--repeats must be >= 1 and --warmup >= 0")
 

@@ -109,3 +109,12 @@ def test_resume_on_a_copy_of_the_same_folder_and_a_deliberate_change(trained, tm
     result = _resume(run, "--data-dir", str(data), "--accept-data-change")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "--accept-data-change: training goes on with changed data" in result.stdout + result.stderr
+
+
+def test_analyze_refuses_data_that_changed_since_the_checkpoint(trained, tmp_path):
+    data, run = _copies(trained, tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "data_dir": str(data)}))
+    (data / "train" / "coat").rename(data / "train" / "zcoat")
+    result = fsam("analyze", str(run), "--parts", "sharpness", "--subset", "6", "--sharpness-steps", "1")
+    one_line_error(result, "class 'coat' renamed to 'zcoat'", "Analyse it on the data it was trained on")

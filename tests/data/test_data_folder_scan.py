@@ -21,7 +21,7 @@ from friendly_sam.data.identity import (
     data_changes,
     folder_fingerprint,
 )
-from friendly_sam.data.image_decode import decode_image
+from friendly_sam.data.image_decode import decode_image, open_regular
 
 CLASSES = ("bag", "coat", "shirt")
 
@@ -153,3 +153,12 @@ def test_builtin_fingerprint_is_name_sizes_and_content():
     assert {c.split(":")[0] for c in data_changes(base, other)} == {"name", "sizes", "content"}
     folder = folder_fingerprint(CLASSES, {"train": [("bag/0.png", 10)]})
     assert data_changes(base, folder) == ["the data set changed from mnist to imagefolder"]
+
+
+def test_a_fifo_put_in_place_of_an_image_after_the_scan_does_not_block(tmp_path):
+    fifo = tmp_path / "late.png"
+    os.mkfifo(fifo)  # no writer: a plain open() for reading would block for ever
+    with pytest.raises(OSError, match="not a regular file"):
+        open_regular(fifo)
+    with pytest.raises(ImageFileError, match="late.png"):
+        decode_image(fifo, 1, 8)

@@ -94,7 +94,7 @@ def test_describe_models_matches_real_counts() -> None:
         assert set(row) >= {"name", "params", "description", "paper", "kind", "source"}
         assert isinstance(row["description"], str) and row["description"] and "\n" not in row["description"]
         assert row["paper"] == (row["name"] in PAPER_MODELS)
-        assert row["kind"] == ("paper" if row["paper"] else "cpu")
+        assert row["kind"] == ("paper" if row["paper"] else "large" if row["name"] in IMAGENET_MODELS else "cpu")
         assert row["params"] == EXACT_10[row["name"]]
     # Counts from the meta device equal those of real CPU models (cheap ones here; wrn28_10 and
     # resnet18 are built on CPU in test_literature_parameter_counts).

@@ -49,6 +49,7 @@ from ..analysis import (
     top_eigenvalue,
     worst_case_loss_increase,
 )
+from ..data.identity import check_same_data
 from ..models import build_model
 from ..train import run_dir as rd
 from ..train.checkpoint import load_state_checked
@@ -157,6 +158,11 @@ def load_run(run_dir: Path, opts: Mapping[str, Any]) -> dict[str, Any]:
     path = Path(opts["checkpoint"]) if opts["checkpoint"] else None
     ckpt = rd.read_checkpoint(run_dir, cfg.to_dict(), path=path, note=lambda message: None)
     data = prepare_data(cfg, device)
+    # the data must be what the checkpoint was trained on (a renamed class would permute the labels)
+    check_same_data(
+        ckpt.get("data"), data.fingerprint, accept=False, where=f"the checkpoint of {run_dir}",
+        hint="Analyse it on the data it was trained on (--data-dir of its config.json).",
+    )  # fmt: skip
     # clean: no augmentation (normalisation; image folders: the centre crop), the run's labels
     x_all, y_all = clean_training_subset(data, opts["subset"], opts["seed"], device)
     n = len(y_all)

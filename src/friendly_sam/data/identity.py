@@ -141,7 +141,12 @@ def data_changes(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     return class_messages + _file_changes(saved, now, moved)
 
 
-def check_same_data(saved: Mapping[str, Any] | None, now: Mapping[str, Any], *, accept: bool, where: str) -> list[str]:
+_RESUME_HINT = "Resume on the original data, or pass --accept-data-change to continue on this data deliberately."
+
+
+def check_same_data(
+    saved: Mapping[str, Any] | None, now: Mapping[str, Any], *, accept: bool, where: str, hint: str = _RESUME_HINT
+) -> list[str]:
     """Refuse (:class:`DataChangedError`) data that differs from the ``saved`` fingerprint of ``where`` (a
     checkpoint), unless ``accept``; returns the changes accepted. ``saved`` ``None`` (a checkpoint written
     before fingerprints existed): nothing to compare, nothing refused."""
@@ -149,8 +154,5 @@ def check_same_data(saved: Mapping[str, Any] | None, now: Mapping[str, Any], *, 
         return []
     changes = data_changes(saved, now)
     if changes and not accept:
-        raise DataChangedError(
-            f"the data differs from the data {where} was trained on: {'; '.join(changes)}. Resume on the "
-            "original data, or pass --accept-data-change to continue on this data deliberately."
-        )
+        raise DataChangedError(f"the data differs from the data {where} was trained on: {'; '.join(changes)}. {hint}")
     return changes

@@ -52,8 +52,10 @@ class ModelSpec:
     factory: ModelFactory
     description: str
     paper: bool
-    """True for the networks of the F-SAM paper's CIFAR experiments, False for small CPU-friendly ones."""
+    """True for the networks of the F-SAM paper's CIFAR experiments, False for the others."""
     source: str
+    kind: str = "cpu"
+    """``paper`` (the paper's CIFAR networks), ``cpu`` (small, CPU-friendly) or ``large`` (for large images)."""
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -70,8 +72,12 @@ def _normalise(name: str) -> str:
     return name.strip().lower()
 
 
-def register_model(name: str, *, description: str, paper: bool = False, source: str = "") -> Callable[[F], F]:
+def register_model(
+    name: str, *, description: str, paper: bool = False, source: str = "", kind: str = "cpu"
+) -> Callable[[F], F]:
     """Decorator registering ``factory(num_classes=..., in_channels=..., **kwargs) -> nn.Module``.
+
+    ``kind`` of a model that is not the paper's: ``cpu`` (small) or ``large`` (for large images).
 
     Names are case-insensitive; registering a name twice raises ``ValueError``.
     """
@@ -80,7 +86,7 @@ def register_model(name: str, *, description: str, paper: bool = False, source: 
     def decorator(factory: F) -> F:
         if key in _REGISTRY:
             raise ValueError(f"model {key!r} is already registered")
-        _REGISTRY[key] = ModelSpec(key, factory, description, paper, source)
+        _REGISTRY[key] = ModelSpec(key, factory, description, paper, source, "paper" if paper else kind)
         _param_count.cache_clear()
         return factory
 
@@ -218,7 +224,7 @@ def describe_models(num_classes: int = 10, in_channels: int = 3) -> list[dict[st
 
     Keys: ``name``, ``params`` (int, for the given ``num_classes`` / ``in_channels``),
     ``description`` (one line), ``paper`` (bool: a network of the F-SAM paper),
-    ``kind`` (``"paper"`` or ``"cpu"``), ``source`` (where the architecture comes from).
+    ``kind`` (``"paper"``, ``"cpu"`` or ``"large"``), ``source`` (where the architecture comes from).
     Parameter counts are computed lazily on the meta device and cached.
     """
     _check_positive_int(num_classes, "num_classes")
@@ -232,7 +238,7 @@ def describe_models(num_classes: int = 10, in_channels: int = 3) -> list[dict[st
                 "params": _param_count(name, num_classes, in_channels),
                 "description": spec.description,
                 "paper": spec.paper,
-                "kind": "paper" if spec.paper else "cpu",
+                "kind": spec.kind,
                 "source": spec.source,
             }
         )

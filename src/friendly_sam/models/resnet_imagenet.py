@@ -116,6 +116,7 @@ class ImageNetResNet(nn.Module):
     "resnet18_imagenet",
     description="ImageNet ResNet-18 (7x7 stride-2 stem + max-pool): for large images (e.g. 224 px)",
     source="He et al. 2016; layout and initialisation of torchvision.models.resnet18",
+    kind="large",
 )
 def resnet18_imagenet(num_classes: int = 1000, in_channels: int = 3) -> ImageNetResNet:
     """ImageNet ResNet-18 (11.69M parameters for 1000 classes)."""
@@ -126,6 +127,7 @@ def resnet18_imagenet(num_classes: int = 1000, in_channels: int = 3) -> ImageNet
     "resnet50_imagenet",
     description="ImageNet ResNet-50 (bottlenecks, 7x7 stride-2 stem + max-pool): for large images",
     source="He et al. 2016; layout and initialisation of torchvision.models.resnet50 (v1.5)",
+    kind="large",
 )
 def resnet50_imagenet(num_classes: int = 1000, in_channels: int = 3) -> ImageNetResNet:
     """ImageNet ResNet-50 (25.56M parameters for 1000 classes)."""

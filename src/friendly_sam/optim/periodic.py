@@ -43,7 +43,7 @@ class PeriodicSteps:
         """Whether the next ``first_step`` perturbs (step ``t`` perturbs when ``t % perturb_every == 0``, ``t``
         counting finished steps from 0). Loops that prepare the clean pass differently for the two kinds
         (sub-batch ascent, per-replica DDP's ``no_sync``) read it before the clean pass."""
-        return self._run.steps % self.perturb_every == 0
+        return self.perturb_every == 1 or self._run.steps % self.perturb_every == 0  # (no guard on steps)
 
     @property
     def steps_taken(self) -> int:

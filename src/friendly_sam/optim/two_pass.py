@@ -151,6 +151,10 @@ class TwoPassOptimizer(
         self._init_periodic(perturb_every, between, looksam_alpha)
         super().__init__(params, defaults)
         check_base_kwargs(type(self).__name__, self.own_arguments(), base_optimizer, kwargs)
+        if capturable and "capturable" in inspect.signature(base_optimizer.__init__).parameters:
+            # Adam/AdamW: their own sync-free step (step count on the device); torch's needs an accelerator
+            if all(p.device.type != "cpu" for p in self._params()):
+                kwargs.setdefault("capturable", True)
         self.base_optimizer = base_optimizer(self.param_groups, **kwargs)
         self._capturable_buffers(self._params())
         # One list of group dicts shared by both: schedulers, add_param_group and state_dict see one truth.

@@ -34,7 +34,9 @@ def ascent_size(batch_size: int, fraction: float) -> int:
 def _batch_size(batch: Any) -> int | None:
     if isinstance(batch, Tensor):
         return len(batch) if batch.dim() else None
-    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
+    values = (
+        batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
+    )
     for value in values:
         size = _batch_size(value)
         if size is not None:

@@ -32,7 +32,9 @@ class ClosurePasses:
             )
         _refuse_accumulated_gradient(optimizer)
         self.model = bound_model(optimizer)
-        self.rng = RngState.capture() if check_rng_mode(getattr(optimizer, "rng", "fresh")) == "replay" else None
+        self.rng = (
+            RngState.capture() if check_rng_mode(getattr(optimizer, "rng", "fresh")) == "replay" else None
+        )
 
     def perturbed(self) -> contextlib.AbstractContextManager[None]:
         if self.model is not None:

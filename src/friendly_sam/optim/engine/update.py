@@ -30,9 +30,7 @@ def _grad_params(optimizer: Any) -> list[Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
 
 
-def clip_applied_gradient(
-    sam: Any, max_norm: float | None, scaler: torch.amp.GradScaler | None
-) -> Tensor:
+def clip_applied_gradient(sam: Any, max_norm: float | None, scaler: torch.amp.GradScaler | None) -> Tensor:
     """Clip the perturbed gradient (the one the base optimizer applies) to ``max_norm`` (no clipping for
     None/0) before ``second_step``; returns its global norm before clipping (unscaled). With a scaler and
     clipping, the gradient is unscaled first, recorded against the base optimizer, exactly as
