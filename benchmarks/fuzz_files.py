@@ -265,7 +265,12 @@ def reader_targets(work: Path) -> dict[str, tuple[Any, Callable[[Any], str]]]:
             checks["checkpoint"],
         ),
         "torch_file": (
-            st.one_of(st.binary(max_size=300), st.just(valid[:100]), st.just(b"PK\x03\x04" + bytes(60))),
+            st.one_of(
+                st.binary(max_size=300),
+                st.just(valid),
+                st.just(valid[:100]),
+                st.just(b"PK\x03\x04" + bytes(60)),
+            ),
             checks["torch_file"],
         ),
     }
@@ -387,7 +392,7 @@ _DAMAGE = ["delete", "truncate", "fifo", "dir", "link_out", "deep", "list", "gar
 def cli_examples(draw: Any, sandbox: Sandbox) -> dict[str, Any]:
     """A damage to a copy of the finished run and one command line."""
     damage = (draw(st.sampled_from(_RUN_FILES)), draw(st.sampled_from(_DAMAGE)))
-    command = draw(st.sampled_from(["resume", "compare", "analyze", "fresh", "config"]))
+    command = draw(st.sampled_from(["resume", "compare", "analyze", "fresh", "config", "models"]))
     flags: list[str] = []
     for flag, pool in draw(st.lists(st.sampled_from(_train_flags()), max_size=2, unique_by=lambda f: f[0])):
         flags += [flag] if not pool else [flag, draw(st.sampled_from(pool + sandbox.paths()))]
@@ -397,6 +402,7 @@ def cli_examples(draw: Any, sandbox: Sandbox) -> dict[str, Any]:
         "parts": draw(st.sampled_from(["trace", "sharpness", "all", "nope", "", "trace,trace"])),
         "config": draw(st.sampled_from(sandbox.paths())),
         "twice": draw(st.booleans()),
+        "count": draw(st.sampled_from(["10", "3", "0", "-1", "x", "9" * 5000, "1" * 20])),
     }
     return {"damage": damage, "command": command, "flags": flags, **extra}
 
@@ -440,6 +446,8 @@ def _argv(ex: dict[str, Any], run: Path, sandbox: Sandbox, fresh: Path) -> list[
     if ex["command"] == "analyze":
         small = ["--subset", "16", "--batch-size", "16", "--trace-samples", "1", "--sharpness-steps", "1"]
         return ["analyze", str(run), "--parts", ex["parts"], *small, "--points-1d", "2", "--quiet"]
+    if ex["command"] == "models":
+        return ["models", "--num-classes", ex["count"], "--in-channels", ex["count"]]
     if ex["command"] == "config":
         return ["train", "--config", ex["config"], *TINY, "--out", str(fresh), *ex["flags"]]
     return ["train", *TINY, "--out", str(fresh), *ex["flags"]]

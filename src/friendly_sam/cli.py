@@ -81,6 +81,18 @@ def _int_option(text: str) -> int:
         raise argparse.ArgumentTypeError(f"invalid integer {shorten(text, 60)!r}") from None
 
 
+def _bounded_int(low: int, high: int) -> Any:
+    """An argparse type: an integer from ``low`` to ``high``."""
+
+    def convert(text: str) -> int:
+        value = _int_option(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range; give {low} to {high}")
+        return value
+
+    return convert
+
+
 def _given_options(args: argparse.Namespace) -> dict[str, Any]:
     """The training options set on the command line: the config file's (checked, naming the file),
     overridden by the flags."""
@@ -238,8 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("models", help="list the networks with parameter counts")
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--num-classes", type=_bounded_int(1, 10**6), default=10, help="1 to 10**6 (default: 10)")
+    p.add_argument("--in-channels", type=_bounded_int(1, 4096), default=3, help="1 to 4096 (default: 3)")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser(

@@ -10,7 +10,8 @@ import time
 
 import pytest
 from test_imagefolder_torchrun import _png_folder
-from test_train_torchrun import ARGS, FASHION_DIR, descendants, kill_hard, launch
+from test_train_torchrun import ARGS, descendants, kill_hard, launch
+from testkit import FASHION_DIR
 
 pytestmark = [
     pytest.mark.slow,

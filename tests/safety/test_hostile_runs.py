@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import stat
@@ -113,7 +114,8 @@ def test_every_run_file_follows_one_mode_policy(finished):
 def test_a_fifo_checkpoint_is_named_not_a_regular_file(capsys, run):
     (run / "checkpoint.pt").unlink()
     os.mkfifo(run / "checkpoint.pt")
-    refused(capsys, "train", "--resume", run, match="is not a regular file")
+    line = refused(capsys, "train", "--resume", run, match="is not a regular file")
+    assert "FIFO" in line and "has not finished an epoch" not in line
 
 
 def test_a_fifo_pretrained_file_is_named_not_a_regular_file(capsys, tmp_path):
@@ -171,7 +173,8 @@ def test_hostile_config_files_are_one_line(capsys, tmp_path, suffix, text):
     config = tmp_path / f"c{suffix}"
     config.write_text(text)
     t0 = time.monotonic()
-    refused(capsys, "train", "--config", config, *TINY, "--out", tmp_path / "r", match=str(config))
+    line = refused(capsys, "train", "--config", config, *TINY, "--out", tmp_path / "r", match=str(config))
+    assert any(limit in line for limit in ("nested more than", "anchor or alias", "64 bits", "digits")), line
     assert time.monotonic() - t0 < 10 and not (tmp_path / "r").exists()
 
 
@@ -211,6 +214,25 @@ def test_a_damaged_analysis_file_is_survived_by_compare_and_refused_by_analyze(c
         refused(capsys, "analyze", run, "--parts", "trace", "--trace-samples", "1", "--subset", "32",
                 "--quiet", match="analysis")  # fmt: skip
         assert snapshot(run) == before
+
+
+def test_two_analyses_at_once_both_land(run):
+    """Two `fsam analyze` on one run with different --parts: analysis.json keeps both."""
+    small = ["--subset", "32", "--batch-size", "32", "--trace-samples", "2", "--sharpness-steps", "2", "--quiet"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "friendly_sam.cli", "analyze", str(run), "--parts", part, *small],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            text=True,
+        )
+        for part in ("sharpness", "trace")
+    ]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    results = json.loads((run / "analysis.json").read_text())["results"]
+    assert {"sharpness", "trace"} <= set(results), sorted(results)
 
 
 # --------------------------------------------------------------------------- compare
@@ -265,6 +287,18 @@ def test_a_closed_stdout_never_stops_a_run(tmp_path):
     assert proc.returncode == 0, err.decode()[-2000:]
     assert b"Broken pipe" not in err and b"Traceback" not in err
     assert rd.read_checkpoint(out)["epoch"] == 3 and rd.has_summary(out)
+
+
+def test_a_run_started_with_closed_stdout_and_stderr_completes_uncorrupted(tmp_path):
+    """`fsam train ... >&- 2>&-`: no console at all; the run finishes and its files are intact (a C library's
+    message to the closed descriptor 2 must not land in a file that reused it)."""
+    out = tmp_path / "r"
+    loud = [a for a in TINY if a != "--quiet"]  # the progress bar writes to stderr
+    cmd = " ".join([shlex.quote(sys.executable), "-m", "friendly_sam.cli", "train", *loud, "--epochs", "2"])
+    proc = subprocess.run(["sh", "-c", f"exec {cmd} --out {shlex.quote(str(out))} >&- 2>&-"], timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert proc.returncode == 0
+    assert rd.read_checkpoint(out)["epoch"] == 2 and [m["epoch"] for m in rd.read_metrics(out)] == [1, 2]
 
 
 def test_an_image_size_beyond_memory_is_refused_with_the_number(capsys, tmp_path):

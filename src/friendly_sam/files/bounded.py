@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .environment import shorten
+from .environment import MemoryNeedError, check_memory, shorten
 from .safe import ErrorType, FileRefused, open_regular, read_text
 
 __all__ = [
@@ -214,8 +214,13 @@ def load_torch_file(
 
     A file holding Python objects other than plain data (a planted ``os.system``) is refused saying so
     ("holds Python objects ... nothing was run"); a damaged one as corrupt; deep nesting as nested."""
-    fd, _ = open_regular(path, what, error, limits.torch_bytes)
+    fd, size = open_regular(path, what, error, limits.torch_bytes)
     name = shorten(str(path))
+    try:  # the tensors need about the file's size in memory: refused with the numbers, not a MemoryError
+        check_memory(size, f"loading {what} {name}", "free memory (or raise the memory limit) and try again")
+    except MemoryNeedError:
+        os.close(fd)
+        raise
     try:
         with os.fdopen(fd, "rb") as f, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a damaged file's warnings would only precede our message

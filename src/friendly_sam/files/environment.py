@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import resource
@@ -170,9 +169,7 @@ class _TolerantStream:
         if not self.closed_reader:
             try:
                 self._stream.write(text)
-            except (OSError, ValueError) as exc:
-                if isinstance(exc, OSError) and exc.errno not in (errno.EPIPE, errno.EIO, errno.ENXIO, None):
-                    raise
+            except (OSError, ValueError):  # EPIPE, EIO, EBADF, a closed file: the console is best effort
                 self._silence()
         return len(text)
 
@@ -189,8 +186,19 @@ class _TolerantStream:
 
 def protect_console() -> None:
     """Make ``sys.stdout`` and ``sys.stderr`` tolerate a reader that went away (``| head -1``, a closed
-    terminal): output is then dropped, the program goes on. Only real console streams are wrapped."""
+    terminal) or a descriptor closed from the start (``2>&-``): output is then dropped, the program goes
+    on. Only real console streams are wrapped."""
+    for fd in (0, 1, 2):  # a closed standard descriptor would be reused by the next file we open: a
+        try:  # C library's message to "stderr" would then land in a checkpoint. Hold them on /dev/null.
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
-        if stream is not None and stream is getattr(sys, f"__{name}__"):
+        if stream is None:  # started with the descriptor closed (`2>&-`): Python gives None
+            setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the process
+        elif stream is getattr(sys, f"__{name}__"):
             setattr(sys, name, _TolerantStream(stream))
