@@ -177,26 +177,8 @@ def top_eigenvalue(
     v = _randn_like(params, _generator(seed))
     nv = _norm(v)
     v = [t / nv for t in v]
-    history: list[float] = []
-    converged = False
-    residual = math.inf
     with evaluation_mode(model, bn_mode):
-        for k in range(iters):
-            hv = _hvp(model, loss_fn, data, params, v)
-            lam = _dot(v, hv)
-            residual = _norm([h - lam * t for h, t in zip(hv, v, strict=True)])
-            history.append(lam)
-            report(k + 1, iters, f"power iteration {k + 1}/{iters}: eigenvalue {lam:.6g}")
-            if k > 0 and abs(lam - history[-2]) <= tol * abs(lam):
-                converged = True
-                break
-            norm_hv = _norm(hv)
-            if norm_hv == 0.0:  # H v = 0: v is an eigenvector with eigenvalue 0 (e.g. H = 0)
-                converged = True
-                break
-            if not math.isfinite(norm_hv):
-                break
-            v = [h / norm_hv for h in hv]
+        history, converged, residual = _power_iteration(model, loss_fn, data, params, v, iters, tol, report)
     if len(history) < iters:
         report(iters, iters, f"converged after {len(history)} HVPs: eigenvalue {history[-1]:.6g}")
     return EigenResult(
@@ -209,6 +191,39 @@ def top_eigenvalue(
         seed=seed,
         bn_mode=bn_mode,
     )
+
+
+def _power_iteration(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Any,
+    params: list[Tensor],
+    v: list[Tensor],
+    iters: int,
+    tol: float,
+    report: Any,
+) -> tuple[list[float], bool, float]:
+    """The iterations of :func:`top_eigenvalue`: (Rayleigh quotients, converged, last residual)."""
+    history: list[float] = []
+    converged = False
+    residual = math.inf
+    for k in range(iters):
+        hv = _hvp(model, loss_fn, data, params, v)
+        lam = _dot(v, hv)
+        residual = _norm([h - lam * t for h, t in zip(hv, v, strict=True)])
+        history.append(lam)
+        report(k + 1, iters, f"power iteration {k + 1}/{iters}: eigenvalue {lam:.6g}")
+        if k > 0 and abs(lam - history[-2]) <= tol * abs(lam):
+            converged = True
+            break
+        norm_hv = _norm(hv)
+        if norm_hv == 0.0:  # H v = 0: v is an eigenvector with eigenvalue 0 (e.g. H = 0)
+            converged = True
+            break
+        if not math.isfinite(norm_hv):
+            break
+        v = [h / norm_hv for h in hv]
+    return history, converged, residual
 
 
 def hessian_trace(

@@ -25,9 +25,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ._common import (
     Batch,
@@ -127,33 +128,13 @@ def worst_case_loss_increase(
     data = _prepared(batches, params[0].device)
     guard = _WeightGuard(params)
     scale = [w0.abs() for w0 in guard.origin] if adaptive else None
-    history: list[float] = []
-    fb = fwd = 0
     try:
         with evaluation_mode(model, bn_mode):
             loss0, grad = _loss_and_grad(model, loss_fn, data, params)
-            fb += 1
             report(1, total, f"loss at w: {loss0:.6g}")
-            u = [torch.zeros_like(p) for p in params]
-            for k in range(1, steps + 1):
-                gu = grad if scale is None else [g * s for g, s in zip(grad, scale, strict=True)]
-                gnorm = _norm(gu)
-                if gnorm == 0.0 or not math.isfinite(gnorm):
-                    if not math.isfinite(gnorm) or not math.isfinite(loss0):
-                        history.append(math.nan)  # the ascent is undefined: the result is NaN, not 0
-                    report(total, total, f"stopped after {k - 1} steps: gradient norm {gnorm}")
-                    break
-                _ascend_(u, gu, rho, gnorm)
-                eps = u if scale is None else [ui * s for ui, s in zip(u, scale, strict=True)]
-                guard.set_offset(eps)
-                if k < steps:
-                    loss, grad = _loss_and_grad(model, loss_fn, data, params)
-                    fb += 1
-                else:
-                    loss, _ = _loss_and_accuracy(model, loss_fn, data)
-                    fwd += 1
-                history.append(loss - loss0)
-                report(k + 1, total, f"ascent step {k}/{steps}: loss increase {loss - loss0:.6g}")
+            history, fb, fwd = _ascend(
+                model, loss_fn, data, params, guard, grad, loss0, scale, rho, steps, report
+            )
     finally:
         guard.restore()
     best_step, increase = _best(history)
@@ -171,3 +152,43 @@ def worst_case_loss_increase(
         forward_passes=fwd,
         bn_mode=bn_mode,
     )
+
+
+def _ascend(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Any,
+    params: list[Tensor],
+    guard: Any,
+    grad: list[Tensor],
+    loss0: float,
+    scale: list[Tensor] | None,
+    rho: float,
+    steps: int,
+    report: Any,
+) -> tuple[list[float], int, int]:
+    """The ascent steps of :func:`worst_case_loss_increase`: (loss increases, forward+backward passes
+    including the one at ``w``, forward-only passes)."""
+    total = steps + 1
+    history: list[float] = []
+    fb, fwd = 1, 0
+    u = [torch.zeros_like(p) for p in params]
+    for k in range(1, steps + 1):
+        gu = grad if scale is None else [g * s for g, s in zip(grad, scale, strict=True)]
+        gnorm = _norm(gu)
+        if gnorm == 0.0 or not math.isfinite(gnorm):
+            if not math.isfinite(gnorm) or not math.isfinite(loss0):
+                history.append(math.nan)  # the ascent is undefined: the result is NaN, not 0
+            report(total, total, f"stopped after {k - 1} steps: gradient norm {gnorm}")
+            break
+        _ascend_(u, gu, rho, gnorm)
+        guard.set_offset(u if scale is None else [ui * s for ui, s in zip(u, scale, strict=True)])
+        if k < steps:
+            loss, grad = _loss_and_grad(model, loss_fn, data, params)
+            fb += 1
+        else:
+            loss, _ = _loss_and_accuracy(model, loss_fn, data)
+            fwd += 1
+        history.append(loss - loss0)
+        report(k + 1, total, f"ascent step {k}/{steps}: loss increase {loss - loss0:.6g}")
+    return history, fb, fwd

@@ -279,39 +279,50 @@ def load_image_folder(
     split whose images are all unreadable; named in the message).
     """
     say = log or (lambda _msg: None)
+    _check_geometry(channels, image_size)
+    workers = default_num_workers() if num_workers is None else int(num_workers)
+    files = _Files(_scan(root), skip_bad_images, say)
+    chans, size, base = _geometry(files, workers, channels, image_size, resize_size)
+    needed = sum(len(s) for s in files.splits.values()) * chans * base * base
+    where, reason = _choose_storage(storage, needed, memory_budget)
+    classes = files.splits["train"].classes
+    say(_summary_line(root, files, chans, size, image_size is None, f"{where}: {reason}"))
+    splits = _decode_all(files, chans, base, workers, where == "memory")
+    if mean is None or std is None:
+        mean, std = _train_stats(splits["train"], chans, base, stats_images, workers)
+    train_augment = ResizedCropAugment(size, random_crop=random_crop, scale=crop_scale, flip=flip, mean=mean, std=std)
+    return ImageFolderData(
+        name=IMAGE_FOLDER, classes=classes, in_channels=chans, image_size=size, root=Path(root), splits=splits,
+        mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std), fingerprint=files.fingerprint(classes),
+        train_augment=train_augment, eval_augment=ResizedCropAugment(size, mean=mean, std=std),
+        resize_size=base, storage=where, reason=reason, skipped=files.skipped,
+    )
+
+
+def _check_geometry(channels: int | None, image_size: int | None) -> None:
+    """Refuse impossible ``channels`` / ``image_size`` before any file is read."""
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
     if image_size is not None:
         _positive(image_size, "image_size")
-    workers = default_num_workers() if num_workers is None else int(num_workers)
-    files = _Files(_scan(root), skip_bad_images, say)
+
+
+def _geometry(
+    files: _Files, workers: int, channels: int | None, image_size: int | None, resize_size: int | None
+) -> tuple[int, int, int]:
+    """(channels, image size, base size): the given ones, else decided from the images' headers."""
     found_channels, median_side = _probe(files, workers)
-    chans = channels or found_channels
     size = image_size or max(1, min(median_side, DEFAULT_MAX_IMAGE_SIZE, resize_size or DEFAULT_MAX_IMAGE_SIZE))
     base = size if resize_size is None else _positive(resize_size, "resize_size")
-    needed = sum(len(s) for s in files.splits.values()) * chans * base * base
-    where, reason = _choose_storage(storage, needed, memory_budget)
-    classes = files.splits["train"].classes
+    return channels or found_channels, size, base
+
+
+def _summary_line(root: object, files: _Files, chans: int, size: int, size_chosen: bool, path: str) -> str:
+    """The one log line on a scanned folder: classes, images per split, the shape and the storage path."""
     counts = ", ".join(f"{len(s)} {name}" for name, s in files.splits.items())
-    chosen = "" if image_size else f" (image size {size}: the images' median shorter side, at most {DEFAULT_MAX_IMAGE_SIZE})"
-    say(f"image folder {root}: {len(classes)} classes, {counts} images -> {chans}x{size}x{size}{chosen}; {where}: {reason}")
-    splits = _decode_all(files, chans, base, workers, where == "memory")
-    if mean is None or std is None:
-        mean, std = _train_stats(splits["train"], chans, base, stats_images, workers)
-    return ImageFolderData(
-        name=IMAGE_FOLDER,
-        classes=classes,
-        in_channels=chans,
-        image_size=size,
-        mean=tuple(float(v) for v in mean),
-        std=tuple(float(v) for v in std),
-        splits=splits,
-        train_augment=ResizedCropAugment(size, random_crop=random_crop, scale=crop_scale, flip=flip, mean=mean, std=std),
-        eval_augment=ResizedCropAugment(size, mean=mean, std=std),
-        fingerprint=files.fingerprint(classes),
-        root=Path(root),
-        resize_size=base,
-        storage=where,
-        reason=reason,
-        skipped=files.skipped,
+    chosen = f" (image size {size}: the images' median shorter side, at most {DEFAULT_MAX_IMAGE_SIZE})"
+    classes = files.splits["train"].classes
+    return (
+        f"image folder {root}: {len(classes)} classes, {counts} images -> {chans}x{size}x{size}"
+        f"{chosen if size_chosen else ''}; {path}"
     )

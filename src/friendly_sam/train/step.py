@@ -135,29 +135,11 @@ def ddp_training_step(
     unequal sizes (a last, partial batch); without it every replica's mean loss counts equally. The
     returned loss is the unweighted local mean. ``loss_fn`` must reduce by the mean.
     """
-    check_mode(mode)
-    is_ddp = isinstance(model, DistributedDataParallel)
-    context: Any = None
-    perturbs = getattr(optimizer, "next_step_perturbs", True)
-    looksam = getattr(optimizer, "between", None) == "looksam" and getattr(optimizer, "perturb_every", 1) > 1
-    if is_ddp and mode == PER_REPLICA and looksam:
-        raise ValueError(
-            "between='looksam' under DDP needs the perturbation mode 'synchronized': in 'per-replica' mode each "
-            "replica's own clean gradient would give it its own LookSAM component, and the replicas would "
-            "drift apart on the unperturbed steps; use --ddp-mode synchronized or --between base"
-        )
-    if is_ddp and mode == PER_REPLICA and is_two_pass(optimizer) and perturbs:
-        context = model.no_sync()
+    context = _first_pass_context(model, optimizer, mode)
     weight = 1.0
-    if is_ddp and global_batch_size is not None:
-        world_size = torch.distributed.get_world_size(model.process_group)
-        weight = len(y) * world_size / global_batch_size
-    step_loss_fn = loss_fn
-    if weight != 1.0:
-
-        def step_loss_fn(logits: Tensor, target: Tensor) -> Tensor:
-            return loss_fn(logits, target) * weight
-
+    if isinstance(model, DistributedDataParallel) and global_batch_size is not None:
+        weight = len(y) * torch.distributed.get_world_size(model.process_group) / global_batch_size
+    step_loss_fn = loss_fn if weight == 1.0 else _scaled_loss(loss_fn, weight)
     loss, logits = training_step(
         model,
         optimizer,
@@ -171,3 +153,29 @@ def ddp_training_step(
         rng=rng,
     )
     return (loss / weight if weight != 1.0 else loss), logits
+
+
+def _first_pass_context(model: nn.Module, optimizer: Any, mode: str) -> Any:
+    """What wraps the clean pass under DDP: ``no_sync()`` for a perturbed per-replica step, else None."""
+    check_mode(mode)
+    if not isinstance(model, DistributedDataParallel) or mode != PER_REPLICA:
+        return None
+    looksam = getattr(optimizer, "between", None) == "looksam" and getattr(optimizer, "perturb_every", 1) > 1
+    if looksam:
+        raise ValueError(
+            "between='looksam' under DDP needs the perturbation mode 'synchronized': in 'per-replica' mode each "
+            "replica's own clean gradient would give it its own LookSAM component, and the replicas would "
+            "drift apart on the unperturbed steps; use --ddp-mode synchronized or --between base"
+        )
+    if is_two_pass(optimizer) and getattr(optimizer, "next_step_perturbs", True):
+        return model.no_sync()
+    return None
+
+
+def _scaled_loss(loss_fn: LossFn, weight: float) -> LossFn:
+    """``loss_fn`` times ``weight`` (a replica's share of an unequally split global batch)."""
+
+    def scaled(logits: Tensor, target: Tensor) -> Tensor:
+        return loss_fn(logits, target) * weight
+
+    return scaled
