@@ -1,8 +1,7 @@
 """F-SAM, SAM and ASAM for JAX: small composable optax transformations (``pip install 'friendly-sam[jax]'``).
 
 Nothing here imports torch or the PyTorch side of the package; the PyTorch side never imports this.
-(``import friendly_sam.jax`` still runs ``friendly_sam/__init__.py``, which imports torch, a dependency
-of the package.) See ``docs/jax.md`` for the optax recipe and the differences from ``optax.contrib.sam``.
+``import friendly_sam.jax`` loads no torch module (the package's top-level names are lazy). See ``docs/jax.md`` for the optax recipe and the differences from ``optax.contrib.sam``.
 
 * transformations: :func:`friendly_direction` (``g -> g - sigma m``, the EMA in its state),
   :func:`normalize` (``d / (||d|| + eps)``, ASAM's form with ``adaptive=True``), :func:`pmean_gradients`;
