@@ -293,8 +293,10 @@ class TwoPassOptimizer(
         self._run.deferred = not self.capturable and self._checks_on_device()
         if self.capturable or self._run.deferred:  # the decisions on the device, no sync (capturable.py)
             self._capturable_perturb(buckets, directions, contexts)
-            if zero_grad:
-                self._drop_grads()
+            if zero_grad and self.capturable:
+                self._drop_grads()  # no graph break under torch.compile
+            elif zero_grad:
+                self.zero_grad(set_to_none=True)
             self._run.open, self._run.phase = buckets, Phase.PERTURBED
             return
         total = self._global_norm([n for (_, ops), dirs in zip(buckets, directions) for n in ops.norms(dirs)])
