@@ -160,14 +160,23 @@ def phase_ema(args: argparse.Namespace) -> None:
         log(f"  done in {time.perf_counter() - t0:.0f} s")
 
 
+def _points(metrics: list[dict[str, Any]], key: str) -> list[Any]:
+    """The ``(step, value)`` points of one diagnostic over all epochs of a run."""
+    return [p for m in metrics for p in m.get(key, [])]
+
+
+def _mean_value(points: list[Any]) -> float | None:
+    return statistics.fmean(c for _, c in points) if points else None
+
+
 def collect_ema(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for noise, lmbda, seed, run_dir in ema_run_dirs(args):
         if not rd.has_summary(run_dir):
             continue
         metrics = rd.read_metrics(run_dir)
-        ema = [p for m in metrics for p in m.get("diag_ema_full_cos_points", [])]
-        batch = [p for m in metrics for p in m.get("diag_batch_full_cos_points", [])]
+        ema = _points(metrics, "diag_ema_full_cos_points")
+        batch = _points(metrics, "diag_batch_full_cos_points")
         rows.append(
             {
                 "label_noise": noise,
@@ -175,8 +184,8 @@ def collect_ema(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "seed": seed,
                 "ema_full_cos_points": ema,
                 "batch_full_cos_points": batch,
-                "ema_full_cos_mean": statistics.fmean(c for _, c in ema) if ema else None,
-                "batch_full_cos_mean": statistics.fmean(c for _, c in batch) if batch else None,
+                "ema_full_cos_mean": _mean_value(ema),
+                "batch_full_cos_mean": _mean_value(batch),
                 "cos_g_ema": [m.get("diag_cos_g_m") for m in metrics],
             }
         )
@@ -215,8 +224,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
         if analysis_path.exists():
             analysis = json.loads(analysis_path.read_text())
             eig = (analysis.get("results", {}).get("eigenvalue") or {}).get("eigenvalue")
-        cos_points = [p for m in metrics for p in m.get("diag_ema_full_cos_points", [])]
-        oracle_points = [p for m in metrics for p in m.get("diag_ema_oracle_cos_points", [])]
+        cos_points = _points(metrics, "diag_ema_full_cos_points")
         rows.append(
             {
                 "mode": mode,
@@ -227,8 +235,8 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
                 "train_loss": summary["final_train_loss"],
                 "top_eigenvalue": eig,
                 "ema_full_cos_points": cos_points,
-                "ema_full_cos_mean": statistics.fmean(c for _, c in cos_points) if cos_points else None,
-                "ema_oracle_cos_points": oracle_points,
+                "ema_full_cos_mean": _mean_value(cos_points),
+                "ema_oracle_cos_points": _points(metrics, "diag_ema_oracle_cos_points"),
                 "cos_g_m": [m.get("diag_cos_g_m") for m in metrics],
                 "noise_ratio": [m.get("diag_noise_ratio") for m in metrics],
                 "wall_time": summary["wall_time"],
@@ -260,11 +268,25 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     return {"rows": rows, "groups": groups}
 
 
-def plot_ema(rows: list[dict[str, Any]], args: argparse.Namespace, results: Path) -> str:
+def _cosine_panels(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+    """A figure of cosines over training: one panel per label noise."""
     fig = new_figure("the decomposition plots", figsize=(5 * len(args.noise), 3.6), dpi=110)
-    axes = fig.subplots(1, len(args.noise), squeeze=False)
-    for j, noise in enumerate(args.noise):
-        ax = axes[0][j]
+    return fig, fig.subplots(1, len(args.noise), squeeze=False)[0]
+
+
+def _finish_cosine_panel(ax: Any, ylabel: str, title: str) -> None:
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def plot_ema(rows: list[dict[str, Any]], args: argparse.Namespace, results: Path) -> str:
+    """The EMA's cosine with the full gradient for each lmbda, and the minibatch gradient's, on one SAM run."""
+    fig, axes = _cosine_panels(args)
+    for ax, noise in zip(axes, args.noise):
         rs = [r for r in rows if r["label_noise"] == noise and r["seed"] == min(args.ema_seeds)]
         for r in rs:
             pts = r["ema_full_cos_points"]
@@ -274,12 +296,7 @@ def plot_ema(rows: list[dict[str, Any]], args: argparse.Namespace, results: Path
         if rs:
             pts = rs[0]["batch_full_cos_points"]
             ax.plot([s for s, _ in pts], [c for _, c in pts], "k--", marker="x", ms=4, label="minibatch g")
-        ax.set_xlabel("step")
-        ax.set_ylabel("cosine with the full gradient")
-        ax.set_title(f"SAM trajectory, label noise {noise:.0%}")
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _finish_cosine_panel(ax, "cosine with the full gradient", f"SAM trajectory, label noise {noise:.0%}")
     path = results / "decomposition_ema_lmbda.png"
     save_figure(fig, path)
     return path.name
@@ -326,10 +343,8 @@ def _plot_accuracy_and_sharpness(data: dict[str, Any], args: argparse.Namespace,
 
 def _plot_ema_cosine(data: dict[str, Any], args: argparse.Namespace, results: Path) -> str:
     """The cosine between the EMA and the full gradient over training, mean over seeds per mode."""
-    fig = new_figure("the decomposition plots", figsize=(5 * len(args.noise), 3.6), dpi=110)
-    axes = fig.subplots(1, len(args.noise), squeeze=False)
-    for j, noise in enumerate(args.noise):
-        ax = axes[0][j]
+    fig, axes = _cosine_panels(args)
+    for ax, noise in zip(axes, args.noise):
         for mode in args.modes:
             rs = [r for r in data["rows"] if r["mode"] == mode and r["label_noise"] == noise]
             if not rs or not rs[0]["ema_full_cos_points"]:
@@ -353,12 +368,7 @@ def _plot_ema_cosine(data: dict[str, Any], args: argparse.Namespace, results: Pa
                         s=14,
                         label="oracle runs: cos(EMA, G over all train)",
                     )
-        ax.set_xlabel("step")
-        ax.set_ylabel("cos(EMA, full gradient)")
-        ax.set_title(f"label noise {noise:.0%}")
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _finish_cosine_panel(ax, "cos(EMA, full gradient)", f"label noise {noise:.0%}")
     path = results / "decomposition_ema_cosine.png"
     save_figure(fig, path)
     return path.name

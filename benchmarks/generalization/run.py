@@ -127,16 +127,6 @@ def worker(spec_json: str, run_dir: str, data_dir: str | None, resume: bool) -> 
 
 
 # --------------------------------------------------------------------------- the suite
-def _die_with_parent() -> None:
-    """In the child before exec (Linux): get SIGTERM when the suite process dies, however it dies."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
 class Suite:
     def __init__(self, args: argparse.Namespace, suite: dict[str, Any]) -> None:
         self.args, self.suite = args, suite
@@ -176,8 +166,6 @@ class Suite:
         run_dir = self.run_dir(spec)
         if state == "broken":  # interrupted before its first checkpoint: nothing to keep
             shutil.rmtree(run_dir)
-        log = self.log_path(spec)
-        log.parent.mkdir(parents=True, exist_ok=True)
         cmd = [
             *benchkit.python_module(__spec__.name),
             "--_worker",
@@ -189,20 +177,13 @@ class Suite:
             cmd += ["--data-dir", self.args.data_dir]
         if state == "partial":
             cmd.append("--_resume")
-        env = benchkit.src_env(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        with open(log, "a") as f:
-            f.write(
-                f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {state} -> {'resume' if state == 'partial' else 'start'}\n"
-            )
-            f.flush()
-            proc = subprocess.Popen(
-                cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO, preexec_fn=_die_with_parent
-            )
-            with self.lock:
-                self.children.add(proc)
-            rc = proc.wait()
-            with self.lock:
-                self.children.discard(proc)
+        header = f"{state} -> {'resume' if state == 'partial' else 'start'}"
+        proc = benchkit.start_worker(cmd, self.log_path(spec), header)
+        with self.lock:
+            self.children.add(proc)
+        rc = proc.wait()
+        with self.lock:
+            self.children.discard(proc)
         return rc == 0
 
     def stop(self, *_: Any) -> None:
