@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from . import functional as F
+from .base_update import functional_step, init_state_, state_ready, supports_functional
 
 __all__ = ["CapturableSteps", "check_capturable"]
 
@@ -62,13 +63,18 @@ def _zero_out_(dirs: list[Tensor], ok: Tensor) -> None:
 
 
 def _base_step(base: torch.optim.Optimizer) -> None:
-    """``base.step()``; under torch.compile its undecorated body: torch's optimizers break the graph on purpose
-    around their step (``_use_grad_for_differentiable``), which ``fullgraph=True`` refuses. We are already
-    under ``no_grad``; the base optimizer's own step hooks are not run there (ours run, once per step)."""
-    if torch.compiler.is_compiling():
-        inspect.unwrap(type(base).step)(base)
-    else:
+    """``base.step()``. Under torch.compile: SGD/Adam/AdamW through their functional form once their state
+    exists (base_update.py: dynamo refuses torch's ``_init_group`` after an in-graph backward), else the
+    undecorated body of ``step`` (torch's optimizers break the graph on purpose around it, which
+    ``fullgraph=True`` refuses; compiled on its own, ``second_step`` traces it). We are already under
+    ``no_grad``; the base optimizer's own step hooks are not run there (ours run, once per step)."""
+    if not torch.compiler.is_compiling():
+        init_state_(base)  # the state a compiled step needs, created eagerly where exact (base_update.py)
         base.step()
+    elif supports_functional(base) and state_ready(base):
+        functional_step(base)
+    else:
+        inspect.unwrap(type(base).step)(base)
 
 
 class CapturableSteps:
@@ -81,6 +87,7 @@ class CapturableSteps:
     def _capturable_buffers(self, params: list[Tensor]) -> None:
         if self.capturable and self.skipped_steps is None and params:
             self.skipped_steps = torch.zeros((), dtype=torch.int64, device=params[0].device)
+            init_state_(self.base_optimizer)
 
     def _device_norm(self, norms: list[Tensor], like: Tensor) -> Tensor:
         return F.global_norm(norms) if norms else torch.zeros((), dtype=torch.float64, device=like.device)
@@ -148,6 +155,22 @@ class CapturableSteps:
         for p in params:
             p.copy_(torch.where(ok, p, self._saved[p]))
         self.skipped_steps.add_((~ok).to(torch.int64))
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """torch's ``zero_grad``; under torch.compile the same without its dynamo-disabled wrapper, so that a
+        compiled whole step (``first_step(zero_grad=False)`` then ``opt.zero_grad()``) has no graph break."""
+        if not torch.compiler.is_compiling():
+            super().zero_grad(set_to_none)
+            return
+        for p in self._params():
+            if p.grad is None or set_to_none:
+                p.grad = None
+            else:
+                if p.grad.grad_fn is not None:
+                    p.grad.detach_()
+                else:
+                    p.grad.requires_grad_(False)
+                p.grad.zero_()
 
     def _drop_grads(self) -> None:
         """``zero_grad(set_to_none=True)`` without torch's dynamo-disabled wrapper (no graph break)."""
