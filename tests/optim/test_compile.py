@@ -1,5 +1,7 @@
 """torch.compile of the optimizer (issue 19 item 4, issue 22 item 2): compiled ``first_step`` / ``second_step``
-and a compiled whole train step equal eager, with every backend and ``foreach`` setting.
+and a compiled whole train step equal eager, with every backend and ``foreach`` setting; in capturable mode a
+whole two-pass step (both backward passes, both steps, with ``fullgraph=True``) equals eager for F-SAM, SAM
+and ASAM over SGD and AdamW, with no graph break.
 
 The bug class: inductor traced the per-tensor ``saved.copy_(w); w.add_(...)`` into a copy aliasing ``w``
 (the saved weights came out perturbed, so ``second_step`` restored the wrong weights), and dynamo drops
@@ -12,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from friendly_sam import FriendlySAM
+from friendly_sam import SAM, FriendlySAM
 
 SLOW = pytest.mark.slow
 
@@ -74,3 +76,104 @@ def test_compiled_steps_equal_eager(backend, foreach, whole) -> None:
 )
 def test_capturable_steps_compile_with_fullgraph_and_equal_eager(foreach) -> None:
     torch.testing.assert_close(_train("inductor", foreach, capturable=True), EAGER, rtol=0, atol=1e-6)
+
+
+# ----------------------------------------------------------------- a whole capturable step, fullgraph
+WHOLE_METHODS = {
+    "fsam": (FriendlySAM, {"rho": 0.2, "lmbda": 0.6}),
+    "sam": (SAM, {"rho": 0.05}),
+    "asam": (SAM, {"rho": 0.5, "adaptive": True}),
+}
+WHOLE_BASES = {
+    "sgd": (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True}),
+    "adamw": (torch.optim.AdamW, {"lr": 0.01, "weight_decay": 0.1}),
+}
+needs_traced_backward = pytest.mark.skipif(
+    not hasattr(torch._dynamo.config, "trace_autograd_ops"),
+    reason="this torch cannot trace loss.backward() inside a compiled region (trace_autograd_ops)",
+)
+
+
+def _whole_run(method: str, base: str, foreach: bool | None, zero_grad: bool, compiled: bool):
+    """Three whole steps of a hand loop (the recipe of docs/gpu.md); returns the weights and the step."""
+    torch._dynamo.reset()
+    (cls, kw), (base_cls, base_kw) = WHOLE_METHODS[method], WHOLE_BASES[base]
+    model = _model()
+    opt = cls(model.parameters(), base_cls, capturable=True, foreach=foreach, **kw, **base_kw)
+
+    def step(x, y):
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.first_step(zero_grad=zero_grad)
+        if not zero_grad:
+            opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.second_step(zero_grad=zero_grad)
+        if not zero_grad:
+            opt.zero_grad()
+
+    run = torch.compile(step, fullgraph=True) if compiled else step
+    with torch._dynamo.config.patch(trace_autograd_ops=True):
+        for x, y in _batches():
+            run(x, y)
+    assert opt.steps_taken == 3 and int(opt.skipped_steps) == 0
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]), step
+
+
+WHOLE_EXTRA = [("fsam", "sgd", True, True), ("fsam", "sgd", False, False), ("sam", "adamw", True, True),
+               ("asam", "adamw", False, False)]
+WHOLE_CASES = [
+    pytest.param("fsam", "sgd", None, True, id="fsam-sgd-foreach=None"),
+    *[
+        pytest.param(m, b, fe, zg, id=f"{m}-{b}-foreach={fe}{'' if zg else '-zero_grad=False'}", marks=SLOW)
+        for m, b, fe, zg in [(m, b, None, True) for m in WHOLE_METHODS for b in WHOLE_BASES] + WHOLE_EXTRA
+        if (m, b, fe, zg) != ("fsam", "sgd", None, True)
+    ],
+]
+
+
+@needs_traced_backward
+@pytest.mark.parametrize("method,base,foreach,zero_grad", WHOLE_CASES)
+def test_a_whole_capturable_step_compiles_with_fullgraph_and_equals_eager(method, base, foreach, zero_grad) -> None:
+    want, _ = _whole_run(method, base, foreach, zero_grad, compiled=False)
+    got, _ = _whole_run(method, base, foreach, zero_grad, compiled=True)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+@needs_traced_backward
+@pytest.mark.parametrize("method,base", [("fsam", "adamw"), pytest.param("asam", "sgd", marks=SLOW)])
+def test_a_whole_capturable_step_has_no_graph_break(method, base) -> None:
+    _, step = _whole_run(method, base, None, True, compiled=False)
+    (x, y), *_ = _batches(1)
+    with torch._dynamo.config.patch(trace_autograd_ops=True):
+        report = torch._dynamo.explain(step)(x, y)
+    assert report.graph_break_count == 0 and report.graph_count == 1, report.break_reasons
+
+
+def _overflow_run(compiled: bool):
+    torch._dynamo.reset()
+    model = _model()
+    opt = FriendlySAM(model.parameters(), lr=0.1, momentum=0.9, rho=0.2, capturable=True)
+
+    def step(x, y):
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.first_step()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.second_step()
+
+    run = torch.compile(step, fullgraph=True) if compiled else step
+    batches = _batches(4)
+    batches[2][0][0, 0] = float("inf")
+    with torch._dynamo.config.patch(trace_autograd_ops=True):
+        for x, y in batches:
+            run(x, y)
+    assert int(opt.skipped_steps) == 1
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+@needs_traced_backward
+@SLOW
+def test_a_compiled_whole_step_skips_an_overflowing_step_like_eager() -> None:
+    """A batch with an inf input (the loss and both gradients inf/nan) is skipped on the device, compiled too."""
+    want, got = _overflow_run(False), _overflow_run(True)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)

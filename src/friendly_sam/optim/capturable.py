@@ -33,6 +33,7 @@ from torch import Tensor
 
 from . import functional as F
 from .base_update import functional_step, init_state_, state_ready, supports_functional
+from .tensor_ops import PER_TENSOR
 
 __all__ = ["CapturableSteps", "check_capturable"]
 
@@ -54,12 +55,21 @@ def check_capturable(
 
 
 def _zero_out_(dirs: list[Tensor], ok: Tensor) -> None:
-    """``d <- d`` where the step is ok, else ``d <- 0`` (also where d held inf/nan): no sync, exact when ok."""
-    if not dirs:
-        return
-    torch._foreach_mul_(dirs, ok.to(dirs[0].dtype))
+    """``d <- d`` where the step is ok, else ``d <- 0`` (also where d held inf/nan): no sync, exact. When ok,
+    every element is finite (the norm is); ``masked_fill_`` with the 0-dim mask is one pass, no temporary."""
+    skip = ~ok
     for d in dirs:
-        d.nan_to_num_(0.0, 0.0, 0.0)
+        d.masked_fill_(skip, 0.0)
+
+
+def _add_scaled_(params: list[Tensor], dirs: list[Tensor], scale: Tensor, foreach: bool) -> None:
+    """``w <- w + scale * d`` with a 0-dim tensor ``scale``, leaving ``d`` as it is (one pass per tensor:
+    ``addcmul_`` computes it as the default mode's ``add_(d, alpha=scale)`` does)."""
+    if foreach:
+        torch._foreach_add_(params, torch._foreach_mul(dirs, scale))
+    else:
+        for p, d in zip(params, dirs):
+            p.addcmul_(d, scale)
 
 
 def _base_step(base: torch.optim.Optimizer) -> None:
@@ -120,11 +130,11 @@ class CapturableSteps:
         for (bucket, ops), dirs in zip(buckets, directions):
             scale = torch.where(ok, F.perturbation_scale(bucket.group["rho"], total), total.new_zeros(()))
             ops.copy_(bucket.saved, bucket.params)
-            ops.scale_(dirs, scale)
             if bucket.group["adaptive"]:
+                ops.scale_(dirs, scale)
                 ops.addcmul_(bucket.params, bucket.params, dirs, 1.0)
             else:
-                ops.add_(bucket.params, dirs, 1.0)
+                _add_scaled_(bucket.params, dirs, scale, ops is not PER_TENSOR)
         self._run.ok = ok
 
     def _capturable_base_step(self, scaler: torch.amp.GradScaler | None) -> None:
@@ -140,20 +150,19 @@ class CapturableSteps:
         self._run.ok = None
         if scaler is not None:
             scaler.unscale_(self.base_optimizer)
-        if grads:
+        if grads:  # not ok: the base step may see inf/nan; torch.where below puts everything back exactly
             if self.max_grad_norm is not None:
                 total = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=self.foreach)
             else:
                 total = F.global_norm(torch._foreach_norm(grads))
             ok = ok & torch.isfinite(total)
-            _zero_out_(grads, ok)
         state = [t for p in params for t in self.base_optimizer.state[p].values() if torch.is_tensor(t)]
         before = [t.clone() for t in state]
         _base_step(self.base_optimizer)
         for t, old in zip(state, before):
-            t.copy_(torch.where(ok, t, old))
-        for p in params:
-            p.copy_(torch.where(ok, p, self._saved[p]))
+            torch.where(ok, t, old, out=t)
+        for p in params:  # the saved weights are the weights before the base step (restored above)
+            torch.where(ok, p, self._saved[p], out=p)
         self.skipped_steps.add_((~ok).to(torch.int64))
 
     def zero_grad(self, set_to_none: bool = True) -> None:
