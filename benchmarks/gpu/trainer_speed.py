@@ -1,6 +1,9 @@
 """The GPU questions of issue 22 in one command: trainer images/s against a bare torch loop, and the cost of
 one whole training step (forward/backward twice + update) for ours / the official F-SAM / davda54 SAM /
 pytorch-optimizer, eager vs ``torch.compile`` vs CUDA-graph-captured, side by side on one device.
+Modes: ``eager``; ``compiled`` (``torch.compile(step)``: the backward passes break the graph); ``whole`` (the
+whole two-pass step, both backward passes included, as ONE ``fullgraph=True`` graph with
+``torch._dynamo.config.trace_autograd_ops``: ours in capturable mode, docs/gpu.md); ``graph`` (CUDA graph).
 
     python -m benchmarks.gpu.trainer_speed --device cuda --json out.json      # the GPU run (< 5 min)
     python -m benchmarks.gpu.trainer_speed --device cpu --size tiny           # smoke size (tests/benchmarks)
@@ -116,6 +119,20 @@ def capture_graph(step: Step, x: Tensor, y: Tensor) -> Step:
     return replay
 
 
+def whole_step(step: Step, backend: str) -> Step:
+    """The whole step, backward passes included, as one ``fullgraph=True`` graph (the recipe of docs/gpu.md);
+    torch's own optimizers refuse it (their step breaks the graph on purpose): reported as an error row."""
+    if not hasattr(torch._dynamo.config, "trace_autograd_ops"):
+        raise RuntimeError("this torch cannot trace backward() in a compiled region (trace_autograd_ops)")
+    compiled = torch.compile(step, backend=backend, fullgraph=True)
+
+    def run(x: Tensor, y: Tensor) -> Tensor:
+        with torch._dynamo.config.patch(trace_autograd_ops=True):
+            return compiled(x, y)
+
+    return run
+
+
 def build_step(
     name: str,
     mode: str,
@@ -125,7 +142,7 @@ def build_step(
     backend: str = "inductor",
 ) -> Step:
     model_name, channels, side, batch, _, _ = SIZES[size]
-    if mode == "compiled" and name not in compiled:
+    if mode in ("compiled", "whole") and name not in compiled:
         raise RuntimeError("not compiled in this run (device time): --compile all compiles every contender")
     torch.manual_seed(0)
     model = build_model(model_name, 10, channels).to(device)
@@ -136,6 +153,8 @@ def build_step(
         return torch.compile(
             step, backend=backend
         )  # backward() breaks the graph: fullgraph only for the optimizer steps
+    if mode == "whole":
+        return whole_step(step, backend)
     if mode == "graph":
         if device.type != "cuda":
             raise RuntimeError("CUDA graphs need a CUDA device")
@@ -283,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument(
-        "--modes", default="eager,compiled,graph", help="comma-separated: eager,compiled,graph"
+        "--modes", default="eager,compiled,whole,graph", help="comma-separated: eager,compiled,whole,graph"
     )
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--backend", default="inductor", help="torch.compile backend ('eager': trace only)")

@@ -7,20 +7,28 @@ and inside a CUDA graph:
 * the scale ``rho / (||d|| + 1e-12)`` stays a 0-dim tensor; ``ok = isfinite(||d||)`` (and, in the second
   step, ``isfinite(||g'||)``) is a boolean tensor;
 * a step whose clean or perturbed gradient holds inf/nan (fp16 overflow with a GradScaler, or a diverging
-  loss without one) is **skipped** instead of raising FloatingPointError: the weights stay as they were
-  (``torch.where`` against the saved copy), F-SAM's EMA is not updated, the base optimizer's tensor state is
-  put back (``torch.where`` against a copy taken before its step), and ``skipped_steps`` (an int64 device
-  tensor) counts it. Read it when convenient: ``int(opt.skipped_steps)`` is one sync, yours to place;
+  loss without one) is **skipped** instead of raising FloatingPointError: the direction is zeroed
+  (``masked_fill_``), so F-SAM's EMA and the weights do not move; the base step runs on the perturbed gradient
+  as it is, and ``torch.where(ok, new, old, out=...)`` puts back the weights (against the saved copy) and the
+  base optimizer's tensor state (against a copy taken before its step): exact whatever inf/nan the skipped
+  step computed. ``skipped_steps`` (an int64 device tensor) counts it. Read it when convenient:
+  ``int(opt.skipped_steps)`` is one sync, yours to place;
 * with a GradScaler, both gradients are unscaled with ``scaler.unscale_`` (which records overflows on the
   device) and the base step is taken directly, never through ``scaler.step`` (which syncs); call
-  ``scaler.update()`` as usual: it lowers the scale after an overflow without a sync.
+  ``scaler.update()`` as usual: it lowers the scale after an overflow without a sync;
+* a whole train step (both backward passes and both steps) compiles as one ``fullgraph=True`` graph for the
+  bases whose update ``base_update.py`` takes through torch's functional form (SGD, Adam, AdamW): their state
+  is created at construction where that is exact; other bases compile ``first_step`` / ``second_step`` one by
+  one (docs/gpu.md).
 
 Limits (refused at construction or at the step): ``perturb_every > 1`` and LookSAM (the schedule is host
 state), sharded ``process_group`` / ``replica_group`` (collectives decide on the host), F-SAM's research
 options (``component="full"``, the oracle full gradient, diagnostics). The base optimizer must itself be
-sync-free to capture a CUDA graph (SGD; Adam/AdamW with ``capturable=True``). A skipped very first step
-initialises the base optimizer's state as for a zero gradient (for SGD the same as no step). ``steps_taken``
-counts Python calls: under CUDA-graph replay it does not advance.
+sync-free to capture a CUDA graph (SGD; Adam/AdamW with ``capturable=True``). A skipped very first step is no
+step for SGD/Adam/AdamW (their state, created as zeros, is put back); a base whose state torch creates at the
+step it sees (SGD with ``dampening != 0``, other optimizers) gets a zeroed gradient on a skipped step while
+that state does not exist, so it starts as for a zero gradient. ``steps_taken`` counts Python calls: under CUDA-graph
+replay it does not advance.
 """
 
 from __future__ import annotations
@@ -79,7 +87,6 @@ def _base_step(base: torch.optim.Optimizer) -> None:
     ``fullgraph=True`` refuses; compiled on its own, ``second_step`` traces it). We are already under
     ``no_grad``; the base optimizer's own step hooks are not run there (ours run, once per step)."""
     if not torch.compiler.is_compiling():
-        init_state_(base)  # the state a compiled step needs, created eagerly where exact (base_update.py)
         base.step()
     elif supports_functional(base) and state_ready(base):
         functional_step(base)
@@ -156,9 +163,15 @@ class CapturableSteps:
             else:
                 total = F.global_norm(torch._foreach_norm(grads))
             ok = ok & torch.isfinite(total)
-        state = [t for p in params for t in self.base_optimizer.state[p].values() if torch.is_tensor(t)]
+        base = self.base_optimizer
+        if not torch.compiler.is_compiling():
+            init_state_(base)  # the state a compiled step needs, created eagerly where exact (base_update.py)
+        if any(not base.state.get(p) for p in params):
+            # state this step may create is not put back below: let it see a zero gradient when skipped
+            _zero_out_(grads, ok)
+        state = [t for p in params for t in base.state[p].values() if torch.is_tensor(t)]
         before = [t.clone() for t in state]
-        _base_step(self.base_optimizer)
+        _base_step(base)
         for t, old in zip(state, before):
             torch.where(ok, t, old, out=t)
         for p in params:  # the saved weights are the weights before the base step (restored above)
