@@ -174,10 +174,12 @@ def step_costs(
     compiled: tuple[str, ...],
     backend: str = "inductor",
     deadline: float = float("inf"),
+    repeats: int | None = None,
 ) -> list[dict[str, Any]]:
     """Build every (contender, mode) (mode by mode: compilation, the costly one, last by default) until
     ``deadline`` (``time.perf_counter()``), then time the built ones interleaved."""
-    _, channels, side, batch, _, repeats = SIZES[size]
+    _, channels, side, batch, _, size_repeats = SIZES[size]
+    repeats = repeats or size_repeats
     x = torch.randn(batch, channels, side, side, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     steps, rows = {}, []
@@ -196,7 +198,7 @@ def step_costs(
                 steps[(name, mode)] = step
             except Exception as error:  # reported as a row: what cannot run is said, never timed
                 rows.append(
-                    {"contender": name, "mode": mode, "error": f"{type(error).__name__}: {error}"[:160]}
+                    {"contender": name, "mode": mode, "error": " ".join(f"{type(error).__name__}: {error}".split())[:160]}
                 )
     times: dict[tuple[str, str], list[float]] = {k: [] for k in steps}
     keys = list(steps)
@@ -310,9 +312,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--data-dir", default=os.environ.get("FSAM_DATA_DIR", "/usr/share/datasets") + "/fashion-mnist"
     )
+    parser.add_argument("--repeats", type=int, help="timed rounds of the step costs (default: by --size)")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (CPU runs)")
     parser.add_argument("--budget-s", type=float, default=240.0, help="stop building contenders after this")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     deadline = time.perf_counter() + args.budget_s
     device = torch.device(args.device)
     compiled = tuple(optimizers()) if args.compile == "all" else tuple(args.compile.split(","))
@@ -324,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         "size": args.size,
         "trainer": trainer_speed(device, args.size, args.data_dir),
         "steps": step_costs(
-            device, args.size, args.modes.split(","), args.warmup, compiled, args.backend, deadline
+            device, args.size, args.modes.split(","), args.warmup, compiled, args.backend, deadline, args.repeats
         ),
     }
     print(markdown(res))
