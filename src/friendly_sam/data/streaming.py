@@ -17,15 +17,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from .augment import Augmentation, augment_rows
+from .augment import augment_rows
 from .folder_scan import ImageFileError, ImageFolderSplit
 from .image_decode import FolderImages, collate_decoded
-from .loader import BatchSchedule, augment_generator, derive_seed, shard_bounds
+from .loader import BatchSchedule, ScheduleOptions, augment_generator, derive_seed, shard_bounds
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11; annotations only
 
 __all__ = ["StreamedSamples", "StreamingBatchLoader"]
 
@@ -79,27 +82,13 @@ class StreamingBatchLoader(BatchSchedule):
         *,
         channels: int,
         base_size: int,
-        shuffle: bool = False,
-        drop_last: bool = False,
-        augment: Augmentation | None = None,
-        seed: int = 0,
-        device: torch.device | str | None = None,
-        shard: tuple[int, int] = (0, 1),
         num_workers: int = 0,
         prefetch_factor: int = 2,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
+        **options: Unpack[ScheduleOptions],
     ) -> None:
-        super().__init__(
-            len(split),
-            batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            augment=augment,
-            seed=seed,
-            device=device,
-            shard=shard,
-        )
+        super().__init__(len(split), batch_size, **options)
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         self.split = split
@@ -122,7 +111,7 @@ class StreamingBatchLoader(BatchSchedule):
             persistent_workers=persistent_workers and self.num_workers > 0,
             # its own generator: the DataLoader draws the workers' base seed from it, not from torch's
             # global RNG (which would make training depend on when and how often loaders start)
-            generator=torch.Generator().manual_seed(derive_seed(seed, _WORKER_STREAM)),
+            generator=torch.Generator().manual_seed(derive_seed(self.seed, _WORKER_STREAM)),
         )
 
     def _rows(self, size: int) -> tuple[int, int]:
