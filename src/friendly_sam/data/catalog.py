@@ -101,7 +101,7 @@ def _idx_spec(
     gz_md5s: tuple[str, str, str, str],
     how_to_get: str,
 ) -> Spec:
-    """A data set of 28x28 grey images in 10 classes, distributed as MNIST is: the four IDX files
+    """A data set of 28x28 grey images distributed as MNIST is: the four IDX files
     (``_IDX_FILES``: train images and labels, test images and labels, with ``file_md5s`` of their
     decompressed content), each downloadable as ``url + <file>.gz`` (``gz_md5s``)."""
     files = tuple(DataFile(f, m) for f, m in zip(_IDX_FILES, file_md5s, strict=True))
@@ -113,12 +113,45 @@ def _idx_spec(
         train=files[:2],
         test=files[2:],
         subdirs=subdirs,
-        num_classes=10,
+        num_classes=len(class_names),
         in_channels=1,
         image_size=28,
         class_names=class_names,
         downloads=downloads,
         how_to_get=how_to_get,
+    )
+
+
+def _cifar_spec(
+    name: str,
+    title: str,
+    class_names: tuple[str, ...],
+    train: tuple[DataFile, ...],
+    test: tuple[DataFile, ...],
+    subdir: str,
+    archive: Download,
+) -> Spec:
+    """A data set of 32x32 colour images distributed as CIFAR is: pickled batches (``train``, ``test``)
+    in the folder ``subdir`` of one ``.tar.gz`` ``archive``."""
+    return Spec(
+        name=name,
+        title=title,
+        fmt="cifar",
+        train=train,
+        test=test,
+        subdirs=(subdir,),
+        num_classes=len(class_names),
+        in_channels=3,
+        image_size=32,
+        class_names=class_names,
+        downloads=(archive,),
+        how_to_get=(
+            f"  - download {archive.url} (md5 {archive.md5}) and extract it:\n"
+            f"      mkdir -p <data-dir>/{name} && tar xzf {archive.filename} -C <data-dir>/{name}\n"
+            f"    (creates <data-dir>/{name}/{subdir}/), then pass root=<data-dir>\n"
+            "    (CLI: --data-dir <data-dir>) or set FSAM_DATA_DIR=<data-dir>\n"
+            f"  - or, where a network exists, load_dataset('{name}', download=True)"
+        ),
     )
 
 
@@ -178,10 +211,10 @@ SPECS: dict[str, Spec] = {
             "  - or, where a network exists, load_dataset('mnist', download=True)"
         ),
     ),
-    "cifar10": Spec(
-        name="cifar10",
-        title="CIFAR-10",
-        fmt="cifar",
+    "cifar10": _cifar_spec(
+        "cifar10",
+        "CIFAR-10",
+        CIFAR10_CLASSES,
         train=tuple(
             DataFile(f"data_batch_{i}", md5)
             for i, md5 in enumerate(
@@ -196,39 +229,17 @@ SPECS: dict[str, Spec] = {
             )
         ),
         test=(DataFile("test_batch", "40351d587109b95175f43aff81a1287e"),),
-        subdirs=("cifar-10-batches-py",),
-        num_classes=10,
-        in_channels=3,
-        image_size=32,
-        class_names=CIFAR10_CLASSES,
-        downloads=(Download(_CIFAR10_URL, "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),),
-        how_to_get=(
-            f"  - download {_CIFAR10_URL} (md5 c58f30108f718f92721af3b95e74349a) and extract it:\n"
-            "      mkdir -p <data-dir>/cifar10 && tar xzf cifar-10-python.tar.gz -C <data-dir>/cifar10\n"
-            "    (creates <data-dir>/cifar10/cifar-10-batches-py/), then pass root=<data-dir>\n"
-            "    (CLI: --data-dir <data-dir>) or set FSAM_DATA_DIR=<data-dir>\n"
-            "  - or, where a network exists, load_dataset('cifar10', download=True)"
-        ),
+        subdir="cifar-10-batches-py",
+        archive=Download(_CIFAR10_URL, "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),
     ),
-    "cifar100": Spec(
-        name="cifar100",
-        title="CIFAR-100",
-        fmt="cifar",
+    "cifar100": _cifar_spec(
+        "cifar100",
+        "CIFAR-100",
+        CIFAR100_CLASSES,
         train=(DataFile("train", "16019d7e3df5f24257cddd939b257f8d"),),
         test=(DataFile("test", "f0ef6b0ae62326f3e7ffdfab6717acfc"),),
-        subdirs=("cifar-100-python",),
-        num_classes=100,
-        in_channels=3,
-        image_size=32,
-        class_names=CIFAR100_CLASSES,
-        downloads=(Download(_CIFAR100_URL, "cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"),),
-        how_to_get=(
-            f"  - download {_CIFAR100_URL} (md5 eb9058c3a382ffc7106e4002c42a8d85) and extract it:\n"
-            "      mkdir -p <data-dir>/cifar100 && tar xzf cifar-100-python.tar.gz -C <data-dir>/cifar100\n"
-            "    (creates <data-dir>/cifar100/cifar-100-python/), then pass root=<data-dir>\n"
-            "    (CLI: --data-dir <data-dir>) or set FSAM_DATA_DIR=<data-dir>\n"
-            "  - or, where a network exists, load_dataset('cifar100', download=True)"
-        ),
+        subdir="cifar-100-python",
+        archive=Download(_CIFAR100_URL, "cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"),
     ),
 }
 
