@@ -157,6 +157,14 @@ class BatchSchedule:
             self._perm_cache = ((self.seed, e), epoch_permutation(self.num_samples, self.seed, e))
         return self._perm_cache[1]
 
+    def _shard_rows(self, size: int) -> tuple[int, int]:
+        """Rows ``[lo, hi)`` of a global batch of ``size`` rows that this loader's ``shard`` delivers."""
+        return shard_bounds(size, *self.shard)
+
+    def _batch_indices(self, order: torch.Tensor, batch_index: int) -> torch.Tensor:
+        """Batch ``batch_index``'s part of an epoch's sample order ``order``."""
+        return order[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         start, epoch = self.start_batch, self.epoch
         yield from self._iterate(epoch, start)
@@ -177,17 +185,14 @@ class BatchSchedule:
         self._check_start(start)
         perm = self.permutation(epoch)
         for b in range(start, len(self)):
-            yield self._batch(epoch, b, perm[b * self.batch_size : (b + 1) * self.batch_size])
+            yield self._batch(epoch, b, self._batch_indices(perm, b))
 
     def batch(self, batch_index: int, epoch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch ``batch_index`` of an epoch (default: the current one), by random access."""
         e = self.epoch if epoch is None else int(epoch)
         if not 0 <= batch_index < len(self):
             raise IndexError(f"batch index {batch_index} out of range [0, {len(self)})")
-        perm = self.permutation(e)
-        return self._batch(
-            e, batch_index, perm[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
-        )
+        return self._batch(e, batch_index, self._batch_indices(self.permutation(e), batch_index))
 
     def _batch(self, epoch: int, b: int, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -245,8 +250,7 @@ class TensorBatchLoader(BatchSchedule):
         key = (self.seed, epoch, device)
         if self._device_perm is None or self._device_perm[0] != key:
             self._device_perm = (key, self.permutation(epoch).to(device))
-        start = b * self.batch_size
-        return self._device_perm[1][start : start + len(idx)]
+        return self._batch_indices(self._device_perm[1], b)
 
     def _batch(self, epoch: int, b: int, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.images.index_select(0, self._indices_on(self.images.device, epoch, b, idx))
@@ -262,7 +266,7 @@ class TensorBatchLoader(BatchSchedule):
         elif not x.is_floating_point():
             x = x.to(torch.float32)
         if self.shard[1] > 1:
-            lo, hi = shard_bounds(len(y), *self.shard)
+            lo, hi = self._shard_rows(len(y))
             x, y = x[lo:hi], y[lo:hi]
         return x, y
 

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from .augment import augment_rows
 from .folder_scan import ImageFileError, ImageFolderSplit
 from .image_decode import FolderImages, collate_decoded
-from .loader import BatchSchedule, ScheduleOptions, augment_generator, derive_seed, shard_bounds
+from .loader import BatchSchedule, ScheduleOptions, augment_generator, derive_seed
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack  # typing.Unpack from Python 3.11; annotations only
@@ -114,24 +114,20 @@ class StreamingBatchLoader(BatchSchedule):
             generator=torch.Generator().manual_seed(derive_seed(self.seed, _WORKER_STREAM)),
         )
 
-    def _rows(self, size: int) -> tuple[int, int]:
-        return shard_bounds(size, *self.shard)
-
     def _iterate(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._check_start(start)
         perm = self.permutation(epoch)
         lists = []
         for b in range(start, len(self)):
-            idx = perm[b * self.batch_size : (b + 1) * self.batch_size]
-            lo, hi = self._rows(len(idx))
+            idx = self._batch_indices(perm, b)
+            lo, hi = self._shard_rows(len(idx))
             lists.append(idx[lo:hi].tolist())
         self._batches.batches = lists
         for b, fetched in enumerate(self._loader, start=start):
-            size = len(perm[b * self.batch_size : (b + 1) * self.batch_size])
-            yield self._finish(epoch, b, size, fetched)
+            yield self._finish(epoch, b, len(self._batch_indices(perm, b)), fetched)
 
     def _batch(self, epoch: int, b: int, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        lo, hi = self._rows(len(idx))
+        lo, hi = self._shard_rows(len(idx))
         fetched = collate_decoded([self._dataset[i] for i in idx[lo:hi].tolist()])
         return self._finish(epoch, b, len(idx), fetched)
 
@@ -152,7 +148,7 @@ class StreamingBatchLoader(BatchSchedule):
         if self.device is not None:
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
-        lo, _ = shard_bounds(size, *self.shard)
+        lo, _ = self._shard_rows(size)
         return augment_rows(self.augment, images, augment_generator(self.seed, epoch, b), size, lo), labels
 
     def __repr__(self) -> str:
