@@ -10,9 +10,11 @@ import gc
 import importlib.metadata
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ __all__ = [
     "pto_version",
     "python_module",
     "src_env",
+    "start_worker",
     "step_alloc_peak",
     "write_report",
 ]
@@ -81,6 +84,29 @@ def python_module(name: str) -> list[str]:
     """The command line that runs benchmark module ``name`` (e.g. ``__spec__.name``) in a new interpreter;
     run it with ``cwd=REPO`` and :func:`src_env`."""
     return [sys.executable, "-m", name]
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): get SIGTERM when the suite process dies, however it dies."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def start_worker(cmd: list[str], log: Path, header: str) -> subprocess.Popen[Any]:
+    """Start one run of a suite: ``cmd`` in this checkout (:func:`src_env`, one thread), its output appended
+    to ``log`` after a line ``=== <time> <header>``; it gets SIGTERM when this process dies (Linux)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = src_env(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    with open(log, "a") as f:  # the child keeps its own copy of the descriptor
+        f.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {header}\n")
+        f.flush()
+        return subprocess.Popen(
+            cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO, preexec_fn=_die_with_parent
+        )
 
 
 # --------------------------------------------------------------------------- memory accounting

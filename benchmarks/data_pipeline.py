@@ -30,8 +30,10 @@ from friendly_sam.data import load_dataset
 from friendly_sam.models import build_model
 from friendly_sam.train import TrainConfig, build_optimizer, train, training_step
 
+Batch = tuple[torch.Tensor, torch.Tensor]  # images, labels
 
-def bare_loop(cfg: TrainConfig, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+
+def bare_loop(cfg: TrainConfig, batches: list[Batch]) -> float:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, 10, 1)
     model.train()
@@ -48,7 +50,7 @@ def pipeline(cfg: TrainConfig, progress: bool) -> float:
     return summary["mean_images_per_s"]
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -59,7 +61,32 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args()
+    return parser
+
+
+def _batches(images: int, batch_size: int) -> list[Batch]:
+    """The first ``images`` Fashion-MNIST training images, normalised, in one seeded order, as batches."""
+    ds = load_dataset("fashion-mnist")
+    gen = torch.Generator().manual_seed(0)
+    x = ds.train_images[:images].float().div(255).sub(ds.mean[0]).div(ds.std[0])
+    labels = ds.train_labels[:images]
+    order = torch.randperm(images, generator=gen)
+    return [(x[i].contiguous(), labels[i]) for i in order.split(batch_size)]
+
+
+def _measure(cfg: TrainConfig, batches: list[Batch], repeats: int) -> dict[str, list[float]]:
+    """Images per second of each loop, ``repeats`` times, interleaved."""
+    results: dict[str, list[float]] = {"bare": [], "pipeline (quiet)": [], "pipeline (progress bar)": []}
+    bare_loop(cfg, batches[:3])  # warm-up
+    for _ in range(repeats):  # interleaved: machine drift hits all contenders alike
+        results["bare"].append(bare_loop(cfg, batches))
+        results["pipeline (quiet)"].append(pipeline(cfg, progress=False))
+        results["pipeline (progress bar)"].append(pipeline(cfg, progress=True))
+    return results
+
+
+def main() -> None:
+    args = _parser().parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(
@@ -71,19 +98,7 @@ def main() -> None:
         train_subset=args.images,
         test_subset=256,
     ).validate()
-    ds = load_dataset("fashion-mnist")
-    gen = torch.Generator().manual_seed(0)
-    images = ds.train_images[: args.images].float().div(255).sub(ds.mean[0]).div(ds.std[0])
-    labels = ds.train_labels[: args.images]
-    order = torch.randperm(args.images, generator=gen)
-    batches = [(images[i].contiguous(), labels[i]) for i in order.split(args.batch_size)]
-
-    results: dict[str, list[float]] = {"bare": [], "pipeline (quiet)": [], "pipeline (progress bar)": []}
-    bare_loop(cfg, batches[:3])  # warm-up
-    for _ in range(args.repeats):  # interleaved: machine drift hits all contenders alike
-        results["bare"].append(bare_loop(cfg, batches))
-        results["pipeline (quiet)"].append(pipeline(cfg, progress=False))
-        results["pipeline (progress bar)"].append(pipeline(cfg, progress=True))
+    results = _measure(cfg, _batches(args.images, args.batch_size), args.repeats)
     base = statistics.median(results["bare"])
     commit = benchkit.git_commit()
     print(
@@ -96,18 +111,9 @@ def main() -> None:
         med = statistics.median(values)
         print(f"| {name} | {med:.0f} | {', '.join(f'{v:.0f}' for v in values)} | {med / base:.3f} |")
     if args.json:
+        payload = {"args": vars(args) | {"json": str(args.json)}, "results": results, "commit": commit}
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(
-            json.dumps(
-                {
-                    "args": vars(args) | {"json": str(args.json)},
-                    "results": results,
-                    "commit": commit,
-                    "machine": benchkit.machine(),
-                },
-                indent=2,
-            )
-        )
+        args.json.write_text(json.dumps({**payload, "machine": benchkit.machine()}, indent=2))
     sys.exit(0)
 
 

@@ -91,15 +91,25 @@ def json_texts(draw: Any) -> str:
     return draw(st.text(alphabet=st.sampled_from(list('{}[]":,0123456789.eE-nultrfa \n\\')), max_size=200))
 
 
+def _scalar_items(draw: Any) -> dict[str, Any]:
+    """Up to five short keys with scalar values: the body of a flat TOML table or YAML mapping."""
+    return draw(st.dictionaries(st.from_regex(r"[a-z_]{1,8}", fullmatch=True), _SCALARS, max_size=5))
+
+
+def _deep_list(draw: Any, key: str) -> str:
+    """``key`` followed by a list nested 90 to 100,000 levels deep (``key`` holds the separator)."""
+    n = draw(st.integers(90, 100_000))
+    return key + "[" * n + "]" * n + "\n"
+
+
 @st.composite
 def toml_texts(draw: Any) -> str:
     kind = draw(st.sampled_from(["table", "deep", "bigint", "garbage", "dup"]))
     if kind == "table":
-        items = draw(st.dictionaries(st.from_regex(r"[a-z_]{1,8}", fullmatch=True), _SCALARS, max_size=5))
+        items = _scalar_items(draw)
         return "".join(f"{k} = {json.dumps(v) if v is not None else '1'}\n" for k, v in items.items())
     if kind == "deep":
-        n = draw(st.integers(90, 100_000))
-        return "a = " + "[" * n + "]" * n + "\n"
+        return _deep_list(draw, "a = ")
     if kind == "bigint":
         return "seed = " + "7" * draw(st.integers(19, 6000)) + "\n"
     if kind == "dup":
@@ -113,11 +123,9 @@ def yaml_texts(draw: Any) -> str:
         st.sampled_from(["map", "deep", "indent", "alias", "bomb", "bigint", "tag", "garbage", "dup"])
     )
     if kind == "map":
-        items = draw(st.dictionaries(st.from_regex(r"[a-z_]{1,8}", fullmatch=True), _SCALARS, max_size=5))
-        return "".join(f"{k}: {json.dumps(v)}\n" for k, v in items.items())
+        return "".join(f"{k}: {json.dumps(v)}\n" for k, v in _scalar_items(draw).items())
     if kind == "deep":
-        n = draw(st.integers(90, 100_000))
-        return "a: " + "[" * n + "]" * n + "\n"
+        return _deep_list(draw, "a: ")
     if kind == "indent":
         return "".join("  " * i + "a:\n" for i in range(draw(st.integers(90, 3000))))
     if kind == "alias":

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from friendly_sam.train import TrainConfig
 
@@ -86,3 +87,21 @@ def popen_fsam(*args: str, env: dict[str, str] | None = None) -> subprocess.Pope
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+# What .item(), float(t), int(t), bool(t) and torch.equal dispatch to: on an accelerator the host waits for it.
+SYNC_OPS = frozenset({"_local_scalar_dense", "item", "is_nonzero", "equal"})
+
+
+class SyncCounter(TorchDispatchMode):
+    """Counts host synchronisations inside the block (``count``), on any device: on CPU the same calls are
+    plain reads, so a CPU test proves how many an accelerator would make. Re-enterable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func.overloadpacket.__name__ in SYNC_OPS:
+            self.count += 1
+        return func(*args, **(kwargs or {}))

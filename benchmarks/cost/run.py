@@ -274,9 +274,25 @@ def command_line(args: argparse.Namespace) -> str:
 
 def _workload_lines(w: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     """One workload's table, ratios and memory notes."""
-    lines: list[str] = []
+    mem = w.get("memory")
+    lines = _workload_table(w) + _ratio_lines({r["name"]: r for r in w["rows"]})
+    lines += ["", TENSOR_MEMORY_NOTE, *(_rss_lines(mem, cfg) if mem else []), ""]
+    return lines
+
+
+TENSOR_MEMORY_NOTE = (
+    "Tensor memory (exact, in this process after the timed steps): *held* = tensors the optimizer keeps "
+    "between steps beyond parameters and gradients (momentum; ours also the saved weights, F-SAM the EMA; "
+    "pytorch-optimizer keeps its weight copy only within a step); *step peak* = peak of tensor bytes "
+    "allocated within one step (torch.profiler memory events: activations, gradients, temporaries, "
+    "per-step copies); parameters themselves are not counted."
+)
+
+
+def _workload_table(w: dict[str, Any]) -> list[str]:
+    """The workload's heading and its table: one row per contender."""
     mem, tm = w.get("memory"), w["tensor_memory"]
-    lines += [
+    lines = [
         f"## {w['model']}, input {'x'.join(map(str, w['input']))}, batch {w['batch']} "
         f"({w['num_params']:,} parameters = {w['param_mib']:.1f} MiB)",
         "",
@@ -295,9 +311,12 @@ def _workload_lines(w: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
             mm = mem[r["name"]]
             row += f" {mm['delta_mib']:.1f} ({mm['delta_ratio_to_sgd']:.2f}) |"
         lines.append(row)
-    rows = {r["name"]: r for r in w["rows"]}
-    summary = []
+    return lines
 
+
+def _ratio_lines(rows: dict[str, Any]) -> list[str]:
+    """The paired ratios that answer the benchmark's questions (F-SAM vs SAM, ours vs pytorch-optimizer)."""
+    summary = []
     if "sam" in rows and "fsam" in rows:
         ratio = _paired(rows, "fsam", "sam")
         summary.append(
@@ -308,35 +327,27 @@ def _workload_lines(w: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     for ours, theirs in (("sam", "pto-sam"), ("fsam", "pto-fsam")):
         if ours in rows and theirs in rows:
             summary.append(f"{TITLES[theirs]} / {TITLES[ours]} (paired) = {_paired(rows, theirs, ours):.3f}")
-    if summary:
-        lines += ["", "; ".join(summary) + "."]
-    lines += [
+    return ["", "; ".join(summary) + "."] if summary else []
+
+
+def _rss_lines(mem: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    """How the RSS deltas were measured, the baselines, and a warning where a delta is only a lower bound."""
+    warn = all(v["peak_set_by_steps"] for v in mem.values())
+    return [
         "",
-        "Tensor memory (exact, in this process after the timed steps): *held* = tensors the optimizer keeps "
-        "between steps beyond parameters and gradients (momentum; ours also the saved weights, F-SAM the EMA; "
-        "pytorch-optimizer keeps its weight copy only within a step); *step peak* = peak of tensor bytes "
-        "allocated within one step (torch.profiler memory events: activations, gradients, temporaries, "
-        "per-step copies); parameters themselves are not counted.",
+        "RSS delta (OS view, allocator caching included): each contender alone in a fresh process; max RSS "
+        f"after {cfg['memory_steps']} steps (`VmHWM`, reset to the current RSS before the first step) minus RSS after "
+        "building model, optimizer and batch. Baselines "
+        "MiB: "
+        + ", ".join(f"{TITLES[n]} {v['baseline_mib']:.0f}" for n, v in mem.items())
+        + "."
+        + (
+            ""
+            if warn
+            else " WARNING: for some contender the max RSS was set before the steps (its delta "
+            "is a lower bound)."
+        ),
     ]
-    if mem:
-        warn = all(v["peak_set_by_steps"] for v in mem.values())
-        lines += [
-            "",
-            "RSS delta (OS view, allocator caching included): each contender alone in a fresh process; max RSS "
-            f"after {cfg['memory_steps']} steps (`VmHWM`, reset to the current RSS before the first step) minus RSS after "
-            "building model, optimizer and batch. Baselines "
-            "MiB: "
-            + ", ".join(f"{TITLES[n]} {v['baseline_mib']:.0f}" for n, v in mem.items())
-            + "."
-            + (
-                ""
-                if warn
-                else " WARNING: for some contender the max RSS was set before the steps (its delta "
-                "is a lower bound)."
-            ),
-        ]
-    lines.append("")
-    return lines
 
 
 def _optimizer_only_lines(res: dict[str, Any]) -> list[str]:
@@ -399,7 +410,7 @@ def _load(load: list[float] | None) -> str:
     return "/".join(f"{x:.1f}" for x in load) if load else "n/a"
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny model and few repeats (smoke test)")
     p.add_argument("--repeats", type=int, help="timed rounds (default 30; quick 3)")
@@ -419,21 +430,11 @@ def main(argv: list[str] | None = None) -> int:
         help="re-render the report from its JSON (refreshing the optimizer-only table); measure nothing",
     )
     p.add_argument("--_memory", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args._memory:
-        memory_worker(args._memory)
-        return 0
-    prefix = args.prefix or ("cost_quick" if args.quick else "cost")
-    if args.render_only:
-        result = json.loads((args.out_dir / f"{prefix}.json").read_text())
-        result["optimizer_only"] = optimizer_only(args.optimizer_step_json)
-        benchkit.write_report(args.out_dir, prefix, markdown(result), result)
-        print(markdown(result))
-        return 0
-    args.repeats = args.repeats or (3 if args.quick else 30)
-    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
-    args.memory_steps = args.memory_steps or (2 if args.quick else 5)
-    torch.set_num_threads(args.threads)
+    return p
+
+
+def _contenders(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The contenders to run (sgd always; pytorch-optimizer's only where it is installed) and the notes."""
     wanted = CONTENDERS if not args.contenders else ["sgd", *args.contenders.split(",")]
     unknown = sorted(set(wanted) - set(CONTENDERS))
     if unknown:
@@ -444,6 +445,11 @@ def main(argv: list[str] | None = None) -> int:
         notes.append(
             "pytorch-optimizer is not installed: its contenders were skipped (pip install -e '.[bench]')."
         )
+    return names, notes
+
+
+def _measure(args: argparse.Namespace, names: list[str], notes: list[str]) -> dict[str, Any]:
+    """Time (and, unless --no-memory, measure the memory of) every workload: the report's JSON."""
     load_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     workloads = []
     for w in QUICK_WORKLOADS if args.quick else FULL_WORKLOADS:
@@ -453,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"memory {w[0]} ...", file=sys.stderr, flush=True)
             res["memory"] = measure_memory(w, names, args.memory_steps, args.threads)
         workloads.append(res)
-    result = {
+    return {
         "command": command_line(args),
         "config": {
             "quick": args.quick,
@@ -470,6 +476,26 @@ def main(argv: list[str] | None = None) -> int:
         "optimizer_only": optimizer_only(args.optimizer_step_json),
         "notes": notes,
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
+    args = p.parse_args(argv)
+    if args._memory:
+        memory_worker(args._memory)
+        return 0
+    prefix = args.prefix or ("cost_quick" if args.quick else "cost")
+    if args.render_only:
+        result = json.loads((args.out_dir / f"{prefix}.json").read_text())
+        result["optimizer_only"] = optimizer_only(args.optimizer_step_json)
+        benchkit.write_report(args.out_dir, prefix, markdown(result), result)
+        print(markdown(result))
+        return 0
+    args.repeats = args.repeats or (3 if args.quick else 30)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    args.memory_steps = args.memory_steps or (2 if args.quick else 5)
+    torch.set_num_threads(args.threads)
+    result = _measure(args, *_contenders(p, args))
     text = markdown(result)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     benchkit.write_report(args.out_dir, prefix, text, result)

@@ -160,14 +160,23 @@ def phase_ema(args: argparse.Namespace) -> None:
         log(f"  done in {time.perf_counter() - t0:.0f} s")
 
 
+def _points(metrics: list[dict[str, Any]], key: str) -> list[Any]:
+    """The ``(step, value)`` points of one diagnostic over all epochs of a run."""
+    return [p for m in metrics for p in m.get(key, [])]
+
+
+def _mean_value(points: list[Any]) -> float | None:
+    return statistics.fmean(c for _, c in points) if points else None
+
+
 def collect_ema(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for noise, lmbda, seed, run_dir in ema_run_dirs(args):
         if not rd.has_summary(run_dir):
             continue
         metrics = rd.read_metrics(run_dir)
-        ema = [p for m in metrics for p in m.get("diag_ema_full_cos_points", [])]
-        batch = [p for m in metrics for p in m.get("diag_batch_full_cos_points", [])]
+        ema = _points(metrics, "diag_ema_full_cos_points")
+        batch = _points(metrics, "diag_batch_full_cos_points")
         rows.append(
             {
                 "label_noise": noise,
@@ -175,8 +184,8 @@ def collect_ema(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "seed": seed,
                 "ema_full_cos_points": ema,
                 "batch_full_cos_points": batch,
-                "ema_full_cos_mean": statistics.fmean(c for _, c in ema) if ema else None,
-                "batch_full_cos_mean": statistics.fmean(c for _, c in batch) if batch else None,
+                "ema_full_cos_mean": _mean_value(ema),
+                "batch_full_cos_mean": _mean_value(batch),
                 "cos_g_ema": [m.get("diag_cos_g_m") for m in metrics],
             }
         )
@@ -215,8 +224,7 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
         if analysis_path.exists():
             analysis = json.loads(analysis_path.read_text())
             eig = (analysis.get("results", {}).get("eigenvalue") or {}).get("eigenvalue")
-        cos_points = [p for m in metrics for p in m.get("diag_ema_full_cos_points", [])]
-        oracle_points = [p for m in metrics for p in m.get("diag_ema_oracle_cos_points", [])]
+        cos_points = _points(metrics, "diag_ema_full_cos_points")
         rows.append(
             {
                 "mode": mode,
@@ -227,8 +235,8 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
                 "train_loss": summary["final_train_loss"],
                 "top_eigenvalue": eig,
                 "ema_full_cos_points": cos_points,
-                "ema_full_cos_mean": statistics.fmean(c for _, c in cos_points) if cos_points else None,
-                "ema_oracle_cos_points": oracle_points,
+                "ema_full_cos_mean": _mean_value(cos_points),
+                "ema_oracle_cos_points": _points(metrics, "diag_ema_oracle_cos_points"),
                 "cos_g_m": [m.get("diag_cos_g_m") for m in metrics],
                 "noise_ratio": [m.get("diag_noise_ratio") for m in metrics],
                 "wall_time": summary["wall_time"],
@@ -260,11 +268,25 @@ def collect(args: argparse.Namespace) -> dict[str, Any]:
     return {"rows": rows, "groups": groups}
 
 
-def plot_ema(rows: list[dict[str, Any]], args: argparse.Namespace, results: Path) -> str:
+def _cosine_panels(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+    """A figure of cosines over training: one panel per label noise."""
     fig = new_figure("the decomposition plots", figsize=(5 * len(args.noise), 3.6), dpi=110)
-    axes = fig.subplots(1, len(args.noise), squeeze=False)
-    for j, noise in enumerate(args.noise):
-        ax = axes[0][j]
+    return fig, fig.subplots(1, len(args.noise), squeeze=False)[0]
+
+
+def _finish_cosine_panel(ax: Any, ylabel: str, title: str) -> None:
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def plot_ema(rows: list[dict[str, Any]], args: argparse.Namespace, results: Path) -> str:
+    """The EMA's cosine with the full gradient for each lmbda, and the minibatch gradient's, on one SAM run."""
+    fig, axes = _cosine_panels(args)
+    for ax, noise in zip(axes, args.noise):
         rs = [r for r in rows if r["label_noise"] == noise and r["seed"] == min(args.ema_seeds)]
         for r in rs:
             pts = r["ema_full_cos_points"]
@@ -274,21 +296,22 @@ def plot_ema(rows: list[dict[str, Any]], args: argparse.Namespace, results: Path
         if rs:
             pts = rs[0]["batch_full_cos_points"]
             ax.plot([s for s, _ in pts], [c for _, c in pts], "k--", marker="x", ms=4, label="minibatch g")
-        ax.set_xlabel("step")
-        ax.set_ylabel("cosine with the full gradient")
-        ax.set_title(f"SAM trajectory, label noise {noise:.0%}")
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _finish_cosine_panel(ax, "cosine with the full gradient", f"SAM trajectory, label noise {noise:.0%}")
     path = results / "decomposition_ema_lmbda.png"
     save_figure(fig, path)
     return path.name
 
 
+COLORS = {"sam": "tab:blue", "full": "tab:red", "fsam": "tab:green", "oracle": "tab:purple"}
+
+
 def plots(data: dict[str, Any], args: argparse.Namespace, results: Path) -> list[str]:
-    colors = {"sam": "tab:blue", "full": "tab:red", "fsam": "tab:green", "oracle": "tab:purple"}
-    files = []
-    # 1. test accuracy and top eigenvalue per mode, every seed as a dot
+    """The two figures of the main ablation; their file names."""
+    return [_plot_accuracy_and_sharpness(data, args, results), _plot_ema_cosine(data, args, results)]
+
+
+def _plot_accuracy_and_sharpness(data: dict[str, Any], args: argparse.Namespace, results: Path) -> str:
+    """Test accuracy and top eigenvalue per mode, every seed as a dot."""
     fig = new_figure("the decomposition plots", figsize=(5 * len(args.noise), 7), dpi=110)
     axes = fig.subplots(2, len(args.noise), squeeze=False)
     for j, noise in enumerate(args.noise):
@@ -303,8 +326,8 @@ def plots(data: dict[str, Any], args: argparse.Namespace, results: Path) -> list
                     if r["mode"] == mode and r["label_noise"] == noise and r[key] is not None
                 ]
                 if vals:
-                    ax.bar(x, statistics.fmean(vals), color=colors[mode], alpha=0.35)
-                    ax.scatter([x] * len(vals), vals, color=colors[mode], zorder=3, s=18)
+                    ax.bar(x, statistics.fmean(vals), color=COLORS[mode], alpha=0.35)
+                    ax.scatter([x] * len(vals), vals, color=COLORS[mode], zorder=3, s=18)
             ax.set_xticks(range(len(args.modes)), args.modes)
             ax.set_ylabel(ylabel)
             ax.set_title(f"label noise {noise:.0%}")
@@ -315,12 +338,13 @@ def plots(data: dict[str, Any], args: argparse.Namespace, results: Path) -> list
             ax.grid(alpha=0.3, axis="y")
     path = results / "decomposition_acc_sharpness.png"
     save_figure(fig, path)
-    files.append(path.name)
-    # 2. EMA-vs-full-gradient cosine over training
-    fig = new_figure("the decomposition plots", figsize=(5 * len(args.noise), 3.6), dpi=110)
-    axes = fig.subplots(1, len(args.noise), squeeze=False)
-    for j, noise in enumerate(args.noise):
-        ax = axes[0][j]
+    return path.name
+
+
+def _plot_ema_cosine(data: dict[str, Any], args: argparse.Namespace, results: Path) -> str:
+    """The cosine between the EMA and the full gradient over training, mean over seeds per mode."""
+    fig, axes = _cosine_panels(args)
+    for ax, noise in zip(axes, args.noise):
         for mode in args.modes:
             rs = [r for r in data["rows"] if r["mode"] == mode and r["label_noise"] == noise]
             if not rs or not rs[0]["ema_full_cos_points"]:
@@ -332,7 +356,7 @@ def plots(data: dict[str, Any], args: argparse.Namespace, results: Path) -> list
                 if len(r["ema_full_cos_points"]) == len(steps)
             ]
             mean = [statistics.fmean(c[k] for c in curves) for k in range(len(steps))]
-            ax.plot(steps, mean, marker="o", color=colors[mode], label=mode)
+            ax.plot(steps, mean, marker="o", color=COLORS[mode], label=mode)
             if mode == "oracle":
                 pts = [p for r in rs for p in r["ema_oracle_cos_points"]]
                 if pts:
@@ -344,16 +368,10 @@ def plots(data: dict[str, Any], args: argparse.Namespace, results: Path) -> list
                         s=14,
                         label="oracle runs: cos(EMA, G over all train)",
                     )
-        ax.set_xlabel("step")
-        ax.set_ylabel("cos(EMA, full gradient)")
-        ax.set_title(f"label noise {noise:.0%}")
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        _finish_cosine_panel(ax, "cos(EMA, full gradient)", f"label noise {noise:.0%}")
     path = results / "decomposition_ema_cosine.png"
     save_figure(fig, path)
-    files.append(path.name)
-    return files
+    return path.name
 
 
 def _args_without_phase(argv: list[str]) -> list[str]:
@@ -390,7 +408,21 @@ def phase_report(args: argparse.Namespace) -> None:
         "total_train_time_s": sum(r["wall_time"] for r in data["rows"]),
     }
     (results / "decomposition.json").write_text(json.dumps({**meta, **data}, indent=1) + "\n")
-    lines = [
+    lines = _setup_lines(args, meta) + _group_lines(data["groups"])
+    if data["ema_supplement"]:
+        lines += _ema_lines(args, data["ema_supplement"])
+    lines += [f"![{f}]({f})" for f in files]
+    lines.append("")
+    notes = results / "decomposition_notes.md"
+    if notes.exists():
+        lines += [notes.read_text()]
+    (results / "decomposition.md").write_text("\n".join(lines) + "\n")
+    log(f"report written to {results}")
+
+
+def _setup_lines(args: argparse.Namespace, meta: dict[str, Any]) -> list[str]:
+    """The report's title, command, machine and setup."""
+    return [
         "# The decomposition ablation: which gradient component should SAM perturb along?",
         "",
         "Generated by `benchmarks/decomposition/run.py` (see its docstring and `benchmarks/decomposition/README.md`).",
@@ -409,46 +441,49 @@ def phase_report(args: argparse.Namespace) -> None:
         f"training images every {BASE['decomposition_every']} steps; cos(g, m) and ||g - m||/||m|| averaged over "
         "each epoch (m: the estimate the run uses, the oracle in oracle runs).",
         f"- Total training wall time of the ablation runs: {meta['total_train_time_s'] / 60:.1f} min (shared machine; see the notes).",
+    ]
+
+
+def _group_lines(groups: list[dict[str, Any]]) -> list[str]:
+    """The main table: one row per label noise and mode, mean ± std over seeds."""
+    lines = [
         "",
         "| label noise | mode | n | test acc (%) | vs SAM, paired (pp) | top eigenvalue | cos(EMA, full) | "
         "cos(g, m) last epoch | noise/full norm last epoch |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for g in data["groups"]:
+    for g in groups:
         lines.append(
             f"| {g['label_noise']:.0%} | {MODE_TEXT[g['mode']]} | {g['n']} | {_fmt(g['test_acc'])} | "
             f"{_fmt(g['test_acc_minus_sam'])} | {_fmt(g['top_eigenvalue'], 1)} | {_fmt(g['ema_full_cos'], 3)} | "
             f"{_fmt(g['cos_g_m_last_epoch'], 3)} | {_fmt(g['noise_ratio_last_epoch'], 2)} |"
         )
-    lines += ["", "Mean ± standard deviation over seeds.", ""]
-    if data["ema_supplement"]:
-        lines += [
-            "**How well does the EMA estimate the full gradient?** SAM runs (same settings; the EMA is tracked "
-            "but unused, so the trajectory is identical for every lmbda), seeds "
-            f"{args.ema_seeds}; every {EMA_EXTRA['decomposition_every']} steps the cosine with the full gradient "
-            f"of {BASE['decomposition_subset']} fixed training images, of the EMA and of that step's own minibatch "
-            "gradient; averaged over the run.",
-            "",
-            "| label noise | lmbda | cos(EMA, full) | cos(minibatch g, full) | cos(g, EMA) last epoch |",
-            "|---|---|---|---|---|",
-        ]
-        for noise in args.noise:
-            for lmbda in EMA_LMBDAS:
-                rs = [r for r in data["ema_supplement"] if r["label_noise"] == noise and r["lmbda"] == lmbda]
-                if rs:
-                    lines.append(
-                        f"| {noise:.0%} | {lmbda:g} | {_fmt(_mean_std([r['ema_full_cos_mean'] for r in rs]), 3)} | "
-                        f"{_fmt(_mean_std([r['batch_full_cos_mean'] for r in rs]), 3)} | "
-                        f"{_fmt(_mean_std([r['cos_g_ema'][-1] for r in rs]), 3)} |"
-                    )
-        lines.append("")
-    lines += [f"![{f}]({f})" for f in files]
+    return [*lines, "", "Mean ± standard deviation over seeds.", ""]
+
+
+def _ema_lines(args: argparse.Namespace, supplement: list[dict[str, Any]]) -> list[str]:
+    """The supplement's table: how well the EMA (of several lmbda) estimates the full gradient."""
+    lines = [
+        "**How well does the EMA estimate the full gradient?** SAM runs (same settings; the EMA is tracked "
+        "but unused, so the trajectory is identical for every lmbda), seeds "
+        f"{args.ema_seeds}; every {EMA_EXTRA['decomposition_every']} steps the cosine with the full gradient "
+        f"of {BASE['decomposition_subset']} fixed training images, of the EMA and of that step's own minibatch "
+        "gradient; averaged over the run.",
+        "",
+        "| label noise | lmbda | cos(EMA, full) | cos(minibatch g, full) | cos(g, EMA) last epoch |",
+        "|---|---|---|---|---|",
+    ]
+    for noise in args.noise:
+        for lmbda in EMA_LMBDAS:
+            rs = [r for r in supplement if r["label_noise"] == noise and r["lmbda"] == lmbda]
+            if rs:
+                lines.append(
+                    f"| {noise:.0%} | {lmbda:g} | {_fmt(_mean_std([r['ema_full_cos_mean'] for r in rs]), 3)} | "
+                    f"{_fmt(_mean_std([r['batch_full_cos_mean'] for r in rs]), 3)} | "
+                    f"{_fmt(_mean_std([r['cos_g_ema'][-1] for r in rs]), 3)} |"
+                )
     lines.append("")
-    notes = results / "decomposition_notes.md"
-    if notes.exists():
-        lines += [notes.read_text()]
-    (results / "decomposition.md").write_text("\n".join(lines) + "\n")
-    log(f"report written to {results}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

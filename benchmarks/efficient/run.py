@@ -38,7 +38,6 @@ from benchmarks import benchkit
 from benchmarks.efficient.plan import CELL_RHOS, CELLS, SEEDS, VARIANTS, VariantSpec, plan
 from benchmarks.efficient.report import write_report
 from benchmarks.generalization.plan import FULL, QUICK, run_state
-from benchmarks.generalization.run import _die_with_parent
 
 REPO = benchkit.REPO
 WORKER = "benchmarks.efficient.train_one"
@@ -93,22 +92,13 @@ class Runner:
             return True
         if state == "broken":
             shutil.rmtree(run_dir)
-        log = self.work / "logs" / f"{spec.run_id}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
         payload = json.dumps({"spec": asdict(spec), "suite": self.suite})
         cmd = [*benchkit.python_module(WORKER), payload, str(run_dir)]
         if self.args.data_dir:
             cmd += ["--data-dir", self.args.data_dir]
         if state == "partial":
             cmd.append("--resume")
-        env = benchkit.src_env(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        with open(log, "a") as f:
-            f.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {state}\n")
-            f.flush()
-            proc = subprocess.Popen(
-                cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO, preexec_fn=_die_with_parent
-            )
-            return proc.wait() == 0
+        return benchkit.start_worker(cmd, self.work / "logs" / f"{spec.run_id}.log", state).wait() == 0
 
     def loop(self) -> None:
         for spec in self.specs:

@@ -287,17 +287,7 @@ def _summary_lines(res: dict[str, Any], suite: dict[str, Any], meta: dict[str, A
         else f"**INCOMPLETE: {res['finished']} of {res['total']} runs finished.** Cells with fewer seeds "
         "than planned, and selections made on fewer seeds, will change when the suite is resumed"
     )
-    test_set = (
-        f"the first {suite['test_subset']} test images (smoke test)"
-        if suite.get("test_subset")
-        else "the full 10,000-image test set"
-    )
-    test_set += (
-        f" (evaluated at epoch 1, every {suite['test_every']}th and the last)"
-        if suite.get("test_every", 1) > 1
-        else ""
-    )
-    lines = [
+    return [
         f"# Generalization: SGD vs SAM vs F-SAM on Fashion-MNIST{' (quick mode)' if meta['quick'] else ''}",
         "",
         f"Status: {status}.",
@@ -310,6 +300,25 @@ def _summary_lines(res: dict[str, Any], suite: dict[str, Any], meta: dict[str, A
         f"{res['sum_run_wall_time_s'] / 3600:.2f} h.",
         "",
         *_prior_lines(res),
+        _setup_text(suite),
+        "",
+        *_settings_table(res),
+    ]
+
+
+def _setup_text(suite: dict[str, Any]) -> str:
+    """The suite's setup in one paragraph: data, model, schedule, seeds, the sweeps and the selection."""
+    test_set = (
+        f"the first {suite['test_subset']} test images (smoke test)"
+        if suite.get("test_subset")
+        else "the full 10,000-image test set"
+    )
+    test_set += (
+        f" (evaluated at epoch 1, every {suite['test_every']}th and the last)"
+        if suite.get("test_every", 1) > 1
+        else ""
+    )
+    return (
         f"Setup: {suite['model']} on a random {suite['train_subset']}-image subset of the Fashion-MNIST "
         f"training set ({suite['train_subset'] - suite['val_size']} train + {suite['val_size']} validation with "
         f"clean labels), {test_set}; {suite['epochs']} epochs, batch {suite['batch_size']}, "
@@ -320,21 +329,29 @@ def _summary_lines(res: dict[str, Any], suite: dict[str, Any], meta: dict[str, A
         f"{suite['sam_rhos']}; F-SAM rho in {suite['fsam_rhos']} x lmbda in {suite['lmbdas']}, sigma 1. "
         "Selected per setting by the mean final validation accuracy over seeds (never the test set). "
         "Accuracies are final-epoch test accuracies (%), mean ± std over seeds; differences are paired "
-        "per seed (mean ± std of the per-seed differences)."
-        + (
-            f" Rows marked *long*: the same setting with {suite['long_factor']}x the epochs, "
-            + (
-                f"SAM and F-SAM rho in {suite['long_rhos']} (lmbda {suite['long_lmbda']:g}) selected on validation"
-                if suite.get("long_rhos")
-                else f"SAM rho {suite['long_rho']:g} and F-SAM rho {suite['long_rho']:g} / lmbda "
-                f"{suite['long_lmbda']:g} fixed in advance (no sweep)"
-            )
-            + ", to check whether longer training, in which SGD memorises more of the noisy labels, "
-            "changes the comparison."
-            if suite.get("long_settings")
-            else ""
-        ),
-        "",
+        "per seed (mean ± std of the per-seed differences)." + _long_rows_text(suite)
+    )
+
+
+def _long_rows_text(suite: dict[str, Any]) -> str:
+    """What the rows marked *long* are (empty where the suite has none)."""
+    if not suite.get("long_settings"):
+        return ""
+    rhos = (
+        f"SAM and F-SAM rho in {suite['long_rhos']} (lmbda {suite['long_lmbda']:g}) selected on validation"
+        if suite.get("long_rhos")
+        else f"SAM rho {suite['long_rho']:g} and F-SAM rho {suite['long_rho']:g} / lmbda "
+        f"{suite['long_lmbda']:g} fixed in advance (no sweep)"
+    )
+    return (
+        f" Rows marked *long*: the same setting with {suite['long_factor']}x the epochs, {rhos}, to check "
+        "whether longer training, in which SGD memorises more of the noisy labels, changes the comparison."
+    )
+
+
+def _settings_table(res: dict[str, Any]) -> list[str]:
+    """The main table: per setting, each method's test accuracy and the paired differences."""
+    lines = [
         "| setting | SGD | SAM | F-SAM | F-SAM − SAM | SAM − SGD | selected SAM / F-SAM | n |",
         "|---|---:|---:|---:|---:|---:|---|---|",
     ]

@@ -44,7 +44,7 @@ import threading
 import time
 import warnings
 from collections import defaultdict
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -127,16 +127,6 @@ def worker(spec_json: str, run_dir: str, data_dir: str | None, resume: bool) -> 
 
 
 # --------------------------------------------------------------------------- the suite
-def _die_with_parent() -> None:
-    """In the child before exec (Linux): get SIGTERM when the suite process dies, however it dies."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
 class Suite:
     def __init__(self, args: argparse.Namespace, suite: dict[str, Any]) -> None:
         self.args, self.suite = args, suite
@@ -176,8 +166,6 @@ class Suite:
         run_dir = self.run_dir(spec)
         if state == "broken":  # interrupted before its first checkpoint: nothing to keep
             shutil.rmtree(run_dir)
-        log = self.log_path(spec)
-        log.parent.mkdir(parents=True, exist_ok=True)
         cmd = [
             *benchkit.python_module(__spec__.name),
             "--_worker",
@@ -189,20 +177,13 @@ class Suite:
             cmd += ["--data-dir", self.args.data_dir]
         if state == "partial":
             cmd.append("--_resume")
-        env = benchkit.src_env(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        with open(log, "a") as f:
-            f.write(
-                f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {state} -> {'resume' if state == 'partial' else 'start'}\n"
-            )
-            f.flush()
-            proc = subprocess.Popen(
-                cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO, preexec_fn=_die_with_parent
-            )
-            with self.lock:
-                self.children.add(proc)
-            rc = proc.wait()
-            with self.lock:
-                self.children.discard(proc)
+        header = f"{state} -> {'resume' if state == 'partial' else 'start'}"
+        proc = benchkit.start_worker(cmd, self.log_path(spec), header)
+        with self.lock:
+            self.children.add(proc)
+        rc = proc.wait()
+        with self.lock:
+            self.children.discard(proc)
         return rc == 0
 
     def stop(self, *_: Any) -> None:
@@ -216,56 +197,12 @@ class Suite:
             self.check_config(spec)
         states = self.states()
         pending = [s for s in self.runs if states[s] not in ("done", "prior")]
-        counts = defaultdict(int)
-        for st in states.values():
-            counts[st] += 1
-        print(
-            f"{len(self.runs)} runs: {counts['done']} done, {counts['prior']} from --prior, "
-            f"{counts['partial']} to resume, "
-            f"{counts['broken']} to restart, {counts['todo']} to start; {self.args.workers} worker(s)",
-            flush=True,
-        )
+        self._announce(states)
         if self.args.max_runs is not None:
             pending = pending[: self.args.max_runs]
-        queue = list(pending)
-        failures: list[str] = []
-        done_count = [0]
-        t_start = time.time()
-
-        def loop() -> None:
-            while not self.stopping:
-                with self.lock:
-                    if not queue:
-                        return
-                    spec = queue.pop(0)
-                t0 = time.time()
-                ok = self.execute(spec, states[spec])
-                for attempt in range(self.args.retries):
-                    if ok or self.stopping:
-                        break
-                    time.sleep(min(30.0, 5.0 * (attempt + 1)))
-                    print(f"retrying {spec.run_id} ({attempt + 1}/{self.args.retries})", flush=True)
-                    ok = self.execute(spec, run_state(self.run_dir(spec), self.suite["epochs"]))
-                with self.lock:
-                    done_count[0] += 1
-                    status = (
-                        "ok" if ok else "stopped" if self.stopping else f"FAILED (see {self.log_path(spec)})"
-                    )
-                    if not ok and not self.stopping:
-                        failures.append(spec.run_id)
-                    print(
-                        f"[{done_count[0]}/{len(pending)}] {spec.run_id}: {status} in {time.time() - t0:.0f} s "
-                        f"(suite {time.time() - t_start:.0f} s)",
-                        flush=True,
-                    )
-                    if ok and not self.args.no_report:
-                        try:
-                            report(self.args, self.suite, self.prior, quiet=True)
-                        except Exception as exc:  # the report must never stop the suite
-                            print(f"report failed: {exc!r}", flush=True)
-
+        work = _Work(queue=list(pending), total=len(pending), states=states)
         signal.signal(signal.SIGTERM, self.stop)
-        threads = [threading.Thread(target=loop) for _ in range(self.args.workers)]
+        threads = [threading.Thread(target=self._work, args=(work,)) for _ in range(self.args.workers)]
         for t in threads:
             t.start()
         try:
@@ -279,10 +216,72 @@ class Suite:
             print("interrupted: rerun the same command to resume", flush=True)
             return 130
         report(self.args, self.suite, self.prior)
-        if failures:
-            print(f"{len(failures)} run(s) failed: {', '.join(failures)}", flush=True)
+        if work.failures:
+            print(f"{len(work.failures)} run(s) failed: {', '.join(work.failures)}", flush=True)
             return 1
         return 130 if self.stopping else 0
+
+    def _announce(self, states: dict[RunSpec, str]) -> None:
+        counts: dict[str, int] = defaultdict(int)
+        for st in states.values():
+            counts[st] += 1
+        print(
+            f"{len(self.runs)} runs: {counts['done']} done, {counts['prior']} from --prior, "
+            f"{counts['partial']} to resume, "
+            f"{counts['broken']} to restart, {counts['todo']} to start; {self.args.workers} worker(s)",
+            flush=True,
+        )
+
+    def _work(self, work: _Work) -> None:
+        """One worker thread: take the next run from the queue until it is empty or the suite stops."""
+        while not self.stopping:
+            with self.lock:
+                if not work.queue:
+                    return
+                spec = work.queue.pop(0)
+            t0 = time.time()
+            ok = self._execute_with_retries(spec, work.states[spec])
+            self._finished(work, spec, ok, time.time() - t0)
+
+    def _execute_with_retries(self, spec: RunSpec, state: str) -> bool:
+        ok = self.execute(spec, state)
+        for attempt in range(self.args.retries):
+            if ok or self.stopping:
+                break
+            time.sleep(min(30.0, 5.0 * (attempt + 1)))
+            print(f"retrying {spec.run_id} ({attempt + 1}/{self.args.retries})", flush=True)
+            ok = self.execute(spec, run_state(self.run_dir(spec), self.suite["epochs"]))
+        return ok
+
+    def _finished(self, work: _Work, spec: RunSpec, ok: bool, seconds: float) -> None:
+        """Count and print a finished run; refresh the report after a success."""
+        with self.lock:
+            work.done += 1
+            status = "ok" if ok else "stopped" if self.stopping else f"FAILED (see {self.log_path(spec)})"
+            if not ok and not self.stopping:
+                work.failures.append(spec.run_id)
+            print(
+                f"[{work.done}/{work.total}] {spec.run_id}: {status} in {seconds:.0f} s "
+                f"(suite {time.time() - work.t_start:.0f} s)",
+                flush=True,
+            )
+            if ok and not self.args.no_report:
+                try:
+                    report(self.args, self.suite, self.prior, quiet=True)
+                except Exception as exc:  # the report must never stop the suite
+                    print(f"report failed: {exc!r}", flush=True)
+
+
+@dataclass
+class _Work:
+    """The runs still to execute and the tally, shared by the worker threads (under ``Suite.lock``)."""
+
+    queue: list[RunSpec]
+    total: int
+    states: dict[RunSpec, str]
+    failures: list[str] = field(default_factory=list)
+    done: int = 0
+    t_start: float = field(default_factory=time.time)
 
 
 def command_line(args: argparse.Namespace) -> str:

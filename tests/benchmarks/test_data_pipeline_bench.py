@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from testkit import needs_fashion_mnist
+from testkit import needs_fashion_mnist, run_python
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE = "benchmarks.data_pipeline"
@@ -30,13 +28,7 @@ def test_data_pipeline_benchmark_runs_and_reports(tmp_path: Path) -> None:
         "--threads",
         "1",
     ]
-    proc = subprocess.run(
-        [sys.executable, "-m", MODULE, *args, "--json", str(out_json)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-    )
+    proc = run_python("-m", MODULE, *args, "--json", str(out_json), timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| loop | median img/s | runs | ratio to bare |" in proc.stdout
     res = json.loads(out_json.read_text())

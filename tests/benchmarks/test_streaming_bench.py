@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from testkit import needs_fashion_mnist
+from testkit import needs_fashion_mnist, run_python
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE = "benchmarks.streaming"
@@ -18,13 +16,7 @@ MODULE = "benchmarks.streaming"
 @needs_fashion_mnist
 def test_streaming_benchmark_runs_and_reports(tmp_path: Path) -> None:
     args = ["--images", "48", "--batch-size", "16", "--epochs", "2", "--repeats", "2", "--model", "cnn_small"]
-    proc = subprocess.run(
-        [sys.executable, "-m", MODULE, *args, "--out-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-    )
+    proc = run_python("-m", MODULE, *args, "--out-dir", str(tmp_path), timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "streaming.json").read_text())
     assert res["identical_losses"] is True  # the two paths train identically

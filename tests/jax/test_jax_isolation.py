@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SRC = Path(__file__).resolve().parents[2] / "src" / "friendly_sam"
 JAX_WORLD = ("jax", "jaxlib", "optax", "flax", "friendly_sam.jax")
 
@@ -69,6 +71,18 @@ def test_importing_the_torch_package_loads_no_jax() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_importing_the_jax_package_loads_no_torch() -> None:
+    """A JAX-only user needs no torch at run time: the package's top-level names are lazy (PEP 562)."""
+    pytest.importorskip("optax", reason="needs JAX and optax: pip install 'friendly-sam[jax]'")
+    out = _run(
+        "import friendly_sam.jax, sys\n"
+        "from friendly_sam.jax import fsam, sam\n"
+        "assert not any(m == 'torch' or m.startswith('torch.') for m in sys.modules), "
+        "sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:5]\n"
+    )
+    assert out.returncode == 0, out.stderr
 
 
 def test_without_jax_the_import_says_what_to_install() -> None:

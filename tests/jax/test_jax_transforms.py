@@ -98,6 +98,28 @@ def test_bad_hyperparameters_are_refused_with_their_name(make, match: str) -> No
         make()
 
 
+@pytest.mark.parametrize("make", [sam, fsam])
+def test_sam_and_fsam_share_their_keywords_and_refuse_unknown_ones(make) -> None:
+    """``SharpnessAwareOptions``' keywords reach the perturbation and ``two_pass``; typos are refused."""
+    name = make.__name__
+    unknown = rf"{name}\(\) got unexpected keyword argument\(s\) \['adaptiv'\]; .*'adaptive'"
+    with pytest.raises(TypeError, match=unknown):
+        make(optax.sgd(0.1), adaptiv=True)
+    with pytest.raises(ValueError, match="invalid mode='sync'"):
+        make(optax.sgd(0.1), batch_axis_name="batch", mode="sync")
+    with pytest.raises(ValueError, match="invalid eps"):
+        make(optax.sgd(0.1), eps=-1.0)
+    params, g = _tree(1.0, 2.0, 3.0), _tree(0.5, -1.0, 2.0)
+    grad_fn = lambda p, _: jax.tree.map(lambda x: x * x, p)  # noqa: E731 - the gradient at other weights
+    plain, adaptive = (make(optax.sgd(0.1), 0.1, adaptive=a) for a in (False, True))
+    steps = [tx.update(g, tx.init(params), params, grad_fn=grad_fn)[0] for tx in (plain, adaptive)]
+    assert not np.allclose(steps[0]["a"], steps[1]["a"])  # adaptive=True reached the perturbation
+    alternating = make(optax.sgd(0.1), 0.1, opaque_mode=False)
+    e = alternating.update(g, alternating.init(params), params)[0]  # the first call returns the ascent step
+    norm = math.sqrt(sum(float(jnp.sum(x**2)) for x in jax.tree.leaves(e)))
+    assert norm == pytest.approx(0.1, rel=1e-5)  # opaque_mode=False reached two_pass
+
+
 def test_a_non_finite_gradient_leaves_the_ema_alone() -> None:
     tx = friendly_direction(1.0, 0.6)
     g1, g2 = _tree(1.0, 2.0, 3.0), _tree(2.0, 1.0, 0.0)

@@ -18,6 +18,7 @@ import sys
 from typing import Any
 
 import torch
+from testkit import SyncCounter
 from torch import nn
 
 from friendly_sam import SAM, FriendlySAM
@@ -112,9 +113,14 @@ def _poison(model: nn.Module, step: int, clean: bool) -> None:
         next(model.parameters()).grad.view(-1)[0] = float("inf")
 
 
-def run_case(case: dict[str, Any]) -> dict[str, Any]:
+def run_case(case: dict[str, Any], checks_on_device: bool | None = None) -> dict[str, Any]:
+    """One case; ``checks_on_device`` sets the optimizer's attribute (None: as constructed). The host syncs
+    of every step (the whole step: both passes, both optimizer steps, ``scaler.update()``) are in ``syncs``."""
     model = _model()
     opt = _optimizer(case, model)
+    if checks_on_device is not None:
+        opt.checks_on_device = checks_on_device
+    counter, syncs = SyncCounter(), []
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10) if case["variant"] == "scaler" else None
     scale = scaler.scale if scaler is not None else (lambda v: v)
     poison = case["variant"] in ("inf", "scaler")
@@ -124,16 +130,20 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
             opt.set_full_gradient(
                 [torch.full_like(p, 0.01 * (i + 1)) for i, p in enumerate(model.parameters())]
             )
-        try:
-            if case["variant"] == "closure":
-                _closure_step(model, opt, x, y)
-            else:
-                _hand_step(model, opt, x, y, t, scaler, scale, poison, keep=case["variant"] == "keep-grad")
-        except FloatingPointError as error:
-            errors.append((t, type(error).__name__))
-            opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.update()
+        before = counter.count
+        with counter:
+            try:
+                if case["variant"] == "closure":
+                    _closure_step(model, opt, x, y)
+                else:
+                    keep = case["variant"] == "keep-grad"
+                    _hand_step(model, opt, x, y, t, scaler, scale, poison, keep=keep)
+            except FloatingPointError as error:
+                errors.append((t, type(error).__name__))
+                opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.update()
+        syncs.append(counter.count - before)
         params.append(torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()]))
     state = opt.state_dict()["state"]
     tensors = [(f"{i}.{k}", v) for i, s in state.items() for k, v in sorted(s.items()) if torch.is_tensor(v)]
@@ -148,6 +158,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         "state_keys": [k for k, _ in tensors],
         "errors": errors,
         "steps": opt.steps_taken,
+        "syncs": syncs,
     }
     if case["extra"] == "diagnostics":
         out["diagnostics"] = opt.read_diagnostics()

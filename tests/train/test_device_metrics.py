@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from testkit import SyncCounter
 
 from friendly_sam.data import TensorBatchLoader
 from friendly_sam.train import Callback, TrainConfig, build_optimizer, setup, train
@@ -18,19 +18,6 @@ from friendly_sam.train import metrics as train_metrics
 from friendly_sam.train.metrics import EpochMetrics
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-# what .item(), float(t), int(t), bool(t) dispatch to: the host waits for the device
-SYNC_OPS = {"_local_scalar_dense", "item", "is_nonzero", "equal"}
-
-
-class SyncCounter(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        if func.overloadpacket.__name__ in SYNC_OPS:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 class SyncsPerStep(Callback):

@@ -1,49 +1,27 @@
 """The trainer's extension points (optimizer_factory, step_fn, callbacks), used the way docs/trainer.md shows,
-on a tiny real Fashion-MNIST run."""
+on a tiny real Fashion-MNIST run. (The guide's own example runs as written in tests/test_docs_code.py.)"""
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from testkit import FASHION_DIR
+from testkit import FASHION_DIR, tiny_config
 
 from friendly_sam import SAM
 from friendly_sam.train import Callback, TrainConfig, TrainState, build_optimizer, train, training_step
 from friendly_sam.train import run_dir as rd
 
 pytestmark = pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="real Fashion-MNIST not installed")
-DOC = Path(__file__).resolve().parents[2] / "docs" / "trainer.md"
 
 
 def tiny(**overrides: Any) -> TrainConfig:
-    values = dict(
-        dataset="fashion-mnist",
-        data_dir=str(FASHION_DIR),
-        model="cnn_small",
-        epochs=3,
-        train_subset=384,
-        val_size=128,
-        test_subset=128,
-        batch_size=128,
-        threads=1,
-        device="cpu",
-        method="sam",
-    )
-    return TrainConfig(**{**values, **overrides}).validate()
-
-
-@pytest.mark.slow
-def test_the_documented_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    block = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)[-1]
-    assert "callbacks=[TestAtEnds()]" in block
-    monkeypatch.setenv("FSAM_DATA_DIR", str(FASHION_DIR))  # found there by default too
-    exec(compile(block, str(DOC), "exec"), {"RUN_DIR": tmp_path / "run", "__name__": "doc_example"})
-    assert rd.has_summary(tmp_path / "run")
+    """testkit's tiny run, larger: 3 SAM epochs of 3 steps, with a validation split."""
+    run = dict(epochs=3, train_subset=384, val_size=128, test_subset=128, batch_size=128, method="sam")
+    return tiny_config(**{**run, "device": "cpu", **overrides}).validate()
 
 
 class Recorder(Callback):

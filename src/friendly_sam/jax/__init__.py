@@ -1,13 +1,13 @@
 """F-SAM, SAM and ASAM for JAX: small composable optax transformations (``pip install 'friendly-sam[jax]'``).
 
 Nothing here imports torch or the PyTorch side of the package; the PyTorch side never imports this.
-(``import friendly_sam.jax`` still runs ``friendly_sam/__init__.py``, which imports torch, a dependency
-of the package.) See ``docs/jax.md`` for the optax recipe and the differences from ``optax.contrib.sam``.
+``import friendly_sam.jax`` loads no torch module (the package's top-level names are lazy). See ``docs/jax.md`` for the optax recipe and the differences from ``optax.contrib.sam``.
 
 * transformations: :func:`friendly_direction` (``g -> g - sigma m``, the EMA in its state),
   :func:`normalize` (``d / (||d|| + eps)``, ASAM's form with ``adaptive=True``), :func:`pmean_gradients`;
 * perturbations: :func:`fsam_perturbation`, :func:`sam_perturbation` (the clean gradient -> the ascent step);
-* optimizers with ``optax.contrib.sam``'s protocol: :func:`fsam`, :func:`sam`, :func:`two_pass`.
+* optimizers with ``optax.contrib.sam``'s protocol: :func:`fsam`, :func:`sam` (their shared keywords:
+  :class:`SharpnessAwareOptions`), :func:`two_pass`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from .optimizers import (
     MODES,
     PER_REPLICA,
     SYNCHRONIZED,
+    SharpnessAwareOptions,
     fsam,
     fsam_perturbation,
     sam,
@@ -46,6 +47,7 @@ __all__ = [
     "PER_REPLICA",
     "SYNCHRONIZED",
     "FriendlyDirectionState",
+    "SharpnessAwareOptions",
     "friendly_direction",
     "friendly_state",
     "fsam",

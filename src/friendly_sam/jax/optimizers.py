@@ -26,7 +26,12 @@ Both average the perturbed gradient before the base step, so the parameters stay
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, TypedDict
+
 import optax
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11; annotations only
 
 from .transforms import NORM_EPS, check_hyperparameter, friendly_direction, normalize, pmean_gradients
 
@@ -34,6 +39,7 @@ __all__ = [
     "MODES",
     "PER_REPLICA",
     "SYNCHRONIZED",
+    "SharpnessAwareOptions",
     "fsam",
     "fsam_perturbation",
     "sam",
@@ -119,21 +125,50 @@ def two_pass(
     return optax.contrib.sam(optimizer, adversary, sync_period=2, reset_state=False, opaque_mode=opaque_mode)
 
 
+class SharpnessAwareOptions(TypedDict, total=False):
+    """The keywords :func:`sam` and :func:`fsam` share, all optional; each default is declared once, where the
+    keyword goes (:func:`sam_perturbation` / :func:`fsam_perturbation` or :func:`two_pass`).
+
+    Attributes:
+        adaptive: ASAM's scale-invariant perturbation ``rho w^2 d / (||w d|| + eps)`` (default ``False``;
+            needs ``params`` in ``update``).
+        eps: the normalisation's epsilon (default ``NORM_EPS``, ``1e-12``).
+        opaque_mode: ``True`` (default): one ``update(g, state, params, grad_fn=...)`` per step; ``False``:
+            ``optax.contrib.sam``'s alternating calls (see :func:`two_pass`).
+        batch_axis_name: the mapped axis of data parallelism (default ``None``).
+        mode: ``"per-replica"`` (default) or ``"synchronized"``; only with ``batch_axis_name``.
+    """
+
+    adaptive: bool
+    eps: float
+    opaque_mode: bool
+    batch_axis_name: str | None
+    mode: str
+
+
+_PERTURBATION_KEYWORDS = frozenset({"adaptive", "eps"})  # the rest go to two_pass
+
+
+def _split_options(function: str, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``options`` as (the perturbation's keywords, :func:`two_pass`'s); an unknown one is a TypeError."""
+    known = SharpnessAwareOptions.__optional_keys__
+    if unknown := sorted(set(options) - known):
+        raise TypeError(
+            f"{function}() got unexpected keyword argument(s) {unknown}; its keywords are {sorted(known)}"
+        )
+    perturbation = {k: v for k, v in options.items() if k in _PERTURBATION_KEYWORDS}
+    return perturbation, {k: v for k, v in options.items() if k not in _PERTURBATION_KEYWORDS}
+
+
 def sam(
-    optimizer: optax.GradientTransformation,
-    rho: float = 0.05,
-    *,
-    adaptive: bool = False,
-    eps: float = NORM_EPS,
-    opaque_mode: bool = True,
-    batch_axis_name: str | None = None,
-    mode: str = PER_REPLICA,
+    optimizer: optax.GradientTransformation, rho: float = 0.05, **options: Unpack[SharpnessAwareOptions]
 ) -> optax.GradientTransformationExtraArgs:
-    """SAM (``adaptive=True``: ASAM) over ``optimizer``: :func:`two_pass` of :func:`sam_perturbation`."""
-    perturbation = sam_perturbation(rho, adaptive=adaptive, eps=eps)
-    return two_pass(
-        optimizer, perturbation, opaque_mode=opaque_mode, batch_axis_name=batch_axis_name, mode=mode
-    )
+    """SAM (``adaptive=True``: ASAM) over ``optimizer``: :func:`two_pass` of :func:`sam_perturbation`.
+
+    ``options``: the keywords of :class:`SharpnessAwareOptions`.
+    """
+    perturbation_options, two_pass_options = _split_options("sam", options)
+    return two_pass(optimizer, sam_perturbation(rho, **perturbation_options), **two_pass_options)
 
 
 def fsam(
@@ -141,20 +176,14 @@ def fsam(
     rho: float = 0.05,
     sigma: float = 1.0,
     lmbda: float = 0.9,
-    *,
-    adaptive: bool = False,
-    eps: float = NORM_EPS,
-    opaque_mode: bool = True,
-    batch_axis_name: str | None = None,
-    mode: str = PER_REPLICA,
+    **options: Unpack[SharpnessAwareOptions],
 ) -> optax.GradientTransformationExtraArgs:
     """Friendly-SAM over ``optimizer``: :func:`two_pass` of :func:`fsam_perturbation`.
 
     Defaults are the official class defaults (``rho=0.05, sigma=1, lmbda=0.9``); the official CIFAR recipe
     is ``rho=0.2, sigma=1, lmbda=0.6``. ``sigma=0`` is SAM (with an unused EMA). ``friendly_state(state)``
-    finds the EMA in the optimizer's state.
+    finds the EMA in the optimizer's state. ``options``: the keywords of :class:`SharpnessAwareOptions`.
     """
-    perturbation = fsam_perturbation(rho, sigma, lmbda, adaptive=adaptive, eps=eps)
-    return two_pass(
-        optimizer, perturbation, opaque_mode=opaque_mode, batch_axis_name=batch_axis_name, mode=mode
-    )
+    perturbation_options, two_pass_options = _split_options("fsam", options)
+    perturbation = fsam_perturbation(rho, sigma, lmbda, **perturbation_options)
+    return two_pass(optimizer, perturbation, **two_pass_options)

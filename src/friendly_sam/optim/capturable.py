@@ -80,6 +80,17 @@ def _add_scaled_(params: list[Tensor], dirs: list[Tensor], scale: Tensor, foreac
             p.addcmul_(d, scale)
 
 
+def _scales_fit(buckets: list, total: Tensor) -> Tensor:
+    """Whether every bucket's scale ``rho / (||d|| + 1e-12)`` fits its dtype (a huge rho over a tiny norm
+    would write inf into the perturbed weights): a bool tensor, no sync."""
+    fits = torch.ones((), dtype=torch.bool, device=total.device)
+    for bucket, _ in buckets:
+        dtype = bucket.params[0].dtype
+        if dtype.is_floating_point:
+            fits = fits & (F.perturbation_scale(bucket.group["rho"], total) <= torch.finfo(dtype).max)
+    return fits
+
+
 def _base_step(base: torch.optim.Optimizer) -> None:
     """``base.step()``. Under torch.compile: SGD/Adam/AdamW through their functional form once their state
     exists (base_update.py: dynamo refuses torch's ``_init_group`` after an in-graph backward), else the
@@ -111,11 +122,11 @@ class CapturableSteps:
 
     def _capturable_perturb(self, buckets: list, directions: list[list[Tensor]], contexts: list[Any]) -> None:
         """First step, after the direction: norm, mask, state update, perturbation; all on the device."""
-        like = self.skipped_steps
+        like = self._params()[0]
         total = self._device_norm(
             [n for (_, ops), ds in zip(buckets, directions) for n in ops.norms(ds)], like
         )
-        ok = torch.isfinite(total)
+        ok = torch.isfinite(total) & _scales_fit(buckets, total)
         for dirs in directions:
             _zero_out_(dirs, ok)
         self._run.state_mask = ok  # F-SAM's EMA update reads it: no update on a skipped step
@@ -131,7 +142,7 @@ class CapturableSteps:
                     F.asam_direction_(ops, dirs, bucket.params)
                 norms.extend(ops.norms(dirs))
             total = self._device_norm(norms, like)
-            ok = ok & torch.isfinite(total)
+            ok = ok & torch.isfinite(total) & _scales_fit(buckets, total)
             for dirs in directions:
                 _zero_out_(dirs, ok)
         for (bucket, ops), dirs in zip(buckets, directions):
@@ -142,7 +153,7 @@ class CapturableSteps:
                 ops.addcmul_(bucket.params, bucket.params, dirs, 1.0)
             else:
                 _add_scaled_(bucket.params, dirs, scale, ops is not PER_TENSOR)
-        self._run.ok = ok
+        self._run.ok, self._run.norm = ok, total
 
     def _capturable_base_step(self, scaler: torch.amp.GradScaler | None) -> None:
         """Second step, after the restore: check (and clip) the perturbed gradient, then the base step,

@@ -36,5 +36,7 @@ class StepState:
         self.steps = 0  # full steps finished (perturbed or not): decides which steps perturb
         self.component_valid = False  # LookSAM: the "looksam" buffers hold a measured component
         self.grads_from_step = False  # p.grad holds what our last step(closure) left (its second pass)
-        self.ok: Any = None  # capturable: whether the clean direction was finite (a bool tensor)
+        self.ok: Any = None  # decided on the device: whether the clean direction was usable (a bool tensor)
+        self.norm: Any = None  # decided on the device: the direction's global norm (a float64 0-dim tensor)
+        self.deferred = False  # default mode, this step's checks read in second_step (accelerators)
         self.state_mask: Any = None  # capturable: set while the method's state is updated

@@ -27,6 +27,8 @@ class FSAMResearch:
     """Oracle full gradient, ``component="full"`` and diagnostics of :class:`FriendlySAM`."""
 
     state: Any
+    param_groups: list[dict[str, Any]]
+    track_diagnostics: bool
 
     def _init_research(self, track_diagnostics: bool) -> None:
         self.track_diagnostics = bool(track_diagnostics)
@@ -79,6 +81,12 @@ class FSAMResearch:
         """Go back to the EMA as the full-gradient estimate."""
         for p in self._params():
             self.state[p].pop("full_grad", None)
+
+    def _host_decisions(self) -> bool:
+        """The research options decide on the host: a step using one reads its checks as they arise."""
+        if self.track_diagnostics or any(group["component"] == "full" for group in self.param_groups):
+            return True
+        return any("full_grad" in state for state in self.state.values())
 
     # ----------------------------------------------------------------- diagnostics (instrumentation)
     def read_diagnostics(self, reset: bool = True) -> dict[str, float | int | None]:

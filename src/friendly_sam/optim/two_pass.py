@@ -146,6 +146,7 @@ class TwoPassOptimizer(
         bind_model(self, model)  # step(closure) freezes its BatchNorm statistics in the perturbed call
         if "lr" in kwargs:  # before the base optimizer, which may accept nan or word it its own way
             check_lr(kwargs["lr"])
+        self.checks_on_device: bool | None = None  # None: on accelerators (see _checks_on_device)
         self._saved: dict[Tensor, Tensor] = {}
         self._run = StepState()  # the step's phase, counter, ...: see phase.py (why not attributes)
         self._init_periodic(perturb_every, between, looksam_alpha)
@@ -289,7 +290,8 @@ class TwoPassOptimizer(
         ]
         # Direction (F-SAM: subtract sigma * EMA) and its norm, checked finite before any state changes.
         contexts = [self._direction_(bucket, ops, dirs) for (bucket, ops), dirs in zip(buckets, directions)]
-        if self.capturable:  # the same decisions on the device, no sync (capturable.py)
+        self._run.deferred = not self.capturable and self._checks_on_device()
+        if self.capturable or self._run.deferred:  # the decisions on the device, no sync (capturable.py)
             self._capturable_perturb(buckets, directions, contexts)
             if zero_grad:
                 self._drop_grads()
@@ -298,11 +300,7 @@ class TwoPassOptimizer(
         total = self._global_norm([n for (_, ops), dirs in zip(buckets, directions) for n in ops.norms(dirs)])
         if not math.isfinite(total):
             if scaler is None:
-                raise FloatingPointError(
-                    f"{type(self).__name__}.first_step: the clean gradient holds inf or nan (norm {total}); "
-                    "weights and optimizer state are unchanged. Check the loss for inf/nan, lower the learning "
-                    "rate, or for fp16 pass the GradScaler: first_step(scaler=...), second_step(scaler=...)"
-                )
+                raise self._clean_gradient_error(total)
             if zero_grad:
                 self.zero_grad(set_to_none=True)
             self._run.open, self._run.phase = [], Phase.SKIPPING
@@ -353,9 +351,12 @@ class TwoPassOptimizer(
                 "second_step() called without first_step(): compute the clean gradient, call first_step(), "
                 "then the perturbed gradient, then second_step()"
             )
-        if self.capturable:
+        if self.capturable or self._run.deferred:
             self._restore()
-            self._capturable_base_step(scaler)
+            if self.capturable:
+                self._capturable_base_step(scaler)
+            else:  # default mode on an accelerator: every check of the step read here, at once
+                self._checked_base_step(scaler)
             self._finish_step(zero_grad)
             return
         skip = self._run.phase is Phase.SKIPPING
@@ -410,6 +411,24 @@ class TwoPassOptimizer(
         if buf is None or buf.shape != p.shape or buf.dtype != p.dtype or buf.device != p.device:
             buf = self._saved[p] = torch.empty_like(p, memory_format=torch.preserve_format)
         return buf
+
+    def _checks_on_device(self) -> bool:
+        """Whether this perturbed step's checks are made on the device and read once, in second_step (one
+        host sync per step), rather than read as they arise (two). ``checks_on_device`` decides; ``None``
+        (default): on accelerators, where a read stalls the device's queue. On CPU a read is a memory read,
+        and deciding on the device would cost an extra pass over the gradients. The options whose decisions
+        live on the host (schedules, collectives, F-SAM's research options) always read on the host."""
+        if self.process_group is not None or self.replica_group is not None or self.perturb_every != 1:
+            return False
+        if self.between != "base" or self._host_decisions():
+            return False
+        if self.checks_on_device is not None:
+            return bool(self.checks_on_device)
+        return all(p.device.type not in ("cpu", "meta") for p in self._params())
+
+    def _host_decisions(self) -> bool:
+        """True while an option that decides on the host is in use (F-SAM's research options)."""
+        return False
 
     def _global_norm(self, norms: list[Tensor]) -> float:
         if self.process_group is not None:

@@ -12,6 +12,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,6 +40,7 @@ from .summary import summarize
 __all__ = ["DIVERGENCE_LOSS", "RunDirectoryError", "StepFn", "load_run_config", "summarize", "train"]
 
 Log = Callable[[str], None]
+Step = Callable[[nn.Module, Tensor, Tensor, int], tuple[Tensor, Tensor]]  # step(net, x, y, batch index)
 
 
 class StepFn(Protocol):
@@ -112,7 +114,7 @@ def train(
             unused = hooks.load_state_dict(ckpt.get("callbacks", {})) if ckpt else []
             if unused:
                 log(f"note: the checkpoint holds the state of callback(s) not given now: {', '.join(unused)}")
-            return _run(state, ctx, hooks, _choose_step(cfg, ctx, state, step_fn), progress, log)
+            return _run(_Loop(state, ctx, hooks, _choose_step(cfg, ctx, state, step_fn), progress, log))
     finally:
         ctx.close()
 
@@ -234,7 +236,7 @@ def _restore(state: TrainState, ckpt: dict[str, Any], ctx: DistributedContext) -
 
 def _choose_step(
     cfg: TrainConfig, ctx: DistributedContext, state: TrainState, step_fn: StepFn | None
-) -> Callable[[nn.Module, Tensor, Tensor, int], tuple[Tensor, Tensor]]:
+) -> Step:
     """``step(net, x, y, i)`` for batch ``i``: the DDP step under torchrun, else ``step_fn``."""
     optimizer, loader = state.optimizer, state.data.train_loader
     if ctx.enabled:
@@ -263,18 +265,24 @@ def _choose_step(
     )
 
 
-def _run(
-    state: TrainState,
-    ctx: DistributedContext,
-    hooks: CallbackList,
-    step: Callable[[nn.Module, Tensor, Tensor, int], tuple[Tensor, Tensor]],
-    progress: bool,
-    log: Log,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Loop:
+    """What the training loop's functions share: the run's state and the fixed parts of this run."""
+
+    state: TrainState
+    ctx: DistributedContext
+    hooks: CallbackList
+    step: Step
+    progress: bool  # show a progress bar
+    log: Log
+
+
+def _run(loop: _Loop) -> dict[str, Any]:
     """The epochs, with the callbacks' ``on_exception`` on failure and their ``teardown`` always."""
+    state, hooks, log = loop.state, loop.hooks, loop.log
     try:
         hooks.call("on_train_start", state)
-        summary = _epochs(state, ctx, hooks, step, progress, log)
+        summary = _epochs(loop)
     except BaseException as exc:
         state.exception = exc
         for hook in ("on_exception", "teardown"):  # every callback's; the run's own error propagates
@@ -287,24 +295,18 @@ def _run(
     return summary
 
 
-def _epochs(
-    state: TrainState,
-    ctx: DistributedContext,
-    hooks: CallbackList,
-    step: Callable[[nn.Module, Tensor, Tensor, int], tuple[Tensor, Tensor]],
-    progress: bool,
-    log: Log,
-) -> dict[str, Any]:
-    cfg = state.cfg
+def _epochs(loop: _Loop) -> dict[str, Any]:
+    """The epochs from ``start_epoch``: train, evaluate, record, checkpoint; then the summary."""
+    state, ctx, hooks, log, cfg = loop.state, loop.ctx, loop.hooks, loop.log, loop.state.cfg
     net = ctx.wrap(state.model, sync_bn=cfg.sync_bn)  # DDP under torchrun; `state.model` stays bare
     state.model.train()
     run_start = time.perf_counter()
     for epoch in range(state.start_epoch, cfg.epochs):
-        state.record = record = _train_epoch(state, ctx, hooks, net, step, epoch, progress)
+        state.record = record = _train_epoch(loop, net, epoch)
         check_diverged(state, epoch, {"training loss": record["train_loss"]})
         hooks.call("on_epoch_record", state)
         ctx.broadcast_buffers(state.model)  # rank 0's BatchNorm statistics: those it checkpoints
-        _evaluate_splits(state, ctx, hooks, record)
+        _evaluate_splits(loop, record)
         check_diverged(
             state, epoch, {f"{k.replace('_', ' ')}": v for k, v in record.items() if k[-4:] == "loss"}
         )
@@ -317,7 +319,7 @@ def _epochs(
         log(epoch_line(cfg.label, cfg.epochs, record))
         if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs or state.should_stop:
             check_weights_finite(state, epoch)
-            _save_checkpoint(state, ctx, hooks, record["elapsed"])
+            _save_checkpoint(loop, record["elapsed"])
             state.checkpoint_epoch = epoch + 1
         if state.should_stop:  # set by a callback: the run ends here, complete
             log(
@@ -335,16 +337,9 @@ def _epochs(
     return summary
 
 
-def _train_epoch(
-    state: TrainState,
-    ctx: DistributedContext,
-    hooks: CallbackList,
-    net: nn.Module,
-    step: Callable[[nn.Module, Tensor, Tensor, int], tuple[Tensor, Tensor]],
-    epoch: int,
-    progress: bool,
-) -> dict[str, Any]:
+def _train_epoch(loop: _Loop, net: nn.Module, epoch: int) -> dict[str, Any]:
     """One pass over the training data; returns the training part of the epoch's record."""
+    state, ctx, hooks, step, progress = loop.state, loop.ctx, loop.hooks, loop.step, loop.progress
     cfg, device, loader = state.cfg, state.device, state.data.train_loader
     loader.set_epoch(epoch)
     bar = ProgressBar(state.steps_per_epoch, f"{cfg.label} epoch {epoch + 1}/{cfg.epochs}", enabled=progress)
@@ -383,16 +378,15 @@ def _train_epoch(
     }
 
 
-def _evaluate_splits(
-    state: TrainState, ctx: DistributedContext, hooks: CallbackList, record: dict[str, Any]
-) -> None:
+def _evaluate_splits(loop: _Loop, record: dict[str, Any]) -> None:
     """Loss and accuracy of the splits the callbacks choose (sharded over ranks); None for the others
     (``null`` in metrics.jsonl: not measured)."""
+    state = loop.state
     data, cfg = state.data, state.cfg
     state.splits = list(data.eval_sets)
-    hooks.call("before_evaluation", state)
+    loop.hooks.call("before_evaluation", state)
     chosen = state.splits
-    measure = partial(evaluate, cfg=cfg, device=state.device, ctx=ctx)
+    measure = partial(evaluate, cfg=cfg, device=state.device, ctx=loop.ctx)
     for split, source in data.eval_sets.items():
         if split in chosen:
             record[f"{split}_loss"], record[f"{split}_acc"] = measure(state.model, source)
@@ -400,8 +394,8 @@ def _evaluate_splits(
             record[f"{split}_loss"], record[f"{split}_acc"] = None, None
 
 
-def _save_checkpoint(state: TrainState, ctx: DistributedContext, hooks: CallbackList, elapsed: float) -> None:
-    cfg = state.cfg
+def _save_checkpoint(loop: _Loop, elapsed: float) -> None:
+    state, ctx, cfg = loop.state, loop.ctx, loop.state.cfg
     # per-replica F-SAM: every rank's own EMA (a collective); else [] without communicating
     replicas = gather_replica_states(state.optimizer) if ctx.enabled and cfg.ddp_mode == "per-replica" else []
     if not ctx.is_main:
@@ -417,6 +411,6 @@ def _save_checkpoint(state: TrainState, ctx: DistributedContext, hooks: Callback
         replica_states=replicas,
         world_size=ctx.world_size,
         data=state.data.fingerprint,
-        **({"callbacks": states} if (states := hooks.state_dict()) else {}),  # only if a callback has state
+        **({"callbacks": states} if (states := loop.hooks.state_dict()) else {}),  # only if a callback has state
     )
     rd.write_checkpoint(state.run_dir, checkpoint)
