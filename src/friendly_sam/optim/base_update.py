@@ -32,7 +32,14 @@ from torch.optim import adam as adam_module
 from torch.optim import adamw as adamw_module
 from torch.optim import sgd as sgd_module
 
-__all__ = ["FUNCTIONAL", "functional_step", "init_state_", "state_ready", "supports_functional"]
+__all__ = ["FUNCTIONAL", "functional_step", "init_state_", "is_compiling", "state_ready", "supports_functional"]
+
+
+def is_compiling() -> bool:
+    """Whether torch.compile is tracing this call (``torch.compiler.is_compiling``, torch >= 2.3; dynamo's own
+    flag before)."""
+    check = getattr(torch.compiler, "is_compiling", None)
+    return check() if check is not None else torch._dynamo.is_compiling()
 
 
 def _accepted(fn: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -123,7 +130,7 @@ def init_state_(base: Optimizer) -> None:
         for p in group["params"]:
             if not p.requires_grad or base.state.get(p):
                 continue
-            if isinstance(base, Adam):
+            if isinstance(base, (Adam, AdamW)):  # not one class before torch 2.6
                 _init_adam_state(group, p, base.state[p])
             elif group["momentum"] != 0 and group["dampening"] == 0:
                 base.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -133,7 +140,7 @@ def state_ready(base: Optimizer) -> bool:
     """Whether every parameter that the update reads state of has it (else the compiled step traces torch's
     own ``step``, whose ``_init_group`` creates it)."""
     return not any(
-        p.requires_grad and not base.state.get(p) and (isinstance(base, Adam) or group["momentum"] != 0)
+        p.requires_grad and not base.state.get(p) and (isinstance(base, (Adam, AdamW)) or group["momentum"] != 0)
         for group in base.param_groups
         for p in group["params"]
     )

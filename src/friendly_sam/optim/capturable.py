@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from . import functional as F
-from .base_update import functional_step, init_state_, state_ready, supports_functional
+from .base_update import functional_step, init_state_, is_compiling, state_ready, supports_functional
 from .tensor_ops import PER_TENSOR
 
 __all__ = ["CapturableSteps", "check_capturable"]
@@ -97,7 +97,7 @@ def _base_step(base: torch.optim.Optimizer) -> None:
     undecorated body of ``step`` (torch's optimizers break the graph on purpose around it, which
     ``fullgraph=True`` refuses; compiled on its own, ``second_step`` traces it). We are already under
     ``no_grad``; the base optimizer's own step hooks are not run there (ours run, once per step)."""
-    if not torch.compiler.is_compiling():
+    if not is_compiling():
         base.step()
     elif supports_functional(base) and state_ready(base):
         functional_step(base)
@@ -175,7 +175,7 @@ class CapturableSteps:
                 total = F.global_norm(torch._foreach_norm(grads))
             ok = ok & torch.isfinite(total)
         base = self.base_optimizer
-        if not torch.compiler.is_compiling():
+        if not is_compiling():
             init_state_(base)  # the state a compiled step needs, created eagerly where exact (base_update.py)
         if any(not base.state.get(p) for p in params):
             # state this step may create is not put back below: let it see a zero gradient when skipped
@@ -192,7 +192,7 @@ class CapturableSteps:
     def zero_grad(self, set_to_none: bool = True) -> None:
         """torch's ``zero_grad``; under torch.compile the same without its dynamo-disabled wrapper, so that a
         compiled whole step (``first_step(zero_grad=False)`` then ``opt.zero_grad()``) has no graph break."""
-        if not torch.compiler.is_compiling():
+        if not is_compiling():
             super().zero_grad(set_to_none)
             return
         for p in self._params():
