@@ -55,7 +55,7 @@ def _sgd_lists(base: Optimizer, group: dict[str, Any], params: list[Tensor]) -> 
 
 def _sgd_kwargs(group: dict[str, Any]) -> dict[str, Any]:
     keys = ("weight_decay", "momentum", "lr", "dampening", "nesterov", "maximize", "foreach", "fused")
-    return {k: group.get(k) for k in keys}
+    return {**{k: group.get(k) for k in keys}, "has_sparse_grad": False}  # sparse gradients are refused
 
 
 def _sgd_call(params: list[Tensor], grads: list[Tensor], lists: dict[str, Any], kwargs: dict[str, Any]) -> None:
