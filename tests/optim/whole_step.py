@@ -1,7 +1,7 @@
 """A whole capturable two-pass step compiled as ONE ``fullgraph=True`` graph (both backward passes, both steps),
 checked against eager in a process of its own (tests/optim/test_compile.py runs it; why a process: there).
 
-    python tests/optim/whole_step.py equal METHOD BASE FOREACH ZERO_GRAD   # compiled == eager (1e-6)
+    python tests/optim/whole_step.py equal METHOD BASE FOREACH ZERO_GRAD [DEVICE]   # compiled == eager
     python tests/optim/whole_step.py explain METHOD BASE                   # 0 graph breaks, 1 graph
     python tests/optim/whole_step.py overflow                              # an inf batch skipped alike
 
@@ -28,14 +28,18 @@ BASES = {
 }
 
 
+DEVICE = ["cpu"]  # the last argument of ``equal`` may change it (tests/gpu: "cuda")
+
+
 def _model() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).to(DEVICE[0])
 
 
 def _batches(n: int):
     gen = torch.Generator().manual_seed(1)
-    return [(torch.randn(8, 6, generator=gen), torch.randint(0, 3, (8,), generator=gen)) for _ in range(n)]
+    batches = [(torch.randn(8, 6, generator=gen), torch.randint(0, 3, (8,), generator=gen)) for _ in range(n)]
+    return [(x.to(DEVICE[0]), y.to(DEVICE[0])) for x, y in batches]
 
 
 def _run(opt_of, batches, zero_grad: bool, compiled: bool):
@@ -66,7 +70,8 @@ def _opt_of(method: str, base: str, foreach: bool | None):
     return lambda model: cls(model.parameters(), base_cls, capturable=True, foreach=foreach, **kw, **base_kw)
 
 
-def equal(method: str, base: str, foreach: str, zero_grad: str) -> None:
+def equal(method: str, base: str, foreach: str, zero_grad: str, device: str = "cpu") -> None:
+    DEVICE[0] = device
     opt_of = _opt_of(method, base, None if foreach == "None" else foreach == "True")
     want, _, _ = _run(opt_of, _batches(3), zero_grad == "True", compiled=False)
     got, opt, _ = _run(opt_of, _batches(3), zero_grad == "True", compiled=True)
