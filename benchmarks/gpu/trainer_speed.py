@@ -1,6 +1,9 @@
 """The GPU questions of issue 22 in one command: trainer images/s against a bare torch loop, and the cost of
 one whole training step (forward/backward twice + update) for ours / the official F-SAM / davda54 SAM /
 pytorch-optimizer, eager vs ``torch.compile`` vs CUDA-graph-captured, side by side on one device.
+Modes: ``eager``; ``compiled`` (``torch.compile(step)``: the backward passes break the graph); ``whole`` (the
+whole two-pass step, both backward passes included, as ONE ``fullgraph=True`` graph with
+``torch._dynamo.config.trace_autograd_ops``: ours in capturable mode, docs/gpu.md); ``graph`` (CUDA graph).
 
     python -m benchmarks.gpu.trainer_speed --device cuda --json out.json      # the GPU run (< 5 min)
     python -m benchmarks.gpu.trainer_speed --device cpu --size tiny           # smoke size (tests/benchmarks)
@@ -116,6 +119,20 @@ def capture_graph(step: Step, x: Tensor, y: Tensor) -> Step:
     return replay
 
 
+def whole_step(step: Step, backend: str) -> Step:
+    """The whole step, backward passes included, as one ``fullgraph=True`` graph (the recipe of docs/gpu.md);
+    torch's own optimizers refuse it (their step breaks the graph on purpose): reported as an error row."""
+    if not hasattr(torch._dynamo.config, "trace_autograd_ops"):
+        raise RuntimeError("this torch cannot trace backward() in a compiled region (trace_autograd_ops)")
+    compiled = torch.compile(step, backend=backend, fullgraph=True)
+
+    def run(x: Tensor, y: Tensor) -> Tensor:
+        with torch._dynamo.config.patch(trace_autograd_ops=True):
+            return compiled(x, y)
+
+    return run
+
+
 def build_step(
     name: str,
     mode: str,
@@ -125,7 +142,7 @@ def build_step(
     backend: str = "inductor",
 ) -> Step:
     model_name, channels, side, batch, _, _ = SIZES[size]
-    if mode == "compiled" and name not in compiled:
+    if mode in ("compiled", "whole") and name not in compiled:
         raise RuntimeError("not compiled in this run (device time): --compile all compiles every contender")
     torch.manual_seed(0)
     model = build_model(model_name, 10, channels).to(device)
@@ -136,6 +153,8 @@ def build_step(
         return torch.compile(
             step, backend=backend
         )  # backward() breaks the graph: fullgraph only for the optimizer steps
+    if mode == "whole":
+        return whole_step(step, backend)
     if mode == "graph":
         if device.type != "cuda":
             raise RuntimeError("CUDA graphs need a CUDA device")
@@ -155,10 +174,12 @@ def step_costs(
     compiled: tuple[str, ...],
     backend: str = "inductor",
     deadline: float = float("inf"),
+    repeats: int | None = None,
 ) -> list[dict[str, Any]]:
     """Build every (contender, mode) (mode by mode: compilation, the costly one, last by default) until
     ``deadline`` (``time.perf_counter()``), then time the built ones interleaved."""
-    _, channels, side, batch, _, repeats = SIZES[size]
+    _, channels, side, batch, _, size_repeats = SIZES[size]
+    repeats = repeats or size_repeats
     x = torch.randn(batch, channels, side, side, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     steps, rows = {}, []
@@ -177,7 +198,7 @@ def step_costs(
                 steps[(name, mode)] = step
             except Exception as error:  # reported as a row: what cannot run is said, never timed
                 rows.append(
-                    {"contender": name, "mode": mode, "error": f"{type(error).__name__}: {error}"[:160]}
+                    {"contender": name, "mode": mode, "error": " ".join(f"{type(error).__name__}: {error}".split())[:160]}
                 )
     times: dict[tuple[str, str], list[float]] = {k: [] for k in steps}
     keys = list(steps)
@@ -283,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument(
-        "--modes", default="eager,compiled,graph", help="comma-separated: eager,compiled,graph"
+        "--modes", default="eager,compiled,whole,graph", help="comma-separated: eager,compiled,whole,graph"
     )
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--backend", default="inductor", help="torch.compile backend ('eager': trace only)")
@@ -291,9 +312,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--data-dir", default=os.environ.get("FSAM_DATA_DIR", "/usr/share/datasets") + "/fashion-mnist"
     )
+    parser.add_argument("--repeats", type=int, help="timed rounds of the step costs (default: by --size)")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (CPU runs)")
     parser.add_argument("--budget-s", type=float, default=240.0, help="stop building contenders after this")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     deadline = time.perf_counter() + args.budget_s
     device = torch.device(args.device)
     compiled = tuple(optimizers()) if args.compile == "all" else tuple(args.compile.split(","))
@@ -305,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         "size": args.size,
         "trainer": trainer_speed(device, args.size, args.data_dir),
         "steps": step_costs(
-            device, args.size, args.modes.split(","), args.warmup, compiled, args.backend, deadline
+            device, args.size, args.modes.split(","), args.warmup, compiled, args.backend, deadline, args.repeats
         ),
     }
     print(markdown(res))

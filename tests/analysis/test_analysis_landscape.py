@@ -105,23 +105,6 @@ def test_landscape_2d_shapes_origin_restore_and_axis_matches_1d():
     assert max(max(r) for r in res2.losses) > res2.losses[2][2]
 
 
-def test_landscape_restores_on_error():
-    model = TinyMLP(seed=0)
-    batches, _, _ = regression_batches()
-    snap = snapshot(model)
-    count = {"n": 0}
-
-    def flaky(out, y):
-        count["n"] += 1
-        if count["n"] > 2:
-            raise RuntimeError("boom")
-        return mse(out, y)
-
-    with pytest.raises(RuntimeError, match="boom"):
-        loss_landscape_2d(model, flaky, batches, points=3)
-    assert_unchanged(model, snap)
-
-
 def test_plots_written(tmp_path):
     pytest.importorskip("matplotlib")
     model = BNNet()

@@ -160,23 +160,6 @@ def test_batchnorm_model_and_progress():
     assert [(d, t) for d, t, _ in calls[:4]] == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
 
-def test_restores_weights_on_error():
-    model = TinyMLP(seed=0)
-    batches, _, _ = regression_batches()
-    snap = snapshot(model)
-    count = {"n": 0}
-
-    def flaky(out, y):
-        count["n"] += 1
-        if count["n"] > 4:  # fails after the first perturbation was applied
-            raise RuntimeError("boom")
-        return mse(out, y)
-
-    with pytest.raises(RuntimeError, match="boom"):
-        worst_case_loss_increase(model, flaky, batches, rho=0.1)
-    assert_unchanged(model, snap)
-
-
 def test_bad_arguments():
     model = TinyMLP()
     batches, _, _ = regression_batches()

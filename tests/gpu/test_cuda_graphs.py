@@ -6,8 +6,11 @@ input tensors refilled before each replay. The replayed run must equal the same 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from testkit import run_python
 from torch import nn
 
 from friendly_sam import SAM, FriendlySAM
@@ -103,3 +106,14 @@ def test_an_overflow_inside_a_replayed_graph_is_skipped_and_counted() -> None:
     assert int(opt.skipped_steps) == 1
     for a, b in zip(model.parameters(), before):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("base", ["sgd", "adamw"])
+def test_a_whole_step_compiled_as_one_graph_equals_eager_on_cuda(base) -> None:
+    """The recipe of docs/gpu.md on CUDA (AdamW there with capturable=True: torch's functional adam on device
+    steps), in a process of its own as on the CPU (tests/optim/test_compile.py says why)."""
+    if not hasattr(torch._dynamo.config, "trace_autograd_ops"):
+        pytest.skip("this torch cannot trace loss.backward() inside a compiled region")
+    script = Path(__file__).parents[1] / "optim" / "whole_step.py"
+    done = run_python(str(script), "equal", "fsam", base, "None", "True", "cuda", timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -142,3 +142,58 @@ def test_capturable_steps_compile_without_graph_breaks(foreach) -> None:
     second = torch._dynamo.explain(opt.second_step)()
     assert (first.graph_break_count, second.graph_break_count) == (0, 0), (first.break_reasons, second.break_reasons)
     assert first.graph_count == 1 and second.graph_count == 1
+
+
+@pytest.mark.parametrize(
+    "base,kw",
+    [
+        (torch.optim.SGD, {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-2}),
+        (torch.optim.SGD, {"momentum": 0.9, "dampening": 0.5}),
+        (torch.optim.Adam, {"amsgrad": True}),
+        (torch.optim.AdamW, {"weight_decay": 0.1}),
+    ],
+    ids=["sgd-nesterov", "sgd-dampening", "adam-amsgrad", "adamw"],
+)
+def test_the_base_state_made_for_a_compiled_step_equals_torchs_own(base, kw) -> None:
+    """capturable=True creates the base optimizer's state at construction (a compiled whole step cannot let
+    torch create it): after steps it must be torch's state, key by key, dtype, device and value; SGD with
+    dampening has no exact zero state and is left to torch."""
+    states = []
+    for capturable in (False, True):
+        model = _model()
+        opt = FriendlySAM(model.parameters(), base, lr=0.05, rho=0.2, capturable=capturable, **kw)
+        if capturable:
+            assert bool(opt.base_optimizer.state) == ("dampening" not in kw)
+        for x, y in _batches(2):
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.first_step()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.second_step()
+        states.append([opt.base_optimizer.state[p] for p in model.parameters()])
+    for want, got in zip(*states):
+        assert want.keys() == got.keys()
+        for key in want:
+            assert (want[key].dtype, want[key].device) == (got[key].dtype, got[key].device), key
+            torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "base,kw",
+    [(torch.optim.SGD, {"momentum": 0.9, "dampening": 0.5}), (torch.optim.RMSprop, {}), (torch.optim.Adam, {})],
+    ids=["sgd-dampening", "rmsprop", "adam"],
+)
+def test_a_skipped_first_step_leaves_no_inf_or_nan_in_the_base_state(base, kw) -> None:
+    """The state a base optimizer creates at the step it sees must not keep the skipped step's inf/nan."""
+    model = _model()
+    opt = SAM(model.parameters(), base, lr=0.01, rho=0.05, capturable=True, **kw)
+    for t, (x, y) in enumerate(_batches(3)):
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.first_step()
+        nn.functional.cross_entropy(model(x), y).backward()
+        if t == 0:
+            model[0].weight.grad[0, 0] = float("nan")
+        opt.second_step()
+    assert int(opt.skipped_steps) == 1
+    state = [t for p in model.parameters() for t in opt.base_optimizer.state[p].values() if torch.is_tensor(t)]
+    assert state and all(torch.isfinite(t).all() for t in state)
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -108,6 +108,16 @@ def _device(params: Sequence[Tensor]) -> torch.device:
     return params[0].device
 
 
+def _measure_inputs(
+    model: nn.Module, batches: Sequence[Batch], progress: ProgressFn | None
+) -> tuple[ProgressFn, list[nn.Parameter], list[tuple[Any, Any, float]]]:
+    """What every measure starts from: the progress callback (silent for ``None``), the trainable
+    weights, and the batches weighted and moved to the weights' device (:func:`_prepared`)."""
+    report = _progress(progress)
+    params = trainable_parameters(model)
+    return report, params, _prepared(batches, _device(params))
+
+
 _BN_STATE = ("running_mean", "running_var", "num_batches_tracked")
 
 
@@ -175,6 +185,18 @@ class _WeightGuard:
     def restore(self) -> None:
         for p, w0 in zip(self.params, self.origin, strict=True):
             p.copy_(w0)
+
+
+@contextlib.contextmanager
+def _perturbation(model: nn.Module, params: Sequence[Tensor], bn_mode: BNMode) -> Iterator[_WeightGuard]:
+    """A :class:`_WeightGuard` over ``params`` with ``model`` in :func:`evaluation_mode`: the weights
+    are restored in place when the block ends, also on error (after the modes are)."""
+    guard = _WeightGuard(params)
+    try:
+        with evaluation_mode(model, bn_mode):
+            yield guard
+    finally:
+        guard.restore()
 
 
 # ---------------------------------------------------------------------------------------------

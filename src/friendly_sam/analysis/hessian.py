@@ -43,9 +43,9 @@ from ._common import (
     ProgressFn,
     _dot,
     _generator,
+    _measure_inputs,
     _norm,
     _prepared,
-    _progress,
     _rademacher_like,
     _randn_like,
     _Result,
@@ -171,9 +171,7 @@ def top_eigenvalue(
     """
     if iters < 1:
         raise ValueError("iters must be >= 1")
-    report = _progress(progress)
-    params = trainable_parameters(model)
-    data = _prepared(batches, params[0].device)
+    report, params, data = _measure_inputs(model, batches, progress)
     v = _randn_like(params, _generator(seed))
     nv = _norm(v)
     v = [t / nv for t in v]
@@ -251,9 +249,7 @@ def hessian_trace(
     """
     if samples < 1:
         raise ValueError("samples must be >= 1")
-    report = _progress(progress)
-    params = trainable_parameters(model)
-    data = _prepared(batches, params[0].device)
+    report, params, data = _measure_inputs(model, batches, progress)
     gen = _generator(seed)
     estimates: list[float] = []
     with evaluation_mode(model, bn_mode):

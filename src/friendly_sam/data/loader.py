@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 import torch
 
 from .augment import Augmentation
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11; annotations only
+
 __all__ = [
     "BatchSchedule",
+    "ScheduleOptions",
     "TensorBatchLoader",
     "augment_generator",
     "derive_seed",
@@ -69,6 +74,18 @@ def shard_bounds(size: int, index: int, count: int) -> tuple[int, int]:
     q, r = divmod(size, count)
     lo = index * q + min(index, r)
     return lo, lo + q + (1 if index < r else 0)
+
+
+class ScheduleOptions(TypedDict, total=False):
+    """The keyword options of :class:`BatchSchedule`, passed through unchanged by every loader (their
+    defaults and checks live in ``BatchSchedule.__init__`` alone)."""
+
+    shuffle: bool
+    drop_last: bool
+    augment: Augmentation | None
+    seed: int
+    device: torch.device | str | None
+    shard: tuple[int, int]
 
 
 class BatchSchedule:
@@ -140,6 +157,14 @@ class BatchSchedule:
             self._perm_cache = ((self.seed, e), epoch_permutation(self.num_samples, self.seed, e))
         return self._perm_cache[1]
 
+    def _shard_rows(self, size: int) -> tuple[int, int]:
+        """Rows ``[lo, hi)`` of a global batch of ``size`` rows that this loader's ``shard`` delivers."""
+        return shard_bounds(size, *self.shard)
+
+    def _batch_indices(self, order: torch.Tensor, batch_index: int) -> torch.Tensor:
+        """Batch ``batch_index``'s part of an epoch's sample order ``order``."""
+        return order[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         start, epoch = self.start_batch, self.epoch
         yield from self._iterate(epoch, start)
@@ -160,17 +185,14 @@ class BatchSchedule:
         self._check_start(start)
         perm = self.permutation(epoch)
         for b in range(start, len(self)):
-            yield self._batch(epoch, b, perm[b * self.batch_size : (b + 1) * self.batch_size])
+            yield self._batch(epoch, b, self._batch_indices(perm, b))
 
     def batch(self, batch_index: int, epoch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch ``batch_index`` of an epoch (default: the current one), by random access."""
         e = self.epoch if epoch is None else int(epoch)
         if not 0 <= batch_index < len(self):
             raise IndexError(f"batch index {batch_index} out of range [0, {len(self)})")
-        perm = self.permutation(e)
-        return self._batch(
-            e, batch_index, perm[batch_index * self.batch_size : (batch_index + 1) * self.batch_size]
-        )
+        return self._batch(e, batch_index, self._batch_indices(self.permutation(e), batch_index))
 
     def _batch(self, epoch: int, b: int, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -205,29 +227,14 @@ class TensorBatchLoader(BatchSchedule):
         images: torch.Tensor,
         labels: torch.Tensor,
         batch_size: int,
-        *,
-        shuffle: bool = False,
-        drop_last: bool = False,
-        augment: Augmentation | None = None,
-        seed: int = 0,
-        device: torch.device | str | None = None,
-        shard: tuple[int, int] = (0, 1),
+        **options: Unpack[ScheduleOptions],
     ) -> None:
         if images.dim() < 1 or labels.dim() != 1 or images.shape[0] != labels.shape[0]:
             raise ValueError(
                 f"images and labels must have the same first dimension (labels 1-d); got {tuple(images.shape)} "
                 f"and {tuple(labels.shape)}"
             )
-        super().__init__(
-            int(images.shape[0]),
-            batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            augment=augment,
-            seed=seed,
-            device=device,
-            shard=shard,
-        )
+        super().__init__(int(images.shape[0]), batch_size, **options)
         if labels.dtype.is_floating_point or labels.dtype == torch.bool:
             raise ValueError(f"labels must be integers, got {labels.dtype}")
         self.images = images
@@ -243,8 +250,7 @@ class TensorBatchLoader(BatchSchedule):
         key = (self.seed, epoch, device)
         if self._device_perm is None or self._device_perm[0] != key:
             self._device_perm = (key, self.permutation(epoch).to(device))
-        start = b * self.batch_size
-        return self._device_perm[1][start : start + len(idx)]
+        return self._batch_indices(self._device_perm[1], b)
 
     def _batch(self, epoch: int, b: int, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.images.index_select(0, self._indices_on(self.images.device, epoch, b, idx))
@@ -260,7 +266,7 @@ class TensorBatchLoader(BatchSchedule):
         elif not x.is_floating_point():
             x = x.to(torch.float32)
         if self.shard[1] > 1:
-            lo, hi = shard_bounds(len(y), *self.shard)
+            lo, hi = self._shard_rows(len(y))
             x, y = x[lo:hi], y[lo:hi]
         return x, y
 

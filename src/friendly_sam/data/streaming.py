@@ -17,15 +17,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from .augment import Augmentation, augment_rows
+from .augment import augment_rows
 from .folder_scan import ImageFileError, ImageFolderSplit
 from .image_decode import FolderImages, collate_decoded
-from .loader import BatchSchedule, augment_generator, derive_seed, shard_bounds
+from .loader import BatchSchedule, ScheduleOptions, augment_generator, derive_seed
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11; annotations only
 
 __all__ = ["StreamedSamples", "StreamingBatchLoader"]
 
@@ -79,27 +82,13 @@ class StreamingBatchLoader(BatchSchedule):
         *,
         channels: int,
         base_size: int,
-        shuffle: bool = False,
-        drop_last: bool = False,
-        augment: Augmentation | None = None,
-        seed: int = 0,
-        device: torch.device | str | None = None,
-        shard: tuple[int, int] = (0, 1),
         num_workers: int = 0,
         prefetch_factor: int = 2,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
+        **options: Unpack[ScheduleOptions],
     ) -> None:
-        super().__init__(
-            len(split),
-            batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            augment=augment,
-            seed=seed,
-            device=device,
-            shard=shard,
-        )
+        super().__init__(len(split), batch_size, **options)
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         self.split = split
@@ -122,27 +111,23 @@ class StreamingBatchLoader(BatchSchedule):
             persistent_workers=persistent_workers and self.num_workers > 0,
             # its own generator: the DataLoader draws the workers' base seed from it, not from torch's
             # global RNG (which would make training depend on when and how often loaders start)
-            generator=torch.Generator().manual_seed(derive_seed(seed, _WORKER_STREAM)),
+            generator=torch.Generator().manual_seed(derive_seed(self.seed, _WORKER_STREAM)),
         )
-
-    def _rows(self, size: int) -> tuple[int, int]:
-        return shard_bounds(size, *self.shard)
 
     def _iterate(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._check_start(start)
         perm = self.permutation(epoch)
         lists = []
         for b in range(start, len(self)):
-            idx = perm[b * self.batch_size : (b + 1) * self.batch_size]
-            lo, hi = self._rows(len(idx))
+            idx = self._batch_indices(perm, b)
+            lo, hi = self._shard_rows(len(idx))
             lists.append(idx[lo:hi].tolist())
         self._batches.batches = lists
         for b, fetched in enumerate(self._loader, start=start):
-            size = len(perm[b * self.batch_size : (b + 1) * self.batch_size])
-            yield self._finish(epoch, b, size, fetched)
+            yield self._finish(epoch, b, len(self._batch_indices(perm, b)), fetched)
 
     def _batch(self, epoch: int, b: int, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        lo, hi = self._rows(len(idx))
+        lo, hi = self._shard_rows(len(idx))
         fetched = collate_decoded([self._dataset[i] for i in idx[lo:hi].tolist()])
         return self._finish(epoch, b, len(idx), fetched)
 
@@ -163,7 +148,7 @@ class StreamingBatchLoader(BatchSchedule):
         if self.device is not None:
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
-        lo, _ = shard_bounds(size, *self.shard)
+        lo, _ = self._shard_rows(size)
         return augment_rows(self.augment, images, augment_generator(self.seed, epoch, b), size, lo), labels
 
     def __repr__(self) -> str:

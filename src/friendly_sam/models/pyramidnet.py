@@ -27,13 +27,13 @@ The official code's final ``AvgPool2d(8)`` is a global average pool here, so 28x
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .registry import register_model
+from .stages import residual_stages
+from .weight_init import initialise_, normal_fan_out_
 
 __all__ = ["PyramidNet", "pyramidnet110"]
 
@@ -88,6 +88,20 @@ class _BottleneckUnit(nn.Module):
         return _add_shortcut(out, shortcut)
 
 
+def _pyramid_planes(n: int, addrate: float) -> list[list[int]]:
+    """The planes of the ``n`` units of each of the 3 stages: from 16, ``addrate`` more at every unit,
+    accumulated in float and rounded unit by unit (Python ``round``), as the reference code does."""
+    featuremap_dim = 16.0
+    stage_planes = []
+    for _ in range(3):
+        planes = []
+        for _ in range(n):
+            featuremap_dim += addrate
+            planes.append(int(round(featuremap_dim)))
+        stage_planes.append(planes)
+    return stage_planes
+
+
 class PyramidNet(nn.Module):
     """Additive PyramidNet for small images; ``depth`` is 9n+2 (bottleneck) or 6n+2 (basic)."""
 
@@ -109,27 +123,13 @@ class PyramidNet(nn.Module):
 
         self.conv1 = nn.Conv2d(in_channels, 16, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
-        units = []
-        in_planes = 16
-        featuremap_dim = 16.0
-        for stage in range(3):
-            for j in range(n):
-                featuremap_dim += addrate
-                planes = int(round(featuremap_dim))
-                units.append(unit(in_planes, planes, stride=2 if (stage > 0 and j == 0) else 1))
-                in_planes = planes * unit.expansion
-        self.units = nn.Sequential(*units)
-        self.bn_final = nn.BatchNorm2d(in_planes)
+        stages, out_planes = residual_stages(unit, 16, _pyramid_planes(n, addrate), unit.expansion)
+        self.units = nn.Sequential(*(u for units in stages for u in units))
+        self.bn_final = nn.BatchNorm2d(out_planes)
         self.relu_final = nn.ReLU(inplace=True)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_planes, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        self.fc = nn.Linear(out_planes, num_classes)
+        initialise_(self, normal_fan_out_)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.units(self.bn1(self.conv1(x)))

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .registry import register_model
+from .stages import residual_stages
 
 __all__ = ["ResNet18", "resnet18"]
 
@@ -55,15 +56,9 @@ class ResNet18(nn.Module):
             nn.BatchNorm2d(64),
             nn.ReLU(inplace=True),
         )
-        stages = []
-        in_planes = 64
-        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), blocks, strict=True)):
-            layers = []
-            for j in range(n):
-                layers.append(_BasicBlock(in_planes, planes, stride=2 if (i > 0 and j == 0) else 1))
-                in_planes = planes
-            stages.append(nn.Sequential(*layers))
-        self.stages = nn.Sequential(*stages)
+        stage_planes = [[planes] * n for planes, n in zip((64, 128, 256, 512), blocks, strict=True)]
+        stages, _ = residual_stages(_BasicBlock, 64, stage_planes)
+        self.stages = nn.Sequential(*(nn.Sequential(*units) for units in stages))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(512, num_classes)
 

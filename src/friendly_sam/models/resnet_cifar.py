@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .registry import register_model
+from .stages import residual_stages
 
 __all__ = ["CifarResNet", "resnet8", "resnet20", "resnet32"]
 
@@ -57,15 +58,10 @@ class CifarResNet(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
-        layers = []
-        in_planes = widths[0]
-        for i, planes in enumerate(widths):
-            for j in range(n):
-                layers.append(_BasicBlock(in_planes, planes, stride=2 if (i > 0 and j == 0) else 1))
-                in_planes = planes
-        self.layers = nn.Sequential(*layers)
+        stages, out_planes = residual_stages(_BasicBlock, widths[0], [[planes] * n for planes in widths])
+        self.layers = nn.Sequential(*(unit for units in stages for unit in units))
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_planes, num_classes)
+        self.fc = nn.Linear(out_planes, num_classes)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)

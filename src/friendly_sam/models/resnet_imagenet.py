@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from .registry import register_model
+from .stages import residual_stages
+from .weight_init import initialise_, kaiming_fan_out_
 
 __all__ = ["ImageNetResNet", "resnet18_imagenet", "resnet50_imagenet"]
 
@@ -89,21 +91,13 @@ class ImageNetResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        in_planes = 64
-        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), blocks, strict=True)):
-            layers = []
-            for j in range(n):
-                layers.append(block(in_planes, planes, stride=2 if (i > 0 and j == 0) else 1))
-                in_planes = planes * block.expansion
-            self.add_module(f"layer{i + 1}", nn.Sequential(*layers))
+        stage_planes = [[planes] * n for planes, n in zip((64, 128, 256, 512), blocks, strict=True)]
+        stages, out_planes = residual_stages(block, 64, stage_planes, block.expansion)
+        for i, units in enumerate(stages):
+            self.add_module(f"layer{i + 1}", nn.Sequential(*units))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_planes, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        self.fc = nn.Linear(out_planes, num_classes)
+        initialise_(self, kaiming_fan_out_)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

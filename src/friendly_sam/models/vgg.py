@@ -17,12 +17,11 @@ on 28x28 inputs the maps are 28-14-7-4-2-1 instead of collapsing to 0x0.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from .registry import register_model
+from .weight_init import normal_fan_out_
 
 __all__ = ["VGG", "vgg16_bn"]
 
@@ -76,8 +75,7 @@ class VGG(nn.Module):
         )
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / n))
+                normal_fan_out_(m)
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

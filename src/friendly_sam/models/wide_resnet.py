@@ -23,6 +23,8 @@ import torch
 from torch import nn
 
 from .registry import register_model
+from .stages import residual_stages
+from .weight_init import initialise_, kaiming_fan_in_
 
 __all__ = ["WideResNet", "wrn28_10"]
 
@@ -67,26 +69,17 @@ class WideResNet(nn.Module):
         n = (depth - 4) // 6
         widths = (16 * width_factor, 32 * width_factor, 64 * width_factor)
         self.conv1 = nn.Conv2d(in_channels, 16, 3, stride=1, padding=1, bias=False)
-        units = []
-        in_planes = 16
-        for i, planes in enumerate(widths):
-            for j in range(n):
-                units.append(_Unit(in_planes, planes, 2 if (i > 0 and j == 0) else 1, dropout))
-                in_planes = planes
-        self.units = nn.Sequential(*units)
-        self.bn = nn.BatchNorm2d(in_planes)
+        stages, out_planes = residual_stages(
+            lambda in_planes, planes, stride: _Unit(in_planes, planes, stride, dropout),
+            16,
+            [[planes] * n for planes in widths],
+        )
+        self.units = nn.Sequential(*(unit for units in stages for unit in units))
+        self.bn = nn.BatchNorm2d(out_planes)
         self.relu = nn.ReLU(inplace=True)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_planes, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.weight)
-                nn.init.zeros_(m.bias)
+        self.fc = nn.Linear(out_planes, num_classes)
+        initialise_(self, kaiming_fan_in_, zero_classifier=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn(self.units(self.conv1(x))))

@@ -7,20 +7,28 @@ and inside a CUDA graph:
 * the scale ``rho / (||d|| + 1e-12)`` stays a 0-dim tensor; ``ok = isfinite(||d||)`` (and, in the second
   step, ``isfinite(||g'||)``) is a boolean tensor;
 * a step whose clean or perturbed gradient holds inf/nan (fp16 overflow with a GradScaler, or a diverging
-  loss without one) is **skipped** instead of raising FloatingPointError: the weights stay as they were
-  (``torch.where`` against the saved copy), F-SAM's EMA is not updated, the base optimizer's tensor state is
-  put back (``torch.where`` against a copy taken before its step), and ``skipped_steps`` (an int64 device
-  tensor) counts it. Read it when convenient: ``int(opt.skipped_steps)`` is one sync, yours to place;
+  loss without one) is **skipped** instead of raising FloatingPointError: the direction is zeroed
+  (``masked_fill_``), so F-SAM's EMA and the weights do not move; the base step runs on the perturbed gradient
+  as it is, and ``torch.where(ok, new, old, out=...)`` puts back the weights (against the saved copy) and the
+  base optimizer's tensor state (against a copy taken before its step): exact whatever inf/nan the skipped
+  step computed. ``skipped_steps`` (an int64 device tensor) counts it. Read it when convenient:
+  ``int(opt.skipped_steps)`` is one sync, yours to place;
 * with a GradScaler, both gradients are unscaled with ``scaler.unscale_`` (which records overflows on the
   device) and the base step is taken directly, never through ``scaler.step`` (which syncs); call
-  ``scaler.update()`` as usual: it lowers the scale after an overflow without a sync.
+  ``scaler.update()`` as usual: it lowers the scale after an overflow without a sync;
+* a whole train step (both backward passes and both steps) compiles as one ``fullgraph=True`` graph for the
+  bases whose update ``base_update.py`` takes through torch's functional form (SGD, Adam, AdamW): their state
+  is created at construction where that is exact; other bases compile ``first_step`` / ``second_step`` one by
+  one (docs/gpu.md).
 
 Limits (refused at construction or at the step): ``perturb_every > 1`` and LookSAM (the schedule is host
 state), sharded ``process_group`` / ``replica_group`` (collectives decide on the host), F-SAM's research
 options (``component="full"``, the oracle full gradient, diagnostics). The base optimizer must itself be
-sync-free to capture a CUDA graph (SGD; Adam/AdamW with ``capturable=True``). A skipped very first step
-initialises the base optimizer's state as for a zero gradient (for SGD the same as no step). ``steps_taken``
-counts Python calls: under CUDA-graph replay it does not advance.
+sync-free to capture a CUDA graph (SGD; Adam/AdamW with ``capturable=True``). A skipped very first step is no
+step for SGD/Adam/AdamW (their state, created as zeros, is put back); a base whose state torch creates at the
+step it sees (SGD with ``dampening != 0``, other optimizers) gets a zeroed gradient on a skipped step while
+that state does not exist, so it starts as for a zero gradient. ``steps_taken`` counts Python calls: under CUDA-graph
+replay it does not advance.
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ import torch
 from torch import Tensor
 
 from . import functional as F
+from .base_update import functional_step, init_state_, is_compiling, state_ready, supports_functional
+from .tensor_ops import PER_TENSOR
 
 __all__ = ["CapturableSteps", "check_capturable"]
 
@@ -53,12 +63,21 @@ def check_capturable(
 
 
 def _zero_out_(dirs: list[Tensor], ok: Tensor) -> None:
-    """``d <- d`` where the step is ok, else ``d <- 0`` (also where d held inf/nan): no sync, exact when ok."""
-    if not dirs:
-        return
-    torch._foreach_mul_(dirs, ok.to(dirs[0].dtype))
+    """``d <- d`` where the step is ok, else ``d <- 0`` (also where d held inf/nan): no sync, exact. When ok,
+    every element is finite (the norm is); ``masked_fill_`` with the 0-dim mask is one pass, no temporary."""
+    skip = ~ok
     for d in dirs:
-        d.nan_to_num_(0.0, 0.0, 0.0)
+        d.masked_fill_(skip, 0.0)
+
+
+def _add_scaled_(params: list[Tensor], dirs: list[Tensor], scale: Tensor, foreach: bool) -> None:
+    """``w <- w + scale * d`` with a 0-dim tensor ``scale``, leaving ``d`` as it is (one pass per tensor:
+    ``addcmul_`` computes it as the default mode's ``add_(d, alpha=scale)`` does)."""
+    if foreach:
+        torch._foreach_add_(params, torch._foreach_mul(dirs, scale))
+    else:
+        for p, d in zip(params, dirs):
+            p.addcmul_(d, scale)
 
 
 def _scales_fit(buckets: list, total: Tensor) -> Tensor:
@@ -73,13 +92,17 @@ def _scales_fit(buckets: list, total: Tensor) -> Tensor:
 
 
 def _base_step(base: torch.optim.Optimizer) -> None:
-    """``base.step()``; under torch.compile its undecorated body: torch's optimizers break the graph on purpose
-    around their step (``_use_grad_for_differentiable``), which ``fullgraph=True`` refuses. We are already
-    under ``no_grad``; the base optimizer's own step hooks are not run there (ours run, once per step)."""
-    if torch.compiler.is_compiling():
-        inspect.unwrap(type(base).step)(base)
-    else:
+    """``base.step()``. Under torch.compile: SGD/Adam/AdamW through their functional form once their state
+    exists (base_update.py: dynamo refuses torch's ``_init_group`` after an in-graph backward), else the
+    undecorated body of ``step`` (torch's optimizers break the graph on purpose around it, which
+    ``fullgraph=True`` refuses; compiled on its own, ``second_step`` traces it). We are already under
+    ``no_grad``; the base optimizer's own step hooks are not run there (ours run, once per step)."""
+    if not is_compiling():
         base.step()
+    elif supports_functional(base) and state_ready(base):
+        functional_step(base)
+    else:
+        inspect.unwrap(type(base).step)(base)
 
 
 class CapturableSteps:
@@ -92,6 +115,7 @@ class CapturableSteps:
     def _capturable_buffers(self, params: list[Tensor]) -> None:
         if self.capturable and self.skipped_steps is None and params:
             self.skipped_steps = torch.zeros((), dtype=torch.int64, device=params[0].device)
+            init_state_(self.base_optimizer)
 
     def _device_norm(self, norms: list[Tensor], like: Tensor) -> Tensor:
         return F.global_norm(norms) if norms else torch.zeros((), dtype=torch.float64, device=like.device)
@@ -124,11 +148,11 @@ class CapturableSteps:
         for (bucket, ops), dirs in zip(buckets, directions):
             scale = torch.where(ok, F.perturbation_scale(bucket.group["rho"], total), total.new_zeros(()))
             ops.copy_(bucket.saved, bucket.params)
-            ops.scale_(dirs, scale)
             if bucket.group["adaptive"]:
+                ops.scale_(dirs, scale)
                 ops.addcmul_(bucket.params, bucket.params, dirs, 1.0)
             else:
-                ops.add_(bucket.params, dirs, 1.0)
+                _add_scaled_(bucket.params, dirs, scale, ops is not PER_TENSOR)
         self._run.ok, self._run.norm = ok, total
 
     def _capturable_base_step(self, scaler: torch.amp.GradScaler | None) -> None:
@@ -144,21 +168,42 @@ class CapturableSteps:
         self._run.ok = None
         if scaler is not None:
             scaler.unscale_(self.base_optimizer)
-        if grads:
+        if grads:  # not ok: the base step may see inf/nan; torch.where below puts everything back exactly
             if self.max_grad_norm is not None:
                 total = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=self.foreach)
             else:
                 total = F.global_norm(torch._foreach_norm(grads))
             ok = ok & torch.isfinite(total)
+        base = self.base_optimizer
+        if not is_compiling():
+            init_state_(base)  # the state a compiled step needs, created eagerly where exact (base_update.py)
+        if any(not base.state.get(p) for p in params):
+            # state this step may create is not put back below: let it see a zero gradient when skipped
             _zero_out_(grads, ok)
-        state = [t for p in params for t in self.base_optimizer.state[p].values() if torch.is_tensor(t)]
+        state = [t for p in params for t in base.state[p].values() if torch.is_tensor(t)]
         before = [t.clone() for t in state]
-        _base_step(self.base_optimizer)
+        _base_step(base)
         for t, old in zip(state, before):
-            t.copy_(torch.where(ok, t, old))
-        for p in params:
-            p.copy_(torch.where(ok, p, self._saved[p]))
+            torch.where(ok, t, old, out=t)
+        for p in params:  # the saved weights are the weights before the base step (restored above)
+            torch.where(ok, p, self._saved[p], out=p)
         self.skipped_steps.add_((~ok).to(torch.int64))
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """torch's ``zero_grad``; under torch.compile the same without its dynamo-disabled wrapper, so that a
+        compiled whole step (``first_step(zero_grad=False)`` then ``opt.zero_grad()``) has no graph break."""
+        if not is_compiling():
+            super().zero_grad(set_to_none)
+            return
+        for p in self._params():
+            if p.grad is None or set_to_none:
+                p.grad = None
+            else:
+                if p.grad.grad_fn is not None:
+                    p.grad.detach_()
+                else:
+                    p.grad.requires_grad_(False)
+                p.grad.zero_()
 
     def _drop_grads(self) -> None:
         """``zero_grad(set_to_none=True)`` without torch's dynamo-disabled wrapper (no graph break)."""

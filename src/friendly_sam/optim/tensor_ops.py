@@ -41,6 +41,12 @@ def _copy_foreach(dst: TensorList, src: TensorList) -> None:
 
 
 def _add_per_tensor(xs: TensorList, ys: TensorList, alpha: float) -> None:
+    if _compiling() and not any(hasattr(x, "to_local") for x in xs):
+        # A whole step compiled with its backward (trace_autograd_ops, torch 2.13): inductor drops the alpha
+        # of ``w.grad.add_(m, alpha=-1)`` on a weight's gradient made in the graph; the multi-tensor add is
+        # traced right. Same values.
+        torch._foreach_add_(xs, ys, alpha=alpha)
+        return
     for x, y in zip(xs, ys):
         x.add_(y, alpha=alpha)
 
