@@ -1,7 +1,7 @@
 """capturable=True: no host synchronisation per step, decisions on the device (issue 22 items 1-2).
 
-Zero syncs is proven with a TorchDispatchMode counting ``aten._local_scalar_dense`` (what ``.item()``,
-``float()`` and ``bool()`` of a tensor dispatch to); the golden trajectories hold in capturable mode; an
+Zero syncs is proven with testkit's SyncCounter (a TorchDispatchMode counting what ``.item()``, ``float()``
+and ``bool()`` of a tensor dispatch to); the golden trajectories hold in capturable mode; an
 overflowing step is skipped on the device and counted; compiled steps have no graph break."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 from test_golden import BASES, CLASSES, PROBLEM, TRACE, _loss
+from testkit import SyncCounter
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from friendly_sam import SAM, FriendlySAM
 
@@ -19,19 +19,6 @@ METHODS = {
     "sam": (SAM, {"rho": 0.05}),
     "asam": (SAM, {"rho": 0.5, "adaptive": True}),
 }
-
-
-class SyncCounter(TorchDispatchMode):
-    """Counts host synchronisations (``aten._local_scalar_dense``) inside the block."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.syncs = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.syncs += 1
-        return func(*args, **(kwargs or {}))
 
 
 def _model() -> nn.Module:
@@ -64,7 +51,7 @@ def _run(method: str, capturable: bool, foreach: bool | None, scaler: bool, pois
             opt.second_step(**step_kw)
             if grad_scaler:
                 grad_scaler.update()
-        syncs.append(counter.syncs)
+        syncs.append(counter.count)
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()]), syncs, opt, grad_scaler
 
 
