@@ -1080,7 +1080,7 @@ SUBPROCESS_CASES = {
     "full disk during the checkpoint write": "full disk",
     "run directory deleted mid-run": "deleted",
 }
-LONG = [*TINY, "--epochs", "4", "--train-subset", "384"]  # a run that lives long enough to be disturbed
+LONG = [*TINY, "--epochs", "4", "--train-subset", "1536"]  # lives long enough to be disturbed, even when busy
 
 
 def _cli(*args: str) -> list[str]:

@@ -314,7 +314,8 @@ def test_an_image_size_beyond_memory_is_refused_with_the_number(capsys, tmp_path
 def test_ctrl_c_after_a_checkpoint_says_how_to_continue_and_resumes(tmp_path):
     out = tmp_path / "r"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "friendly_sam.cli", "train", *TINY, "--epochs", "40", "--out", str(out)],
+        # far more epochs than can run before the signal, however slowly this test process is scheduled
+        [sys.executable, "-m", "friendly_sam.cli", "train", *TINY, "--epochs", "100000", "--out", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -324,7 +325,10 @@ def test_ctrl_c_after_a_checkpoint_says_how_to_continue_and_resumes(tmp_path):
     while not (out / "checkpoint.pt").exists() and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)  # at whatever moment: in a step, an evaluation or a checkpoint write
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert f"continue the run with `fsam train --resume {out}`" in err
     result = fsam(
