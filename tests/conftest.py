@@ -15,6 +15,7 @@ defined. The package never does this (docs/integrations.md, "timm").
 from __future__ import annotations
 
 import importlib.util
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -61,6 +62,17 @@ def _one_intra_op_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _python_handles_ctrl_c() -> Iterator[None]:
+    """Every test ends with Python's own Ctrl-C handler in place. Libraries under test change it
+    process-wide (Lightning ignores SIGINT while it tears a process group down and leaves it ignored if that
+    fails, or at SIG_DFL): a later test, and every process it starts (an ignored SIGINT is inherited), would
+    not see Ctrl-C as a user's program does."""
+    yield
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @dataclass

@@ -5,6 +5,8 @@ take as given (:func:`given`: a tiny model with BatchNorm, ``loss_fn``, a batch 
 ``micro_batches``, an ``optimizer``/``opt``, ``RUN_DIR``); a placeholder such as ``model = ...`` ("your
 model") keeps the given object. A block that cannot run here says why on the line above it, e.g.
 ``<!-- no-run: needs a CUDA GPU -->``; it is reported as a skip with that reason. A block marked
+``<!-- own-process: WHY -->`` runs in a Python process of its own (it changes process-wide state, e.g.
+dynamo's configuration, that later blocks must not inherit). A block marked
 ``<!-- example: NAME -->`` is run by its area's own test, in its framework (docs/integrations.md:
 tests/integrations/test_docs_examples.py; docs/jax.md: tests/jax/test_jax_docs.py), which
 :func:`test_named_examples_have_a_runner` checks.
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,7 @@ from torch import nn
 
 BLOCK = re.compile(r"((?:<!--[^\n]*-->\n)*)```python\n(.*?)```", re.S)
 NO_RUN = re.compile(r"<!-- no-run: (.+?) -->")
+OWN_PROCESS = re.compile(r"<!-- own-process: (.+?) -->")
 NAMED_EXAMPLE = re.compile(r"<!-- example: [\w-]+ -->")
 
 
@@ -33,6 +38,7 @@ class Block:
     where: str  # file:line of the opening fence
     code: str
     no_run: str | None  # the reason a block cannot run here
+    own_process: bool = False  # run in a fresh interpreter (the block changes process-wide state)
 
 
 def doc_files() -> list[Path]:
@@ -47,8 +53,8 @@ def blocks() -> list[Block]:
             if NAMED_EXAMPLE.search(m.group(1)):
                 continue  # run by its area's test (test_named_examples_have_a_runner)
             line = text.count("\n", 0, m.start() + len(m.group(1))) + 1
-            reason = NO_RUN.search(m.group(1))
-            found.append(Block(f"{path.relative_to(REPO)}:{line}", m.group(2), reason and reason.group(1)))
+            reason, own = NO_RUN.search(m.group(1)), OWN_PROCESS.search(m.group(1)) is not None
+            found.append(Block(f"{path.relative_to(REPO)}:{line}", m.group(2), reason and reason.group(1), own))
     return found
 
 
@@ -121,7 +127,28 @@ def test_named_examples_have_a_runner():
 def test_doc_example_runs(block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     if block.no_run:
         pytest.skip(f"{block.where} not run here: {block.no_run}")
+    if block.own_process:
+        _run_in_own_process(block, tmp_path)
+        return
     monkeypatch.chdir(tmp_path)
+    run_block(block, tmp_path)
+
+
+def run_block(block: Block, tmp_path: Path) -> None:
     namespace = given(tmp_path)
     tree = without_placeholders(block.code, set(namespace))
     exec(compile(tree, block.where, "exec"), {"__name__": "doc_example", **namespace})
+
+
+def _run_in_own_process(block: Block, tmp_path: Path) -> None:
+    program = (
+        f"import sys; sys.path[:0] = {[str(REPO / 'tests'), str(REPO)]!r}\n"
+        "from pathlib import Path\n"
+        "import test_docs_code as docs\n"
+        f"block = next(b for b in docs.BLOCKS if b.where == {block.where!r})\n"
+        f"docs.run_block(block, Path({str(tmp_path)!r}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", program], cwd=tmp_path, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]

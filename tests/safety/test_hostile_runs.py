@@ -311,6 +311,12 @@ def test_an_image_size_beyond_memory_is_refused_with_the_number(capsys, tmp_path
     assert "needs" in line and "iB" in line and not (tmp_path / "r").exists()
 
 
+def _ctrl_c_as_from_a_terminal() -> None:
+    """In the child before exec: SIGINT at its default (an ignored SIGINT is inherited, and the pytest worker
+    may carry one from a library under test), as in a shell where Ctrl-C reaches the program."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_after_a_checkpoint_says_how_to_continue_and_resumes(tmp_path):
     out = tmp_path / "r"
     proc = subprocess.Popen(
@@ -320,6 +326,7 @@ def test_ctrl_c_after_a_checkpoint_says_how_to_continue_and_resumes(tmp_path):
         stderr=subprocess.PIPE,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         text=True,
+        preexec_fn=_ctrl_c_as_from_a_terminal,
     )
     deadline = time.time() + 120
     while not (out / "checkpoint.pt").exists() and time.time() < deadline:
@@ -329,7 +336,7 @@ def test_ctrl_c_after_a_checkpoint_says_how_to_continue_and_resumes(tmp_path):
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert proc.returncode == 130 and "Traceback" not in err, (proc.returncode, err)
     assert f"continue the run with `fsam train --resume {out}`" in err
     result = fsam(
         "train", "--resume", str(out), "--epochs", str(rd.read_checkpoint(out)["epoch"] + 1), "--quiet"
