@@ -15,6 +15,7 @@ from friendly_sam.distributed import (
     load_replica_state,
     replica_state,
 )
+from friendly_sam.distributed.runtime import process_group_failure
 from friendly_sam.train.step import ddp_training_step, training_step
 
 torch.set_num_threads(1)
@@ -92,3 +93,41 @@ def test_replica_group_must_be_a_process_group():
     with pytest.raises(TypeError, match="replica_group must be a torch.distributed ProcessGroup"):
         SAM(tiny().parameters(), torch.optim.SGD, lr=0.1, replica_group=0)
     assert FriendlySAM(tiny().parameters(), torch.optim.SGD, lr=0.1).replica_group is None
+
+
+# ------------------------------------------------------------------ which errors are a failed process group
+# (where the error is raised, its message, whether the CLI reports it as one line about the process group)
+RAISED = [
+    ("torch/nn/parallel/distributed.py", "Application timeout caused pair closure", "stopped responding"),
+    ("torch/distributed/distributed_c10d.py", "Connection closed by peer [127.0.0.1]:1234", "ended or failed"),
+    ("torch/autograd/graph.py", "[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Timed out", "stopped"),
+    ("my_project/model.py", "mat1 and mat2 shapes cannot be multiplied (8x4 and 5x3)", None),
+    ("torch/nn/modules/linear.py", "mat1 and mat2 shapes cannot be multiplied (8x4 and 5x3)", None),
+]
+
+
+def _raised_at(filename: str, message: str) -> RuntimeError:
+    try:
+        exec(compile(f"raise RuntimeError({message!r})", f"/site-packages/{filename}", "exec"))
+    except RuntimeError as exc:
+        return exc
+    raise AssertionError("not raised")
+
+
+@pytest.mark.parametrize("filename,message,why", RAISED, ids=[r[0] for r in RAISED])
+def test_a_failed_collective_is_told_apart_from_a_model_error(filename, message, why) -> None:
+    found = process_group_failure(_raised_at(filename, message))
+    assert (found is None) == (why is None)
+    if why is not None:
+        assert why in str(found) and "fsam train --resume RUN_DIR" in str(found)
+
+
+def test_a_model_error_inside_ddps_forward_stays_a_model_error() -> None:
+    """DDP's forward calls the model: the raising frame is the model's, not DDP's."""
+    def ddp_forward():
+        exec(compile("model_forward()", "/site-packages/torch/nn/parallel/distributed.py", "exec"),
+             {"model_forward": lambda: (_ for _ in ()).throw(RuntimeError("shape mismatch"))})  # fmt: skip
+
+    with pytest.raises(RuntimeError) as info:
+        ddp_forward()
+    assert process_group_failure(info.value) is None

@@ -43,14 +43,17 @@ def process_group_failure(exc: BaseException) -> ProcessGroupError | None:
     ``DistError``, or a ``RuntimeError`` raised inside ``torch.distributed``, gloo or NCCL), else None."""
     if isinstance(exc, ProcessGroupError):
         return exc
-    tb, inside = exc.__traceback__, False
+    files, tb = [], exc.__traceback__
     while tb is not None:
-        inside = inside or "torch/distributed" in tb.tb_frame.f_code.co_filename.replace("\\", "/")
+        files.append(tb.tb_frame.f_code.co_filename.replace("\\", "/"))
         tb = tb.tb_next
+    # raised inside torch.distributed, or by DDP's own collective (its buffer broadcast before a forward:
+    # the raising frame is DDP's; a model's error inside DDP's forward is raised from the model's frames)
+    inside = any("torch/distributed" in f for f in files) or bool(files and "torch/nn/parallel" in files[-1])
     text = " ".join(str(exc).split())
     # a collective inside autograd (DDP's gradient all-reduce) raises from the C++ engine: the backend
-    # names itself in the message
-    named = re.search(r"gloo|nccl|ProcessGroup|c10d", text, re.IGNORECASE) is not None
+    # names itself in the message, or gloo describes the closed connection
+    named = re.search(r"gloo|nccl|ProcessGroup|c10d|pair closure", text, re.IGNORECASE) is not None
     if not (isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and (inside or named))):
         return None
     timed_out = "timed out" in text.lower() or "timeout" in text.lower()
