@@ -166,14 +166,8 @@ class CapturableSteps:
             else torch.ones((), dtype=torch.bool, device=self.skipped_steps.device)
         )
         self._run.ok = None
-        if scaler is not None:
-            scaler.unscale_(self.base_optimizer)
-        if grads:  # not ok: the base step may see inf/nan; torch.where below puts everything back exactly
-            if self.max_grad_norm is not None:
-                total = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=self.foreach)
-            else:
-                total = F.global_norm(torch._foreach_norm(grads))
-            ok = ok & torch.isfinite(total)
+        # not ok: the base step may see inf/nan; torch.where below puts everything back exactly
+        ok = ok & torch.isfinite(self._perturbed_norm(params, scaler))
         base = self.base_optimizer
         if not is_compiling():
             init_state_(base)  # the state a compiled step needs, created eagerly where exact (base_update.py)
@@ -188,6 +182,18 @@ class CapturableSteps:
         for p in params:  # the saved weights are the weights before the base step (restored above)
             torch.where(ok, p, self._saved[p], out=p)
         self.skipped_steps.add_((~ok).to(torch.int64))
+
+    def _perturbed_norm(self, params: list[Tensor], scaler: torch.amp.GradScaler | None) -> Tensor:
+        """Second step, on the device: unscale the perturbed gradient (a GradScaler records an overflow for
+        ``scaler.update()``), clip it to ``max_grad_norm``, and return its global norm before clipping (zero
+        without gradients). No sync: the capturable step masks with it, the default mode reads it once."""
+        if scaler is not None:
+            scaler.unscale_(self.base_optimizer)
+        if not params:
+            return self._device_norm([], self._params()[0])
+        if self.max_grad_norm is not None:
+            return torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=self.foreach)
+        return F.global_norm(torch._foreach_norm([p.grad for p in params]))
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """torch's ``zero_grad``; under torch.compile the same without its dynamo-disabled wrapper, so that a
@@ -204,9 +210,3 @@ class CapturableSteps:
                 else:
                     p.grad.requires_grad_(False)
                 p.grad.zero_()
-
-    def _drop_grads(self) -> None:
-        """``zero_grad(set_to_none=True)`` without torch's dynamo-disabled wrapper (no graph break)."""
-        for group in self.param_groups:
-            for p in group["params"]:
-                p.grad = None

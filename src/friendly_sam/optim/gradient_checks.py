@@ -58,15 +58,7 @@ class GradientChecks:
         second pass ran at the unperturbed weights and F-SAM's estimate was not updated."""
         clean_ok, clean_norm = self._run.ok, self._run.norm
         self._run.ok = self._run.norm = None
-        params = [p for p in self._params() if p.grad is not None]
-        if scaler is not None:
-            scaler.unscale_(self.base_optimizer)  # records an overflow for scaler.update(), on the device
-        if self.max_grad_norm is not None and params:
-            total = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=self.foreach)
-        elif params:
-            total = F.global_norm(self._norms([p.grad for p in params]))
-        else:
-            total = torch.zeros((), dtype=torch.float64, device=clean_ok.device)
+        total = self._perturbed_norm([p for p in self._params() if p.grad is not None], scaler)
         bad = (~clean_ok).to(torch.int64) + 2 * (~torch.isfinite(total)).to(torch.int64)
         code = int(bad)  # the step's one host synchronisation
         if code and scaler is not None:

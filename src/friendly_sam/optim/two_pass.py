@@ -290,12 +290,10 @@ class TwoPassOptimizer(
         ]
         # Direction (F-SAM: subtract sigma * EMA) and its norm, checked finite before any state changes.
         contexts = [self._direction_(bucket, ops, dirs) for (bucket, ops), dirs in zip(buckets, directions)]
-        self._run.deferred = not self.capturable and self._checks_on_device()
+        self._run.deferred = not self.capturable and self._checks_on_device(buckets)
         if self.capturable or self._run.deferred:  # the decisions on the device, no sync (capturable.py)
             self._capturable_perturb(buckets, directions, contexts)
-            if zero_grad and self.capturable:
-                self._drop_grads()  # no graph break under torch.compile
-            elif zero_grad:
+            if zero_grad:
                 self.zero_grad(set_to_none=True)
             self._run.open, self._run.phase = buckets, Phase.PERTURBED
             return
@@ -379,10 +377,7 @@ class TwoPassOptimizer(
         # LR schedulers warn unless the optimizer's (patched) step() ran; our step is second_step.
         self._opt_called = True
         if zero_grad:
-            if self.capturable:
-                self._drop_grads()
-            else:
-                self.zero_grad(set_to_none=True)
+            self.zero_grad(set_to_none=True)  # capturable.py: no graph break under torch.compile
 
     @torch.no_grad()
     def _restore(self) -> None:
@@ -414,19 +409,20 @@ class TwoPassOptimizer(
             buf = self._saved[p] = torch.empty_like(p, memory_format=torch.preserve_format)
         return buf
 
-    def _checks_on_device(self) -> bool:
+    def _checks_on_device(self, buckets: list[tuple[Bucket, TensorOps]]) -> bool:
         """Whether this perturbed step's checks are made on the device and read once, in second_step (one
         host sync per step), rather than read as they arise (two). ``checks_on_device`` decides; ``None``
         (default): on accelerators, where a read stalls the device's queue. On CPU a read is a memory read,
         and deciding on the device would cost an extra pass over the gradients. The options whose decisions
         live on the host (schedules, collectives, F-SAM's research options) always read on the host."""
-        if self.process_group is not None or self.replica_group is not None or self.perturb_every != 1:
+        if self.process_group is not None or self.replica_group is not None:
             return False
-        if self.between != "base" or self._host_decisions():
+        if self.perturb_every != 1 or self.between != "base":
             return False
-        if self.checks_on_device is not None:
-            return bool(self.checks_on_device)
-        return all(p.device.type not in ("cpu", "meta") for p in self._params())
+        wanted = self.checks_on_device
+        if wanted is None:  # one look per bucket (device and dtype), not per parameter
+            wanted = bool(buckets) and all(b.params[0].device.type not in ("cpu", "meta") for b, _ in buckets)
+        return bool(wanted) and not self._host_decisions()  # the research scan only where it matters
 
     def _host_decisions(self) -> bool:
         """True while an option that decides on the host is in use (F-SAM's research options)."""
