@@ -42,6 +42,24 @@ def _step(model, opt, x, y) -> None:
     opt.second_step()
 
 
+def _captured(model, opt, static_x, static_y, warmup) -> torch.cuda.CUDAGraph:
+    """torch's whole-network recipe: warm-up steps on a side stream (they create the optimizer state), the
+    gradients set to None, then one step captured (replay it after refilling ``static_x``, ``static_y``)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for x, y in warmup:
+            static_x.copy_(x)
+            static_y.copy_(y)
+            _step(model, opt, static_x, static_y)
+    torch.cuda.current_stream().wait_stream(side)
+    opt.zero_grad(set_to_none=True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        _step(model, opt, static_x, static_y)
+    return graph
+
+
 OPTIMIZERS = {
     "fsam-sgd": lambda ps: FriendlySAM(ps, torch.optim.SGD, lr=0.1, momentum=0.9, rho=0.2, capturable=True),
     "asam-sgd": lambda ps: SAM(
@@ -62,18 +80,7 @@ def test_a_captured_two_pass_step_replays_like_eager(name) -> None:
     model = _model()
     opt = OPTIMIZERS[name](model.parameters())
     static_x, static_y = batches[0][0].clone(), batches[0][1].clone()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for x, y in batches[:WARMUP]:
-            static_x.copy_(x)
-            static_y.copy_(y)
-            _step(model, opt, static_x, static_y)
-    torch.cuda.current_stream().wait_stream(side)
-    opt.zero_grad(set_to_none=True)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        _step(model, opt, static_x, static_y)
+    graph = _captured(model, opt, static_x, static_y, batches[:WARMUP])
     for x, y in batches[WARMUP:]:
         static_x.copy_(x)
         static_y.copy_(y)
@@ -89,16 +96,7 @@ def test_an_overflow_inside_a_replayed_graph_is_skipped_and_counted() -> None:
     opt = OPTIMIZERS["fsam-sgd"](model.parameters())
     (x, y), *_ = _batches()
     static_x, static_y = x.clone(), y.clone()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(WARMUP):
-            _step(model, opt, static_x, static_y)
-    torch.cuda.current_stream().wait_stream(side)
-    opt.zero_grad(set_to_none=True)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        _step(model, opt, static_x, static_y)
+    graph = _captured(model, opt, static_x, static_y, [(x, y)] * WARMUP)
     before = [p.detach().clone() for p in model.parameters()]
     static_x.fill_(float("nan"))  # a diverged batch: both gradients are nan
     graph.replay()
